@@ -1,0 +1,48 @@
+"""`dipfill` command line: one module per command; this one only dispatches.
+
+Library code logs; only the CLI configures logging and prints. Errors that users can
+cause (``DipfillError``) print one line naming the file and the problem and exit 1;
+usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from dipfill import __version__
+from dipfill.errors import DipfillError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dipfill.cli import fill
+
+    parser = argparse.ArgumentParser(prog="dipfill", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dipfill {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fill.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except DipfillError as exc:
+        print(f"dipfill: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dipfill: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

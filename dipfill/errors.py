@@ -1,0 +1,31 @@
+"""One error root for dipfill.
+
+Every error a user can cause derives from :class:`DipfillError`; subclasses also derive
+from the builtin they refine, so callers may catch either (``except OSError`` still sees a
+raster that cannot be read). Messages name the file or value at fault and, where there is
+one, the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DipfillError", "InputError", "SceneReadError", "GridMismatchError", "EngineError"]
+
+
+class DipfillError(Exception):
+    """Root of all dipfill errors."""
+
+
+class InputError(DipfillError, ValueError):
+    """An input is readable but unusable (all nodata, wrong shape, bad option value)."""
+
+
+class SceneReadError(DipfillError, OSError):
+    """An input file is missing or is not a raster GDAL can open."""
+
+
+class GridMismatchError(InputError):
+    """Several inputs that must share one pixel grid do not."""
+
+
+class EngineError(DipfillError, RuntimeError):
+    """An engine could not fill a batch (bad configuration, device unavailable)."""

@@ -1,0 +1,408 @@
+"""`dipfill fill`: one raster in, filled COG + QA COG + Zarr mosaic + quicklook + STAC item out.
+
+Two layers, so a notebook can use either:
+
+* :func:`fill_arrays` — pure arrays: per-band validity and the footprint in, filled bands
+  and QA out. Plans windows, sends only windows with gaps to the engine (patches with too
+  few observed pixels to the fallback engine), blends, and composites observed pixels
+  back bit-exact.
+* :func:`fill_files` — reads the inputs, validates them, calls :func:`fill_arrays`, and
+  writes every output atomically with the STAC item last (the item is the commit marker:
+  if it exists, the outputs it lists are complete).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dipfill import __version__
+from dipfill.engines import make_engine
+from dipfill.engines.base import Engine, PatchDiagnostics
+from dipfill.errors import InputError
+from dipfill.masks import (
+    DEFAULT_COLLAR_CLOSING,
+    GAP,
+    OBSERVED,
+    OUTSIDE,
+    QA_CLASSES,
+    QA_ENGINE,
+    QA_FALLBACK,
+    QA_OBSERVED,
+    QA_OUTSIDE,
+    QA_UNFILLED,
+    footprint_from_validity,
+    three_state,
+)
+from dipfill.pipeline.read import (
+    Scene,
+    acquisition_date,
+    data_validity,
+    footprint_from_geojson,
+    read_mask,
+    read_scene,
+)
+from dipfill.pipeline.write import staged, write_cog, write_quicklook, write_zarr_mosaic
+from dipfill.tiling import Blender, cast_to_dtype, PatchWindow, axis_starts, plan_windows, window_weights, windows_with_gaps
+
+__all__ = ["FillOptions", "FillResult", "FillReport", "fill_arrays", "fill_files", "patch_seed"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FillOptions:
+    """Everything that decides the output bytes (hashed into the STAC item), plus naming."""
+
+    engine: str = "dip"
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+    fallback: str = "fillnodata"
+    min_observed_fraction: float = 0.05
+    patch: int = 256
+    overlap: int = 32
+    seed: int = 0
+    batch_size: int = 4
+    footprint: str = "auto"  # "auto" | "all" | path to a GeoJSON polygon (EPSG:4326)
+    collar_closing: int = DEFAULT_COLLAR_CLOSING
+
+    def __post_init__(self) -> None:
+        if self.patch < 1:
+            raise InputError(f"--patch must be >= 1, got {self.patch}")
+        if not 0 <= self.overlap < self.patch:
+            raise InputError(f"--overlap must be in [0, patch={self.patch}), got {self.overlap}")
+        if not 0.0 <= self.min_observed_fraction <= 1.0:
+            raise InputError(f"min_observed_fraction must be in [0, 1], got {self.min_observed_fraction}")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def hashable_dict(self) -> dict[str, Any]:
+        """The options that determine the pixels (not where they are written)."""
+        d = asdict(self)
+        d["engine_options"] = dict(sorted(dict(self.engine_options).items()))
+        return d
+
+
+@dataclass
+class FillResult:
+    """Output of :func:`fill_arrays`."""
+
+    data: NDArray  # [bands, y, x], input dtype
+    qa: NDArray[np.uint8]  # [y, x]
+    diagnostics: dict[str, PatchDiagnostics]
+    windows_total: int
+    windows_filled: int
+
+
+@dataclass
+class FillReport:
+    """What :func:`fill_files` did: counts, outputs, timing. Printed by the CLI."""
+
+    item_id: str
+    outputs: dict[str, str]
+    pixels: int
+    counts: dict[str, int]
+    windows_total: int
+    windows_filled: int
+    seconds: float
+    engine: str
+    engine_options: dict[str, Any]
+
+    @property
+    def filled_fraction(self) -> float:
+        gap = self.counts["filled"] + self.counts["filled_fallback"] + self.counts["unfilled"]
+        return (self.counts["filled"] + self.counts["filled_fallback"]) / gap if gap else 0.0
+
+
+def patch_seed(seed: int, win: PatchWindow) -> int:
+    """Per-patch seed from the run seed and the window: independent of batching order."""
+    digest = hashlib.sha256(f"{seed}:{win.id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def fill_arrays(
+    data: NDArray,
+    valid: NDArray[np.bool_],
+    footprint: NDArray[np.bool_],
+    *,
+    engine: Engine,
+    fallback: Engine | None,
+    options: FillOptions,
+    nodata: float | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> FillResult:
+    """Fill ``data[bands, y, x]`` where ``valid`` is False inside ``footprint``.
+
+    Observed values are copied from ``data`` bit-exact; pixels outside the footprint get
+    ``nodata`` (NaN for floats without nodata). Returns the filled bands and the QA layer.
+    """
+    count, height, width = data.shape
+    state = three_state(valid, footprint)
+    target = ~valid & footprint[None]  # per band: what must be filled
+    windows = plan_windows(height, width, size=options.patch, overlap=options.overlap)
+    todo = list(windows_with_gaps(windows, state == GAP))
+    rows = axis_starts(height, options.patch, options.overlap)
+    cols = axis_starts(width, options.patch, options.overlap)
+
+    blender = Blender((count, height, width))
+    from_engine = np.zeros((height, width), dtype=np.float64)
+    from_fallback = np.zeros((height, width), dtype=np.float64)
+    diagnostics: dict[str, PatchDiagnostics] = {}
+    min_observed = options.min_observed_fraction
+
+    def run(eng: Engine, batch: list[PatchWindow], acc: NDArray[np.float64]) -> None:
+        patches = np.stack([_patch_values(data, valid, w) for w in batch])
+        observed = np.stack([valid[(slice(None), *w.slices)] for w in batch])
+        result = eng.fill(patches, observed, seeds=[patch_seed(options.seed, w) for w in batch])
+        for w, values, diag in zip(batch, result.values, result.diagnostics):
+            weights = window_weights(w, rows, cols)
+            blender.add(w, values, weights)
+            acc[w.slices] += weights
+            diagnostics[w.id] = diag
+
+    primary: list[PatchWindow] = []
+    weak: list[PatchWindow] = []
+    for w in todo:
+        enough = fallback is None or valid[(slice(None), *w.slices)].mean() >= min_observed
+        (primary if enough else weak).append(w)
+    done = 0
+    for eng, group, acc in ((engine, primary, from_engine), (fallback, weak, from_fallback)):
+        for i in range(0, len(group), options.batch_size):
+            batch = group[i : i + options.batch_size]
+            run(eng, batch, acc)  # type: ignore[arg-type]
+            done += len(batch)
+            if progress:
+                progress(done, len(todo))
+    blended, covered = blender.finalize()
+
+    out = data.copy()
+    fill_here = target & covered
+    out[fill_here] = cast_to_dtype(blended[fill_here], data.dtype, nodata)
+    missing_value = _missing_value(data.dtype, nodata)
+    if missing_value is not None:
+        out[~valid & ~fill_here] = missing_value
+
+    qa = np.full((height, width), QA_OUTSIDE, dtype=np.uint8)
+    qa[state == OBSERVED] = QA_OBSERVED
+    gap = state == GAP
+    unfilled = (target & ~covered).any(axis=0)
+    qa[gap] = np.where(from_fallback[gap] > from_engine[gap], QA_FALLBACK, QA_ENGINE)
+    qa[gap & unfilled] = QA_UNFILLED
+    return FillResult(out, qa, diagnostics, len(windows), len(todo))
+
+
+def _patch_values(data: NDArray, valid: NDArray[np.bool_], win: PatchWindow) -> NDArray[np.float32]:
+    """A window of the bands as float32 with unobserved pixels zeroed (never NaN in a loss)."""
+    sl = (slice(None), *win.slices)
+    return np.where(valid[sl], data[sl], 0).astype(np.float32)
+
+
+def _missing_value(dtype: np.dtype, nodata: float | None) -> float | None:
+    if nodata is not None:
+        return nodata
+    if np.issubdtype(dtype, np.floating):
+        return float("nan")
+    return None
+
+
+def _footprint(scene: Scene, data_valid: NDArray[np.bool_], options: FillOptions) -> NDArray[np.bool_]:
+    if options.footprint == "auto":
+        return footprint_from_validity(data_valid.any(axis=0), closing=options.collar_closing)
+    if options.footprint == "all":
+        return np.ones(scene.grid.shape, dtype=bool)
+    return footprint_from_geojson(options.footprint, scene.grid)
+
+
+def _default_item_id(sources: Sequence[str]) -> str:
+    stems = [Path(s).stem for s in sources]
+    if len(stems) == 1:
+        return stems[0]
+    prefix = os.path.commonprefix(stems).rstrip("_-. ")
+    return prefix or stems[0]
+
+
+def fill_files(
+    inputs: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    options: FillOptions = FillOptions(),
+    mask: str | None = None,
+    item_id: str | None = None,
+    datetime: str | None = None,
+    rgb: Sequence[int] = (0, 1, 2),
+    progress: Callable[[int, int], None] | None = None,
+) -> FillReport:
+    """Fill the raster(s) ``inputs`` and write all outputs into ``out_dir``.
+
+    Inputs are fully validated before anything is written; if writing fails midway,
+    temporary files are removed and no STAC item is written.
+    """
+    from dipfill.stac.item import sanitize_id
+
+    t0 = time.perf_counter()
+    scene = read_scene(inputs)
+    data_valid = data_validity(scene.data, scene.nodata)
+    if not data_valid.any():
+        raise InputError(f"{scene.sources[0]}: every pixel is nodata; nothing to fill from")
+    valid = data_valid
+    if mask is not None:
+        valid = data_valid & ~read_mask(mask, scene.grid)[None]
+    footprint = _footprint(scene, data_valid, options)
+    if not (valid & footprint[None]).any():
+        raise InputError(f"{scene.sources[0]}: no observed pixel inside the footprint")
+    item_id = sanitize_id(item_id or _default_item_id(scene.sources)) + "-dipfill"
+    acq = datetime or acquisition_date(scene)
+
+    engine = make_engine(options.engine, **dict(options.engine_options))
+    fallback = make_engine(options.fallback) if options.fallback != "none" else None
+    result = fill_arrays(
+        scene.data,
+        valid,
+        footprint,
+        engine=engine,
+        fallback=fallback,
+        options=options,
+        nodata=scene.nodata,
+        progress=progress,
+    )
+    counts = {name: int((result.qa == code).sum()) for code, (name, _) in QA_CLASSES.items()}
+    outputs = _write_outputs(Path(out_dir), item_id, scene, valid, result, options, acq, counts, rgb)
+    return FillReport(
+        item_id=item_id,
+        outputs=outputs,
+        pixels=int(result.qa.size),
+        counts=counts,
+        windows_total=result.windows_total,
+        windows_filled=result.windows_filled,
+        seconds=time.perf_counter() - t0,
+        engine=options.engine,
+        engine_options=dict(options.engine_options),
+    )
+
+
+def _write_outputs(
+    out_dir: Path,
+    item_id: str,
+    scene: Scene,
+    valid: NDArray[np.bool_],
+    result: FillResult,
+    options: FillOptions,
+    acquired: str | None,
+    counts: dict[str, int],
+    rgb: Sequence[int],
+) -> dict[str, str]:
+    """Write COGs, Zarr, quicklook, then the STAC item; remove ``out_dir`` if we made it and failed."""
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = {
+        "filled": f"{item_id}_filled.tif",
+        "qa": f"{item_id}_qa.tif",
+        "mosaic": "mosaic.zarr",
+        "quicklook": f"{item_id}_quicklook.png",
+        "item": f"{item_id}.json",
+    }
+    paths = {k: out_dir / v for k, v in names.items()}
+    cfg = options.hashable_dict()
+    try:
+        write_cog(
+            paths["filled"],
+            result.data,
+            scene.grid,
+            nodata=scene.nodata,
+            band_names=scene.band_names,
+            tags={"DIPFILL_VERSION": __version__, "DIPFILL_ENGINE": options.engine},
+        )
+        write_cog(paths["qa"], result.qa[None], scene.grid, nodata=None, band_names=["qa"], resampling="nearest")
+        write_zarr_mosaic(
+            paths["mosaic"],
+            result.data,
+            result.qa,
+            scene.grid,
+            nodata=scene.nodata,
+            band_names=scene.band_names,
+            attrs={"dipfill:version": __version__, "dipfill:config": cfg, "qa_flag_values": sorted(QA_CLASSES)},
+        )
+        after_valid = data_validity(result.data, scene.nodata)
+        write_quicklook(paths["quicklook"], scene.data, result.data, valid, after_valid, rgb=rgb)
+        item = _item(item_id, scene, result, options, acquired, counts, names)
+        with staged(paths["item"]) as tmp:
+            tmp.write_text(_dump_json(item.to_dict(include_self_link=False)))
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+    return {k: str(p) for k, p in paths.items()}
+
+
+def _dump_json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
+def _item(item_id, scene, result, options, acquired, counts, names):
+    """Assemble the STAC item describing the written outputs (hrefs relative to it)."""
+    from dipfill.pipeline.geometry import footprint_geometry
+    from dipfill.stac.item import COG_MEDIA_TYPE, ZARR_MEDIA_TYPE, AssetSpec, ItemSpec, build_item, config_hash
+
+    geometry, bbox = footprint_geometry(result.qa != QA_OUTSIDE, scene.grid)
+    if acquired:
+        when = dt.datetime.fromisoformat(acquired).replace(tzinfo=dt.timezone.utc)
+        when_source = "input"
+    else:
+        when = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        when_source = "processing time (no acquisition date found; pass --datetime)"
+    cfg = options.hashable_dict()
+    nodata = None if scene.nodata is None or np.isnan(scene.nodata) else scene.nodata
+    bands = tuple(
+        {"name": n, "data_type": scene.dtype.name, **({"nodata": nodata} if nodata is not None else {})}
+        for n in scene.band_names
+    )
+    qa_classes = [
+        {"value": code, "name": name, "description": desc} for code, (name, desc) in QA_CLASSES.items()
+    ]
+    assets = [
+        AssetSpec("filled", names["filled"], COG_MEDIA_TYPE, ("data",), "Filled bands (COG)", bands),
+        AssetSpec(
+            "qa",
+            names["qa"],
+            COG_MEDIA_TYPE,
+            ("metadata",),
+            "Fill QA (COG)",
+            ({"name": "qa", "data_type": "uint8"},),
+            {"classification:classes": qa_classes},
+        ),
+        AssetSpec("mosaic", names["mosaic"], ZARR_MEDIA_TYPE, ("data",), "Filled scene (Zarr v3)"),
+        AssetSpec("quicklook", names["quicklook"], "image/png", ("overview",), "Before | after"),
+    ]
+    crs = scene.grid.crs
+    spec = ItemSpec(
+        item_id=item_id,
+        geometry=geometry,
+        bbox=bbox,
+        datetime=when,
+        epsg=crs.to_epsg() if crs else None,
+        wkt2=crs.to_wkt() if crs else None,
+        shape=scene.grid.shape,
+        transform=list(scene.grid.transform)[:6],
+        properties={
+            "processing:software": {"dipfill": __version__},
+            "dipfill:config": cfg,
+            "dipfill:config_hash": config_hash(cfg),
+            "dipfill:counts": counts,
+            "dipfill:datetime_source": when_source,
+            "dipfill:sources": [os.path.basename(s) for s in scene.sources],
+        },
+        assets=assets,
+    )
+    item = build_item(spec)
+    item.stac_extensions.append("https://stac-extensions.github.io/classification/v2.0.0/schema.json")
+    return item
