@@ -1,0 +1,85 @@
+"""Three-state masks on real rasters: stripes are gaps, collars are outside."""
+
+from __future__ import annotations
+
+import numpy as np
+import rasterio
+from scipy import ndimage
+
+from dipfill.masks import DEFAULT_COLLAR_CLOSING, GAP, OBSERVED, OUTSIDE, footprint_from_validity, three_state
+from tests._data import ARG25_JAN, shared_file
+
+WAGL = "landsat7_slcoff/wagl_p092r084_reduced_res/"
+SLC_OFF_B4 = WAGL + "LE07_L1TP_092084_20110809_20161206_01_T1/LE07_L1TP_092084_20110809_20161206_01_T1_B4.TIF"
+SLC_OFF_GM = WAGL + "LE07_L1TP_092084_20110809_20161206_01_T1/gap_mask/LE07_L1TP_092084_20110809_20161206_01_T1_GM_B4.TIF"
+SLC_ON_B4 = WAGL + "LE07_L1TP_092084_19990925_20170217_01_T1/LE07_L1TP_092084_19990925_20170217_01_T1_B4.TIF"
+
+
+def read(path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+def test_stripes_touching_every_raster_edge_are_gaps_not_outside() -> None:
+    data = read(ARG25_JAN)
+    valid = data != -999
+    any_valid = valid.any(axis=0)
+    # the real stripes do reach the raster borders
+    assert (~any_valid[:, 0]).any() and (~any_valid[:, -1]).any()
+    footprint = footprint_from_validity(any_valid)
+    assert footprint.all()
+    state = three_state(valid, footprint)
+    assert (state == GAP).sum() == (~valid).any(axis=0).sum()
+    assert not (state == OUTSIDE).any()
+
+
+def test_tilted_collar_is_outside_and_stripes_reaching_it_stay_gaps() -> None:
+    data = read(ARG25_JAN)
+    valid = data != -999
+    rows, cols = np.mgrid[0:512, 0:512]
+    collar = rows > 2 * cols + 200  # a tilted no-data wedge in the lower-left corner
+    valid[:, collar] = False
+    footprint = footprint_from_validity(valid.any(axis=0))
+    outside = ~footprint
+    assert (collar & ~outside).sum() <= 0.01 * collar.sum()
+    stripes = (data == -999).all(axis=0) & ~collar
+    # A closing rounds off the corner where a stripe meets the collar: the only stripe
+    # pixels allowed outside are within half the closing width of the collar, and few.
+    near_collar = ndimage.binary_dilation(collar, iterations=DEFAULT_COLLAR_CLOSING // 2)
+    wrong = stripes & outside
+    assert not (wrong & ~near_collar).any(), "a stripe pixel away from the collar was called outside"
+    assert wrong.sum() <= 0.01 * stripes.sum()
+
+
+def test_real_slc_off_scene_collar_matches_the_slc_on_footprint() -> None:
+    """USGS 2011 SLC-off scene: the derived outside area equals the collar of the 1999
+    SLC-on scene of the same path/row (an independent footprint), not collar + stripes."""
+    off = read(shared_file(SLC_OFF_B4))[0]
+    on = read(shared_file(SLC_ON_B4))[0]
+    usgs_gap_mask = read(shared_file(SLC_OFF_GM))[0]  # 0 = gap or outside, 1 = data
+    valid = off != 0
+    footprint = footprint_from_validity(valid)
+    outside_fraction = 1 - footprint.mean()
+    slc_on_outside = (on == 0).mean()
+    assert (~valid).mean() > outside_fraction + 0.1  # there are many gaps inside
+    assert abs(outside_fraction - slc_on_outside) < 0.01
+    assert footprint[usgs_gap_mask == 1].all()
+
+
+def test_real_collar_without_stripes_is_all_outside() -> None:
+    data = read(shared_file("landsat_clean/rasterio/RGB.byte.tif"))
+    valid = data != 0
+    footprint = footprint_from_validity(valid.any(axis=0))
+    invalid = ~valid.all(axis=0)
+    assert (~footprint[invalid]).mean() > 0.99
+
+
+def test_three_state_keeps_partially_valid_pixels_and_respects_footprint() -> None:
+    valid = np.ones((2, 3, 3), dtype=bool)
+    valid[0, 1, 1] = False  # one band missing inside
+    valid[:, 0, 0] = False  # all bands missing, outside
+    footprint = np.ones((3, 3), dtype=bool)
+    footprint[0, 0] = False
+    state = three_state(valid, footprint)
+    assert state[1, 1] == GAP and state[0, 0] == OUTSIDE and state[2, 2] == OBSERVED
+    assert not footprint_from_validity(np.zeros((4, 4), dtype=bool)).any()
