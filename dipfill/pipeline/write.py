@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
@@ -19,6 +20,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from numpy.typing import NDArray
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 from dipfill.pipeline.read import Grid
@@ -188,7 +190,8 @@ def write_quicklook(
         panels.append(rgb_img)
     gutter = np.full((3, panels[0].shape[1], 8), 255, dtype=np.uint8)
     img = np.concatenate([panels[0], gutter, panels[1]], axis=2)
-    with staged(path) as tmp:
+    with staged(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture, not a map
         with rasterio.open(
             tmp, "w", driver="PNG", width=img.shape[2], height=img.shape[1], count=3, dtype="uint8"
         ) as ds:

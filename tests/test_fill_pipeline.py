@@ -1,0 +1,190 @@
+"""`dipfill fill` end to end on the real SLC-off crop: outputs, exactness, QA, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from rio_cogeo.cogeo import cog_validate
+
+from dipfill.cli.main import main
+from dipfill.masks import QA_ENGINE, QA_FALLBACK, QA_OBSERVED, QA_OUTSIDE, QA_UNFILLED
+from tests._data import ARG25_JAN
+
+
+def run_fill(tmp_path: Path, *args: str, inputs=(ARG25_JAN,), name: str = "out") -> Path:
+    out = tmp_path / name
+    rc = main(["fill", *map(str, inputs), "--out", str(out), *args])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory) -> Path:
+    """The real crop with a tilted no-data collar cut into it, filled with fillnodata."""
+    tmp = tmp_path_factory.mktemp("fill")
+    with rasterio.open(ARG25_JAN) as src:
+        data = src.read()
+        profile = src.profile
+    rows, cols = np.mgrid[0:512, 0:512]
+    data[:, rows > 2 * cols + 200] = -999  # collar of a tilted scene
+    src_path = tmp / "LS7_ETM_095_082_20100116_collar.tif"
+    with rasterio.open(src_path, "w", **profile) as dst:
+        dst.write(data)
+    return run_fill(tmp, "--engine", "fillnodata", "--patch", "256", "--overlap", "32", inputs=(src_path,))
+
+
+def outputs(out: Path) -> dict[str, Path]:
+    item_path = next(out.glob("*.json"))
+    item = json.loads(item_path.read_text())
+    return {"item": item_path, **{k: out / a["href"] for k, a in item["assets"].items()}}
+
+
+def test_all_outputs_exist_and_nothing_temporary_is_left(filled: Path) -> None:
+    files = outputs(filled)
+    assert set(files) == {"item", "filled", "qa", "mosaic", "quicklook"}
+    for path in files.values():
+        assert path.exists(), path
+    assert not [p for p in filled.iterdir() if p.name.startswith(".")]
+
+
+def test_cogs_validate_and_keep_georeferencing(filled: Path) -> None:
+    files = outputs(filled)
+    for key in ("filled", "qa"):
+        valid, errors, _ = cog_validate(str(files[key]))
+        assert valid, errors
+    with rasterio.open(files["filled"]) as out, rasterio.open(ARG25_JAN) as src:
+        assert out.crs == src.crs
+        assert out.transform == src.transform
+        assert out.dtypes == src.dtypes
+        assert out.nodata == src.nodata
+        assert out.overviews(1), "COG has no overviews"
+        assert out.block_shapes[0] == (256, 256)
+        assert out.profile["compress"].lower() == "deflate"
+
+
+def test_observed_exact_gaps_filled_outside_untouched(filled: Path) -> None:
+    files = outputs(filled)
+    src_path = next(filled.parent.glob("*_collar.tif"))
+    with rasterio.open(src_path) as s:
+        src = s.read()
+    with rasterio.open(files["filled"]) as f:
+        out = f.read()
+    with rasterio.open(files["qa"]) as q:
+        qa = q.read(1)
+    valid = src != -999
+    assert np.array_equal(out[valid], src[valid]), "observed pixels changed"
+    gap = qa == QA_ENGINE
+    assert gap.sum() > 0.2 * qa.size
+    assert (out[:, gap] != -999).all(), "a gap pixel was left nodata"
+    outside = qa == QA_OUTSIDE
+    rows, cols = np.mgrid[0:512, 0:512]
+    collar = rows > 2 * cols + 200
+    assert outside.sum() >= 0.98 * collar.sum() and (outside <= collar | ~valid.all(0)).all()
+    assert (out[:, outside] == -999).all(), "an outside pixel was filled"
+    # QA agrees with the input mask
+    assert np.array_equal(qa == QA_OBSERVED, valid.all(axis=0))
+    assert set(np.unique(qa)) <= {QA_OUTSIDE, QA_OBSERVED, QA_ENGINE}
+    # filled values look like the band (stripes between similar pixels)
+    for b in range(3):
+        lo, hi = np.percentile(src[b][valid[b]], [0, 100])
+        assert lo <= out[b, gap].min() and out[b, gap].max() <= hi
+
+
+def test_zarr_mosaic_matches_cog(filled: Path) -> None:
+    files = outputs(filled)
+    root = zarr.open_group(str(files["mosaic"]), mode="r")
+    assert root.metadata.zarr_format == 3
+    with rasterio.open(files["filled"]) as f:
+        assert np.array_equal(root["bands"][...], f.read())
+    with rasterio.open(files["qa"]) as q:
+        assert np.array_equal(root["qa"][...], q.read(1))
+    assert root["bands"].metadata.dimension_names == ("band", "y", "x")
+    assert root.attrs["proj:epsg"] == 3577
+
+
+def test_stac_item_describes_outputs(filled: Path) -> None:
+    import pystac
+
+    files = outputs(filled)
+    raw = json.loads(files["item"].read_text())
+    assert raw["properties"]["proj:epsg"] == 3577  # stackstac needs it; pystac drops it on read
+    item = pystac.Item.from_file(str(files["item"]))
+    assert item.id.endswith("-dipfill")
+    assert item.datetime.date().isoformat() == "2010-01-16"
+    assert item.properties["proj:code"] == "EPSG:3577"
+    assert item.properties["proj:shape"] == [512, 512]
+    bands = item.assets["filled"].extra_fields["raster:bands"]
+    assert [b["data_type"] for b in bands] == ["int16"] * 3 and bands[0]["nodata"] == -999
+    assert "data" in item.assets["filled"].roles and "overview" in item.assets["quicklook"].roles
+    # lon/lat footprint lies around Menindee (32.3 S, 142.4 E)
+    w, s, e, n = item.bbox
+    assert 141.9 < w < e < 142.8 and -32.5 < s < n < -32.1
+    assert item.properties["dipfill:counts"]["filled"] > 0
+
+
+def test_quicklook_is_a_before_after_png(filled: Path) -> None:
+    with rasterio.open(outputs(filled)["quicklook"]) as ql:
+        assert ql.driver == "PNG" and ql.count == 3
+        assert ql.width == 2 * 512 + 8 and ql.height == 512
+
+
+def test_same_seed_same_bytes(tmp_path: Path) -> None:
+    a = run_fill(tmp_path, "--engine", "telea", name="a")
+    b = run_fill(tmp_path, "--engine", "telea", name="b")
+    for key in ("filled", "qa"):
+        assert outputs(a)[key].read_bytes() == outputs(b)[key].read_bytes()
+
+
+def test_external_mask_adds_gaps_and_tiny_patches_work(tmp_path: Path) -> None:
+    with rasterio.open(ARG25_JAN) as src:
+        profile = src.profile
+        data = src.read(window=((0, 40), (0, 70)))
+        transform = src.window_transform(((0, 40), (0, 70)))
+    profile.update(width=70, height=40, transform=transform)
+    small = tmp_path / "small.tif"
+    with rasterio.open(small, "w", **profile) as dst:
+        dst.write(data)
+    mask = np.zeros((40, 70), dtype=np.uint8)
+    mask[5:9, 20:30] = 1  # a "cloud" over observed pixels
+    mprof = {**profile, "count": 1, "dtype": "uint8", "nodata": None}
+    with rasterio.open(tmp_path / "mask.tif", "w", **mprof) as dst:
+        dst.write(mask[None])
+    out = run_fill(tmp_path, "--engine", "ns", "--patch", "32", "--overlap", "8",
+                   "--mask", str(tmp_path / "mask.tif"), "--footprint", "all", inputs=(small,))
+    with rasterio.open(outputs(out)["qa"]) as q:
+        qa = q.read(1)
+    with rasterio.open(outputs(out)["filled"]) as f:
+        res = f.read()
+    assert (qa[5:9, 20:30] == QA_ENGINE).all()
+    assert (res[:, 5:9, 20:30] != -999).all()
+    valid = (data != -999).all(0)
+    keep = valid & (mask == 0)
+    assert np.array_equal(res[:, keep], data[:, keep])
+
+
+def test_fallback_engine_for_patches_with_too_few_observed_pixels(tmp_path: Path) -> None:
+    with rasterio.open(ARG25_JAN) as src:
+        data = src.read()
+        profile = src.profile
+    data[:, :256, :256] = -999
+    data[:, 100:104, 100:104] = 1000  # almost nothing observed in the top-left patch
+    path = tmp_path / "holey.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    out = run_fill(tmp_path, "--engine", "telea", "--fallback", "fillnodata", "--min-observed", "0.2",
+                   "--footprint", "all", inputs=(path,))
+    with rasterio.open(outputs(out)["qa"]) as q:
+        qa = q.read(1)
+    with rasterio.open(outputs(out)["filled"]) as f:
+        res = f.read()
+    # near the few observed pixels: filled by the fallback (fillnodata reaches 100 px) ...
+    assert (qa[60:140, 60:140][qa[60:140, 60:140] != QA_OBSERVED] == QA_FALLBACK).all()
+    # ... beyond its reach and away from other patches: left unfilled, and still nodata
+    assert (qa[:5, :5] == QA_UNFILLED).all() and (res[:, :5, :5] == -999).all()
+    assert (qa == QA_ENGINE).any()
+    assert (res[:, qa == QA_FALLBACK] != -999).all()
