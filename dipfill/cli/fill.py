@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
 from dipfill.errors import InputError
+
+log = logging.getLogger("dipfill")
 
 ENGINES = ("dip", "fillnodata", "telea", "ns")
 
@@ -90,9 +93,13 @@ def run(args: argparse.Namespace) -> int:
         collar_closing=args.collar_closing or DEFAULT_COLLAR_CLOSING,
     )
 
+    tty = sys.stderr.isatty() and not args.json
+
     def progress(done: int, total: int) -> None:
-        if not args.json:
+        if tty:
             print(f"\rpatches {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        else:
+            log.info("patches %d/%d", done, total)
 
     report = fill_files(
         args.inputs,
