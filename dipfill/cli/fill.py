@@ -12,7 +12,7 @@ from dipfill.errors import InputError
 
 log = logging.getLogger("dipfill")
 
-ENGINES = ("dip", "fillnodata", "telea", "ns")
+from dipfill.engines import ENGINES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
