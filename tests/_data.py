@@ -24,3 +24,21 @@ def shared_file(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs ../shared/data/{relative} (team test data, not shipped)")
     return path
+
+
+def arg25_transplant(rows: slice = slice(128, 384), cols: slice = slice(128, 384), *, reverse: bool = False):
+    """The February crop with January's real SLC-off gaps transplanted onto it (or, with
+    ``reverse``, January with February's gaps and cloud shadows): truth known under the gaps."""
+    import rasterio
+
+    from dipfill.evaluation import transplant_gaps
+
+    stacks = []
+    for path in (ARG25_JAN, ARG25_FEB):
+        with rasterio.open(path) as src:
+            data = src.read(window=((rows.start, rows.stop), (cols.start, cols.stop)))
+            stacks.append((data, data != src.nodata))
+    (jan, jan_valid), (feb, feb_valid) = stacks
+    if reverse:
+        return transplant_gaps(jan, jan_valid, feb_valid)
+    return transplant_gaps(feb, feb_valid, jan_valid)

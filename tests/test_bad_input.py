@@ -106,3 +106,18 @@ def test_bad_options(tmp_path: Path, flags: tuple[str, str], capsys) -> None:
     rc, out = fill(tmp_path, ARG25_JAN, extra=flags)
     assert rc == 1 and not out.exists()
     assert flags[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--engine", "dip", "--preset", "unet"), "unknown dip preset 'unet'"),
+        (("--engine", "dip", "--dip", "padding=circular"), "padding must be one of"),
+        (("--engine", "dip", "--dip", "steps"), "--dip takes KEY=VALUE"),
+        (("--engine", "dip", "--steps", "0"), "steps must be >= 1"),
+    ],
+)
+def test_bad_dip_options_fail_before_any_output(tmp_path: Path, flags, message, capsys) -> None:
+    rc, out = fill(tmp_path, ARG25_JAN, extra=flags)
+    assert rc == 1 and not out.exists()
+    assert message in capsys.readouterr().err

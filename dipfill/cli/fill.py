@@ -40,11 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--collar-closing", type=int, default=None, metavar="PX",
                    help="closing width that bridges stripes when deriving the footprint (default: 31)")
     g = p.add_argument_group("dip engine")
-    g.add_argument("--steps", type=int, help="Adam steps per patch (default: 1500, paper 000)")
-    g.add_argument("--channels", type=int, help="channels per encoder/decoder level (default: 128)")
-    g.add_argument("--skip-channels", type=int, help="channels of the 1x1 skip convolutions (default: 128)")
-    g.add_argument("--depth", type=int, help="encoder/decoder levels (default: 5)")
-    g.add_argument("--lr", type=float, help="Adam learning rate (default: 0.01)")
+    g.add_argument("--preset", default="landsat2020",
+                   help="paper configuration: landsat2020 (default, paper 000), sar2023, ndvi2024, mcpn-core")
+    g.add_argument("--steps", type=int, help="Adam steps per patch (landsat2020: 1500)")
+    g.add_argument("--channels", type=int, help="channels at every encoder/decoder level (landsat2020: 128)")
+    g.add_argument("--skip-channels", type=int, help="channels of the 1x1 skip convolutions (landsat2020: 128)")
+    g.add_argument("--depth", type=int, help="encoder/decoder levels (landsat2020: 5)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (landsat2020: 0.01)")
+    g.add_argument("--dip", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other DIPConfig field, value as JSON (e.g. --dip reg_noise_std=0.03 "
+                        "--dip input_kind=meshgrid --dip channels_skip=[4,4,4,4,4]); repeatable")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default: auto)")
     o = p.add_argument_group("output naming")
     o.add_argument("--id", dest="item_id", help="item id (default: from the input file name); '-dipfill' is appended")
@@ -55,20 +60,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def dip_options(args: argparse.Namespace) -> dict[str, Any]:
-    """DIPConfig fields from the CLI flags that were given (the rest keep their defaults)."""
-    opts: dict[str, Any] = {"device": args.device}
-    depth = args.depth or 5
+    """``make_engine('dip', ...)`` options: the preset, then the flags that were given.
+
+    Uniform-width flags (--channels, --skip-channels, --depth) expand to per-level tuples;
+    --dip KEY=VALUE sets any other field and wins over everything else.
+    """
+    from dipfill.engines.dip import preset
+
+    opts: dict[str, Any] = {"preset": args.preset, "device": args.device}
+    base = preset(args.preset)
     if args.steps is not None:
         opts["steps"] = args.steps
     if args.lr is not None:
         opts["lr"] = args.lr
+    depth = args.depth or base.depth
     if args.channels is not None or args.depth is not None:
-        ch = args.channels or 128
-        opts["channels_down"] = (ch,) * depth
-        opts["channels_up"] = (ch,) * depth
+        opts["channels_down"] = (args.channels or base.channels_down[0],) * depth
+        opts["channels_up"] = (args.channels or base.channels_up[0],) * depth
     if args.skip_channels is not None or args.depth is not None:
-        sk = args.skip_channels if args.skip_channels is not None else 128
+        sk = args.skip_channels if args.skip_channels is not None else base.channels_skip[0]
         opts["channels_skip"] = (sk,) * depth
+    for item in args.dip:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--dip takes KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # bare words: --dip upsample=bilinear
+        opts[key.strip()] = tuple(value) if isinstance(value, list) else value
+    preset(opts["preset"], **{k: v for k, v in opts.items() if k != "preset"})  # validate now
     return opts
 
 

@@ -1,0 +1,82 @@
+"""The DIP network and losses: the papers' architectures by name, SSIM, masked losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dipfill.engines.dip import DIPConfig, build_skip_net, masked_loss, padded_size, preset, ssim_map
+
+
+def modules(net: nn.Module, kind: type) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, kind)]
+
+
+def test_landsat2020_is_paper_000_appendix_a():
+    cfg = preset("landsat2020")
+    assert cfg == DIPConfig()
+    net = build_skip_net(cfg, out_channels=4)
+    convs = modules(net, nn.Conv2d)
+    strided = [c for c in convs if c.stride == (2, 2)]
+    assert len(strided) == 5 and all(c.out_channels == 128 and c.kernel_size == (3, 3) for c in strided)
+    skips = [c for c in convs if c.kernel_size == (1, 1) and c.in_channels != c.out_channels]
+    assert {c.out_channels for c in skips[:-1]} == {128}  # 1x1 skips, then the 1x1 head
+    assert convs[-1].out_channels == 4 and convs[-1].kernel_size == (1, 1)
+    assert len(modules(net, nn.ReflectionPad2d)) > 0 and not any(c.padding != (0, 0) for c in convs)
+    ups = modules(net, nn.Upsample)
+    assert len(ups) == 5 and all(u.mode == "nearest" for u in ups)
+    assert all(a.negative_slope == 0.2 for a in modules(net, nn.LeakyReLU))
+    assert isinstance(net[-1], nn.Sigmoid)
+    assert all(not b.track_running_stats for b in modules(net, nn.BatchNorm2d))
+    assert (cfg.input_kind, cfg.input_channels, cfg.input_noise_scale) == ("noise", 32, 0.1)
+    assert (cfg.lr, cfg.steps, cfg.loss) == (0.01, 1500, "mse")
+    out = net(torch.rand(1, 32, 64, 64) * 0.1)
+    assert out.shape == (1, 4, 64, 64) and float(out.detach().min()) > 0 and float(out.detach().max()) < 1
+
+
+def test_presets_build_what_their_papers_describe():
+    sar = build_skip_net(preset("sar2023"), 2)
+    assert len(modules(sar, nn.ConvTranspose2d)) == 5 and len(modules(sar, nn.MaxPool2d)) == 5
+    assert not isinstance(sar[-1], nn.Sigmoid) and preset("sar2023").loss == "ssim"
+    assert preset("sar2023").steps == 3000
+    mcpn = build_skip_net(preset("mcpn-core"), 3)
+    strided = [c.out_channels for c in modules(mcpn, nn.Conv2d) if c.stride == (2, 2)]
+    assert strided == [16, 32, 64, 128, 128, 128]
+    ndvi = preset("ndvi2024")
+    assert ndvi.channels_down == (64,) * 5 and ndvi.reg_noise_std > 0
+    meshgrid = build_skip_net(preset("landsat2020", input_kind="meshgrid"), 3)
+    assert modules(meshgrid, nn.Conv2d)[0].in_channels == 2
+    tanh = build_skip_net(preset("landsat2020", activation="tanh", channels_skip=(0,) * 5), 3)
+    assert len(modules(tanh, nn.Tanh)) > 0 and len(modules(tanh, nn.LeakyReLU)) == 0
+
+
+def test_padded_size_halves_cleanly_and_keeps_two_pixels():
+    for n in (1, 7, 64, 65, 200, 256, 257):
+        for depth in (1, 5, 6):
+            p = padded_size(n, depth)
+            assert p >= n and p % 2**depth == 0 and p // 2**depth >= 2
+
+
+def test_ssim_is_one_for_identical_images_and_lower_for_noise():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 2, 40, 40, generator=g, dtype=torch.float64)
+    assert torch.allclose(ssim_map(a, a), torch.ones_like(a))
+    noisy = (a + 0.2 * torch.randn(a.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    assert float(ssim_map(a, noisy).mean()) < 0.9
+
+
+@pytest.mark.parametrize("kind", ["mse", "ssim", "mse+ssim"])
+def test_masked_losses_ignore_what_the_mask_hides(kind):
+    g = torch.Generator().manual_seed(1)
+    out = torch.rand(1, 3, 32, 32, generator=g)
+    target = torch.rand(1, 3, 32, 32, generator=g)
+    mask = (torch.rand(1, 3, 32, 32, generator=g) > 0.3).float()
+    other = torch.where(mask > 0, target, torch.rand(1, 3, 32, 32, generator=g))
+    assert torch.equal(masked_loss(kind, out, target, mask), masked_loss(kind, out, other, mask))
+    perfect = torch.where(mask > 0, target, out)
+    assert float(masked_loss(kind, perfect, target, mask)) < float(masked_loss(kind, out, target, mask))
+    if kind == "mse":
+        expected = float((((out - target) ** 2) * mask).sum() / mask.sum())
+        assert float(masked_loss(kind, out, target, mask)) == pytest.approx(expected)
