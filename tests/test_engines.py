@@ -6,8 +6,11 @@ it (tests/_data.py): the truth under the hidden stripes is known.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from dipfill.engines import make_engine
 from dipfill.engines.base import EngineResult
@@ -73,8 +76,9 @@ def test_dip_beats_mean_fill_on_real_stripes(small_case):
 
 
 def test_dip_is_deterministic_per_seed_and_independent_of_batch(small_case):
+    """With the loop strategy a patch's bytes depend on its seed only, not on its batch."""
     t = small_case
-    eng = make_engine("dip", preset="mcpn-core", steps=4)
+    eng = make_engine("dip", preset="mcpn-core", steps=4, strategy="loop")
     a = run(eng, t, seed=11)
     b = run(eng, t, seed=11)
     c = run(eng, t, seed=12)
@@ -111,3 +115,41 @@ def test_make_engine_rejects_unknown_names_and_options():
         make_engine("dip", padding="circular")
     with pytest.raises(InputError, match="radius must be > 0"):
         make_engine("ns", radius=0)
+
+
+def test_auto_strategy_is_measured_once_and_cached(small_case, monkeypatch, tmp_path):
+    from dipfill.engines import strategy
+
+    monkeypatch.setenv("DIPFILL_CACHE_DIR", str(tmp_path))
+    calls = []
+    real = strategy._time_candidate
+    monkeypatch.setattr(strategy, "_time_candidate", lambda *a: calls.append(a[5]) or real(*a))
+    t = small_case
+    eng = make_engine("dip", preset="mcpn-core", steps=2)  # strategy and compile "auto"
+    values, observed = np.stack([t.values] * 2), np.stack([t.observed] * 2)
+    first = eng.fill(values, observed, seeds=[1, 2])
+    assert sorted(calls) == ["loop", "packed"]  # compile is not a CPU candidate
+    cached = json.loads((tmp_path / "strategy.json").read_text())
+    (entry,) = cached.values()
+    assert entry["strategy"] in ("loop", "packed") and set(entry["seconds_per_patch_step"]) == {"loop", "packed"}
+    second = eng.fill(values, observed, seeds=[1, 2])
+    assert len(calls) == 2  # read from the cache, not measured again
+    assert first.values.tobytes() == second.values.tobytes()
+    assert first.diagnostics[0].extra["plan"]["strategy"] == entry["strategy"]
+
+
+def test_gpu_path_options_run_on_cpu(small_case):
+    """bf16 autocast and channels_last are the CUDA defaults; the same code runs on CPU."""
+    from dipfill.engines.dip import preset
+    from dipfill.engines.strategy import Plan, prepare_net
+    from dipfill.engines.dipnet import pack_members
+
+    t = small_case
+    out = make_engine("dip", preset="mcpn-core", steps=3, precision="bf16", strategy="packed").fill(
+        np.stack([t.values] * 2), np.stack([t.observed] * 2), seeds=[1, 2])
+    assert np.isfinite(out.values).all() and out.diagnostics[0].extra["plan"]["bf16"] is True
+    net = prepare_net(pack_members(preset("mcpn-core"), 3, [0]), torch.device("cpu"),
+                      Plan("loop", False, False, channels_last=True, fused_adam=False))
+    z = torch.rand(1, 32, 128, 128)
+    assert net(z).shape == (1, 3, 128, 128)
+    assert next(net.parameters()).is_contiguous(memory_format=torch.channels_last)

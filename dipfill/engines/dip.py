@@ -23,20 +23,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, ClassVar, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
-from torch import nn
 
 from dipfill.engines.base import EngineResult, PatchDiagnostics, check_batch
-from dipfill.engines.normalize import denormalize, normalize
+from dipfill.engines.normalize import NormParams, denormalize, normalize
 from dipfill.errors import InputError
 
-__all__ = ["DIPConfig", "DIPEngine", "PRESETS", "build_skip_net", "preset"]
+__all__ = ["DIPConfig", "DIPEngine", "PRESETS", "preset", "Monitor"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +47,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "input_noise": ("uniform", "gaussian", "rayleigh"),
     "loss": ("mse", "ssim", "mse+ssim"),
     "device": ("auto", "cpu", "cuda"),
+    "stopping": ("fixed", "holdout", "emv"),
+    "strategy": ("auto", "loop", "packed"),
+    "compile": ("auto", "on", "off"),
+    "precision": ("auto", "fp32", "bf16"),
 }
 
 
@@ -88,6 +90,24 @@ class DIPConfig:
     # brighter/darker than the observed percentiles reachable through the sigmoid.
     percentiles: tuple[float, float] = (1.0, 99.0)
     target_range: tuple[float, float] = (0.1, 0.9)
+    # When to stop and which iterate to keep (dipfill.engines.stopping): "fixed" runs all
+    # steps and keeps the last; "holdout" scores gap-shaped held-out observed pixels every
+    # check_every steps and stops a patch after `patience` checks without improvement;
+    # "emv" does the same on the output's exponential moving variance (ES-EMV).
+    stopping: str = "fixed"
+    check_every: int = 25
+    patience: int = 8
+    holdout_fraction: float = 0.05
+    emv_alpha: float = 0.1
+    # Observed pixels whose value is <= this stay out of the loss. Paper 001 fits NDVI on
+    # vegetation only (NDVI <= 0 excluded): loss_min_value=0 on NDVI. None: all observed.
+    loss_min_value: float | None = None
+    # How to run, not what to compute (dipfill.engines.strategy): "auto" measures once per
+    # device and caches. Results agree to float rounding across choices, not bit for bit:
+    # pin them for byte-identical reruns on other machines.
+    strategy: str = "auto"
+    compile: str = "auto"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -117,6 +137,12 @@ class DIPConfig:
             raise InputError(f"dip input_channels must be >= 1, got {self.input_channels}")
         if self.reg_noise_std < 0 or self.input_noise_scale < 0:
             raise InputError("dip reg_noise_std and input_noise_scale must be >= 0")
+        if self.check_every < 1 or self.patience < 1:
+            raise InputError("dip check_every and patience must be >= 1")
+        if not 0 < self.holdout_fraction < 0.5:
+            raise InputError(f"dip holdout_fraction must be in (0, 0.5), got {self.holdout_fraction}")
+        if not 0 < self.emv_alpha < 1:
+            raise InputError(f"dip emv_alpha must be in (0, 1), got {self.emv_alpha}")
 
     @property
     def depth(self) -> int:
@@ -146,12 +172,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loss": "ssim",
         "steps": 3000,
     },
-    # Paper 001 (DIP for cloud-gapped MODIS NDVI): 64 channels, input-noise injection.
+    # Paper 001 (DIP for cloud-gapped MODIS NDVI): 64 channels, input-noise injection and
+    # early stopping (here on gap-shaped held-out pixels). Its vegetation-only loss is
+    # `loss_min_value=0` on NDVI input (not set here: it is meaningless on reflectance).
     "ndvi2024": {
         "channels_down": (64,) * 5,
         "channels_up": (64,) * 5,
         "channels_skip": (64,) * 5,
         "reg_noise_std": 0.03,
+        "stopping": "holdout",
     },
     # Paper 003 (MCPN) shared core: light encoder-decoder with 4-channel skips.
     "mcpn-core": {
@@ -171,149 +200,6 @@ def preset(name: str, **overrides: Any) -> DIPConfig:
     if unknown:
         raise InputError(f"unknown dip option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return DIPConfig(**{**PRESETS[name], **overrides})
-
-
-# ---------------------------------------------------------------------------------------
-# Network
-
-
-def build_skip_net(config: DIPConfig, out_channels: int) -> nn.Module:
-    """The skip encoder–decoder for ``config`` mapping ``net_input_channels`` to ``out_channels``.
-
-    Built with the global torch RNG: seed it (or fork it) before calling for reproducible
-    initial weights.
-    """
-
-    def act(last: bool = False) -> nn.Module:
-        if last and not config.last_activation:
-            return nn.Identity()
-        return {
-            "leakyrelu": lambda: nn.LeakyReLU(0.2),
-            "relu": nn.ReLU,
-            "tanh": nn.Tanh,
-        }[config.activation]()
-
-    def bn(ch: int) -> nn.Module:
-        return nn.BatchNorm2d(ch, track_running_stats=config.batchnorm_running_stats)
-
-    def conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Sequential:
-        pad = (k - 1) // 2
-        layers: list[nn.Module] = []
-        if pad and config.padding == "reflection":
-            layers.append(nn.ReflectionPad2d(pad))
-            pad = 0
-        layers.append(nn.Conv2d(cin, cout, k, stride=stride, padding=pad))
-        return nn.Sequential(*layers)
-
-    def down(cin: int, cout: int) -> nn.Sequential:
-        if config.downsample == "maxpool":
-            return nn.Sequential(nn.MaxPool2d(2), *conv(cin, cout, config.kernel_down))
-        return conv(cin, cout, config.kernel_down, stride=2)
-
-    def up(ch: int) -> nn.Module:
-        if config.upsample == "transposed":
-            return nn.ConvTranspose2d(ch, ch, 2, stride=2)
-        if config.upsample == "bilinear":
-            return nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
-        return nn.Upsample(scale_factor=2, mode="nearest")
-
-    def level(i: int, cin: int) -> nn.Module:
-        nd, nu, ns = config.channels_down[i], config.channels_up[i], config.channels_skip[i]
-        last = i == 0  # the level whose output feeds the head
-        deeper: list[nn.Module] = [
-            down(cin, nd), bn(nd), act(),
-            conv(nd, nd, config.kernel_down), bn(nd), act(),
-        ]
-        if i + 1 < config.depth:
-            deeper.append(level(i + 1, nd))
-            k = config.channels_up[i + 1]
-        else:
-            k = nd
-        deeper.append(up(k))
-        skip = (
-            nn.Sequential(conv(cin, ns, config.kernel_skip), bn(ns), act()) if ns else None
-        )
-        return _Level(
-            skip,
-            nn.Sequential(*deeper),
-            nn.Sequential(
-                bn(ns + k),
-                conv(ns + k, nu, config.kernel_up), bn(nu), act(),
-                conv(nu, nu, 1), bn(nu), act(last),
-            ),
-        )
-
-    head: list[nn.Module] = [level(0, config.net_input_channels), conv(config.channels_up[0], out_channels, 1)]
-    if config.sigmoid:
-        head.append(nn.Sigmoid())
-    return nn.Sequential(*head)
-
-
-class _Level(nn.Module):
-    """One hourglass level: ``merge(cat(skip(x), deeper(x)))``."""
-
-    def __init__(self, skip: nn.Module | None, deeper: nn.Module, merge: nn.Module) -> None:
-        super().__init__()
-        self.skip, self.deeper, self.merge = skip, deeper, merge
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.deeper(x)
-        if self.skip is not None:
-            y = torch.cat([self.skip(x), y], dim=1)
-        return self.merge(y)
-
-
-# ---------------------------------------------------------------------------------------
-# Losses
-
-
-def _gaussian_window(size: int = 11, sigma: float = 1.5):
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x * x) / (2 * sigma * sigma))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
-
-
-def ssim_map(a, b, *, data_range: float = 1.0, window: int = 11, sigma: float = 1.5):
-    """Per-pixel SSIM (Wang et al. 2004, Gaussian 11×11, σ 1.5) of ``[N, C, H, W]`` tensors.
-
-    Reflect-padded so the map has the input's size (patches are small; 'valid' SSIM would
-    drop 10 of 256 rows). Windows wider than the image shrink to fit.
-    """
-    size = min(window, a.shape[-2] - (a.shape[-2] + 1) % 2, a.shape[-1] - (a.shape[-1] + 1) % 2)
-    size = max(size, 1)
-    ch = a.shape[1]
-    w = _gaussian_window(size, sigma).to(a.dtype).to(a.device).expand(ch, 1, size, size)
-    pad = (size - 1) // 2
-
-    def filt(x):
-        if pad:
-            x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        return F.conv2d(x, w, groups=ch)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = filt(a), filt(b)
-    saa = filt(a * a) - mu_a * mu_a
-    sbb = filt(b * b) - mu_b * mu_b
-    sab = filt(a * b) - mu_a * mu_b
-    return ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
-
-
-def masked_loss(kind: str, out, target, mask):
-    """Loss of ``out`` against ``target`` on ``mask`` only (all ``[N, C, H, W]``).
-
-    MSE averages squared error over masked pixels. SSIM follows paper 004: both images are
-    multiplied by the mask (so gap content cannot influence it) and ``-mean SSIM`` over the
-    masked pixels is minimised; ``mse+ssim`` adds the two (``1 - SSIM`` keeps it >= 0).
-    """
-    n = mask.sum().clamp_min(1)
-    mse = (((out - target) * mask) ** 2).sum() / n
-    if kind == "mse":
-        return mse
-    ssim = (ssim_map(out * mask, target * mask) * mask).sum() / n
-    if kind == "ssim":
-        return -ssim
-    return mse + (1 - ssim)
 
 
 # ---------------------------------------------------------------------------------------
@@ -339,7 +225,7 @@ def padded_size(n: int, depth: int) -> int:
     return max(unit * math.ceil(n / unit), 2 * unit)
 
 
-def make_input(config: DIPConfig, height: int, width: int, generator) -> Any:
+def make_input(config: DIPConfig, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
     """The fixed network input ``[1, C, H, W]`` drawn from ``generator``."""
     if config.input_kind == "meshgrid":
         ys = torch.linspace(0, 1, height, dtype=torch.float32)
@@ -356,13 +242,34 @@ def make_input(config: DIPConfig, height: int, width: int, generator) -> Any:
     return z * config.input_noise_scale
 
 
+
+
+# monitor(step, values[B, C, H, W] in data units, held-out RMSE[B] in normalised units):
+# called every check_every steps; patches not being fitted at that moment are NaN.
+Monitor = Callable[[int, NDArray[np.float32], NDArray[np.float64]], None]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One patch ready to fit: normalised, padded targets and masks."""
+
+    index: int
+    seed: int
+    params: NormParams
+    has_obs: NDArray[np.bool_]
+    target: NDArray[np.float32]  # [C, PH, PW]
+    train: NDArray[np.float32]
+    holdout: NDArray[np.float32] | None
+
+
 @dataclass(frozen=True)
 class DIPEngine:
-    """Fit one DIP network per patch (a plain per-patch loop) and return its output.
+    """Fit one DIP network per patch and return its prediction for every pixel.
 
-    Seeds are per patch: the initial weights, the input noise and the per-step input
-    perturbations are all drawn from the patch's seed, so a patch's result does not depend
-    on the batch it arrived in.
+    Seeds are per patch: initial weights, input noise, per-step input perturbation and the
+    held-out pixels all come from the patch's seed, so a patch's result does not depend on
+    its batch neighbours (bit for bit with the ``loop`` strategy; to float rounding when
+    packed, where kernels see other shapes).
     """
 
     config: DIPConfig = field(default_factory=DIPConfig)
@@ -375,68 +282,101 @@ class DIPEngine:
         observed: NDArray[np.bool_],
         *,
         seeds: Sequence[int],
+        monitor: Monitor | None = None,
     ) -> EngineResult:
-        check_batch(patches, observed, seeds)
-        out = np.full(patches.shape, np.nan, dtype=np.float32)
-        diagnostics = []
-        for b in range(patches.shape[0]):
-            out[b], diag = self.fit_patch(patches[b], observed[b], int(seeds[b]))
-            diagnostics.append(diag)
-        return EngineResult(values=out, diagnostics=diagnostics)
+        from dipfill.engines.strategy import describe, resolve_plan
 
-    def fit_patch(
-        self, values: NDArray[np.float32], observed: NDArray[np.bool_], seed: int
-    ) -> tuple[NDArray[np.float32], PatchDiagnostics]:
-        """Fit one ``[C, H, W]`` patch; bands with no observed pixel come back all NaN."""
+        check_batch(patches, observed, seeds)
         cfg = self.config
-        start = time.perf_counter()
+        count, bands, height, width = patches.shape
+        out = np.full(patches.shape, np.nan, dtype=np.float32)
+        diagnostics = [PatchDiagnostics(engine=self.name, extra={"reason": "no observed pixels"})] * count
+        todo = [p for p in (self._prepare(b, patches[b], observed[b], int(seeds[b])) for b in range(count)) if p]
+        if not todo:
+            return EngineResult(out, diagnostics)
+        device = torch.device(resolve_device(cfg.device))
+        plan = resolve_plan(cfg, device, (bands, height, width), len(todo))
+        groups = [[p] for p in todo] if plan.strategy == "loop" else [todo]
+        for group in groups:
+            start = time.perf_counter()
+            fit = self._fit_group(group, device, plan, (count, bands, height, width), monitor)
+            seconds = (time.perf_counter() - start) / len(group)
+            for j, p in enumerate(group):
+                pred = fit.prediction[j, :, :height, :width].double().cpu().numpy()
+                out[p.index][p.has_obs] = denormalize(pred, p.params)[p.has_obs].astype(np.float32)
+                diagnostics[p.index] = PatchDiagnostics(
+                    engine=self.name,
+                    steps=int(fit.steps[j]),
+                    final_loss=float(fit.final_loss[j]),
+                    seconds=seconds,
+                    extra={
+                        "best_step": int(fit.best_step[j]),
+                        "best_holdout_rmse": float(fit.best_score[j]) if cfg.stopping == "holdout" else None,
+                        "stopped_by": fit.stopped_by[j],
+                        "device": device.type,
+                        "plan": {k: v for k, v in describe(plan).items() if k != "seconds_per_patch_step"},
+                    },
+                )
+        return EngineResult(out, diagnostics)
+
+    def _prepare(self, index: int, values: NDArray, observed: NDArray[np.bool_], seed: int) -> _Prepared | None:
+        """Normalise one ``[C, H, W]`` patch, pad it and build its loss and held-out masks."""
+        from dipfill.engines.stopping import stripe_holdout
+
+        cfg = self.config
         vals = np.asarray(values, dtype=np.float64)
         obs = np.asarray(observed, dtype=bool) & np.isfinite(vals)
         has_obs = obs.any(axis=(1, 2))
-        result = np.full(vals.shape, np.nan, dtype=np.float32)
         if not has_obs.any():
-            return result, PatchDiagnostics(engine=self.name, extra={"reason": "no observed pixels"})
+            return None
+        norm, params = normalize(np.where(obs, vals, 0.0), obs, percentiles=cfg.percentiles, target=cfg.target_range)
+        train = obs if cfg.loss_min_value is None else obs & (vals > cfg.loss_min_value)
+        holdout = None
+        if cfg.stopping == "holdout":
+            rng = np.random.default_rng(seed)
+            held = stripe_holdout(obs.any(axis=0), cfg.holdout_fraction, rng)[None] & obs
+            train = train & ~held
+            holdout = self._pad(held)
+        return _Prepared(index, seed, params, has_obs, self._pad(np.where(obs, norm, 0.0)), self._pad(train), holdout)
 
-        norm, params = normalize(
-            np.where(obs, vals, 0.0), obs, percentiles=cfg.percentiles, target=cfg.target_range
-        )
-        bands, height, width = vals.shape
-        ph, pw = padded_size(height, cfg.depth), padded_size(width, cfg.depth)
-        target = np.zeros((1, bands, ph, pw), dtype=np.float32)
-        mask = np.zeros((1, bands, ph, pw), dtype=np.float32)
-        target[0, :, :height, :width] = np.where(obs, norm, 0.0)
-        mask[0, :, :height, :width] = obs
+    def _pad(self, a: NDArray) -> NDArray[np.float32]:
+        """Zero-pad ``[C, H, W]`` to sizes the network can halve ``depth`` times."""
+        c, h, w = a.shape
+        depth = self.config.depth
+        out = np.zeros((c, padded_size(h, depth), padded_size(w, depth)), dtype=np.float32)
+        out[:, :h, :w] = a
+        return out
 
-        device = torch.device(resolve_device(cfg.device))
-        gen = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = build_skip_net(cfg, bands).to(device)
-        z = make_input(cfg, ph, pw, gen).to(device)
-        t_target = torch.from_numpy(target).to(device)
-        t_mask = torch.from_numpy(mask).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-        net.train()
-        loss_value = float("nan")
-        for _ in range(cfg.steps):
-            inp = z
-            if cfg.reg_noise_std > 0:
-                noise = torch.randn(z.shape, generator=gen).to(device)
-                inp = z + noise * cfg.reg_noise_std
-            opt.zero_grad(set_to_none=True)
-            loss = masked_loss(cfg.loss, net(inp), t_target, t_mask)
-            loss.backward()
-            opt.step()
-            loss_value = float(loss.detach())
-        with torch.no_grad():
-            # The unperturbed input: the network's estimate without the training jitter.
-            pred = net(z)[0, :, :height, :width].double().cpu().numpy()
-        filled = denormalize(pred, params)
-        result[has_obs] = filled[has_obs].astype(np.float32)
-        return result, PatchDiagnostics(
-            engine=self.name,
-            steps=cfg.steps,
-            final_loss=loss_value,
-            seconds=time.perf_counter() - start,
-            extra={"device": device.type},
+    def _fit_group(self, group: list[_Prepared], device: torch.device, plan, shape: tuple[int, ...],
+                   monitor: Monitor | None):
+        from dipfill.engines.dipnet import pack_members
+        from dipfill.engines.fit import fit_members
+        from dipfill.engines.strategy import prepare_net
+
+        cfg = self.config
+        count, bands, height, width = shape
+        seeds = [p.seed for p in group]
+        _, ph, pw = group[0].target.shape
+        z = torch.cat([make_input(cfg, ph, pw, torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+        noise = [torch.Generator(device=device).manual_seed(s ^ 0x5EED) for s in seeds]
+        net = prepare_net(pack_members(cfg, bands, seeds), device, plan)
+
+        def tensor(arrays: list[NDArray]) -> torch.Tensor:
+            return torch.from_numpy(np.stack(arrays)).to(device)
+
+        holdout = tensor([p.holdout for p in group]) if cfg.stopping == "holdout" else None
+        relay = None
+        if monitor is not None:
+            def relay(step: int, pred: torch.Tensor, score: NDArray[np.float64]) -> None:
+                values = np.full(shape, np.nan, dtype=np.float32)
+                rmse = np.full(count, np.nan)
+                for j, p in enumerate(group):
+                    filled = denormalize(pred[j, :, :height, :width].double().cpu().numpy(), p.params)
+                    values[p.index][p.has_obs] = filled[p.has_obs]
+                    rmse[p.index] = score[j]
+                monitor(step, values, rmse)
+
+        return fit_members(
+            cfg, net, z, tensor([p.target for p in group]), tensor([p.train for p in group]), holdout, noise,
+            bf16=plan.bf16, fused_adam=plan.fused_adam, monitor=relay,
         )
