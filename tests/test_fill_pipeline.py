@@ -39,14 +39,14 @@ def filled(tmp_path_factory) -> Path:
 
 
 def outputs(out: Path) -> dict[str, Path]:
-    item_path = next(out.glob("*.json"))
+    item_path = next(p for p in out.glob("*.json") if not p.name.endswith("_patches.json"))
     item = json.loads(item_path.read_text())
     return {"item": item_path, **{k: out / a["href"] for k, a in item["assets"].items()}}
 
 
 def test_all_outputs_exist_and_nothing_temporary_is_left(filled: Path) -> None:
     files = outputs(filled)
-    assert set(files) == {"item", "filled", "qa", "mosaic", "quicklook"}
+    assert set(files) == {"item", "filled", "qa", "mosaic", "quicklook", "patches"}
     for path in files.values():
         assert path.exists(), path
     assert not [p for p in filled.iterdir() if p.name.startswith(".")]
@@ -216,3 +216,27 @@ def test_dip_engine_end_to_end_is_exact_and_reproducible(tmp_path: Path) -> None
     cfg = json.loads(files["item"].read_text())["properties"]["dipfill:config"]
     assert cfg["engine"] == "dip" and cfg["engine_options"]["steps"] == 3
     assert cfg["engine_options"]["preset"] == "mcpn-core" and cfg["engine_options"]["reg_noise_std"] == 0.03
+
+
+def test_per_patch_diagnostics_are_written_and_referenced(tmp_path: Path, capsys) -> None:
+    with rasterio.open(ARG25_JAN) as src:
+        profile = src.profile
+        window = ((300, 364), (100, 164))
+        data = src.read(window=window)
+        profile.update(height=64, width=64, transform=src.window_transform(window))
+    path = tmp_path / "LS7_ETM_095_082_20100116_cut64.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    out = run_fill(tmp_path, "--engine", "dip", "--preset", "mcpn-core", "--steps", "60", "--stopping", "holdout",
+                   "--patience", "1", "--dip", "check_every=5", "--strategy", "loop", "--patch", "64",
+                   "--footprint", "all", inputs=(path,))
+    files = outputs(out)
+    records = json.loads(files["patches"].read_text())
+    assert len(records) == 1 and records[0]["window"]
+    rec = records[0]
+    assert rec["engine"] == "dip" and 0 < rec["steps"] <= 60 and rec["extra"]["stopped_by"] in ("holdout", "steps")
+    assert rec["extra"]["best_step"] <= rec["steps"] and rec["extra"]["best_holdout_rmse"] > 0
+    assert rec["extra"]["plan"]["strategy"] == "loop"
+    item = json.loads(files["item"].read_text())
+    assert item["assets"]["patches"]["href"] == files["patches"].name
+    assert "steps     per patch" in capsys.readouterr().out

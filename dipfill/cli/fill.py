@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 from typing import Any
 
@@ -47,6 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--skip-channels", type=int, help="channels of the 1x1 skip convolutions (landsat2020: 128)")
     g.add_argument("--depth", type=int, help="encoder/decoder levels (landsat2020: 5)")
     g.add_argument("--lr", type=float, help="Adam learning rate (landsat2020: 0.01)")
+    g.add_argument("--stopping", choices=("fixed", "holdout", "emv"),
+                   help="fixed: all --steps; holdout: stop each patch on gap-shaped held-out pixels; "
+                        "emv: stop on the output's moving variance (default: the preset's)")
+    g.add_argument("--patience", type=int, help="checks without improvement before a patch stops (default: 8)")
+    g.add_argument("--strategy", choices=("auto", "loop", "packed"),
+                   help="fit patches one by one or packed into one model; auto measures once per device "
+                        "and caches the faster (default: auto)")
     g.add_argument("--dip", action="append", default=[], metavar="KEY=VALUE",
                    help="any other DIPConfig field, value as JSON (e.g. --dip reg_noise_std=0.03 "
                         "--dip input_kind=meshgrid --dip channels_skip=[4,4,4,4,4]); repeatable")
@@ -71,8 +79,9 @@ def dip_options(args: argparse.Namespace) -> dict[str, Any]:
     base = preset(args.preset)
     if args.steps is not None:
         opts["steps"] = args.steps
-    if args.lr is not None:
-        opts["lr"] = args.lr
+    for name in ("lr", "stopping", "patience", "strategy"):
+        if getattr(args, name) is not None:
+            opts[name] = getattr(args, name)
     depth = args.depth or base.depth
     if args.channels is not None or args.depth is not None:
         opts["channels_down"] = (args.channels or base.channels_down[0],) * depth
@@ -133,7 +142,10 @@ def run(args: argparse.Namespace) -> int:
         progress=progress,
     )
     if args.json:
-        doc = {**report.__dict__, "filled_fraction": report.filled_fraction}
+        from dipfill.pipeline.fill import patch_records
+
+        doc = {k: v for k, v in report.__dict__.items() if k != "diagnostics"}
+        doc.update(filled_fraction=report.filled_fraction, patches=patch_records(report.diagnostics))
         print(json.dumps(doc, indent=2, default=str))
         return 0
     c = report.counts
@@ -147,5 +159,8 @@ def run(args: argparse.Namespace) -> int:
         f"engine {c['filled']}, fallback {c['filled_fallback']}, unfilled {c['unfilled']}"
     )
     print(f"patches   {report.windows_filled} of {report.windows_total} windows had gaps and were fitted")
+    steps = [d.steps for d in report.diagnostics.values() if d.engine == args.engine and d.steps]
+    if steps:
+        print(f"steps     per patch: min {min(steps)}, median {int(statistics.median(steps))}, max {max(steps)}")
     print(f"wall time {report.seconds:.1f} s")
     return 0

@@ -115,6 +115,7 @@ class FillReport:
     seconds: float
     engine: str
     engine_options: dict[str, Any]
+    diagnostics: dict[str, PatchDiagnostics] = field(default_factory=dict)
 
     @property
     def filled_fraction(self) -> float:
@@ -285,6 +286,7 @@ def fill_files(
         seconds=time.perf_counter() - t0,
         engine=options.engine,
         engine_options=dict(options.engine_options),
+        diagnostics=result.diagnostics,
     )
 
 
@@ -307,6 +309,7 @@ def _write_outputs(
         "qa": f"{item_id}_qa.tif",
         "mosaic": "mosaic.zarr",
         "quicklook": f"{item_id}_quicklook.png",
+        "patches": f"{item_id}_patches.json",
         "item": f"{item_id}.json",
     }
     paths = {k: out_dir / v for k, v in names.items()}
@@ -332,6 +335,8 @@ def _write_outputs(
         )
         after_valid = data_validity(result.data, scene.nodata)
         write_quicklook(paths["quicklook"], scene.data, result.data, valid, after_valid, rgb=rgb)
+        with staged(paths["patches"]) as tmp:
+            tmp.write_text(_dump_json(patch_records(result.diagnostics)))
         item = _item(item_id, scene, result, options, acquired, counts, names)
         with staged(paths["item"]) as tmp:
             tmp.write_text(_dump_json(item.to_dict(include_self_link=False)))
@@ -340,6 +345,16 @@ def _write_outputs(
             out_dir.rmdir()
         raise
     return {k: str(p) for k, p in paths.items()}
+
+
+def patch_records(diagnostics: Mapping[str, PatchDiagnostics]) -> list[dict[str, Any]]:
+    """One JSON record per fitted window: engine, steps used, best step and held-out RMSE,
+    final loss, seconds, stopping reason and execution plan. Ordered by window id."""
+    records = []
+    for window_id in sorted(diagnostics):
+        d = diagnostics[window_id]
+        records.append({"window": window_id, **asdict(d)})
+    return records
 
 
 def _dump_json(obj: Any) -> str:
@@ -382,6 +397,7 @@ def _item(item_id, scene, result, options, acquired, counts, names):
         ),
         AssetSpec("mosaic", names["mosaic"], ZARR_MEDIA_TYPE, ("data",), "Filled scene (Zarr v3)"),
         AssetSpec("quicklook", names["quicklook"], "image/png", ("overview",), "Before | after"),
+        AssetSpec("patches", names["patches"], "application/json", ("metadata",), "Per-patch fit diagnostics"),
     ]
     crs = scene.grid.crs
     spec = ItemSpec(
