@@ -24,6 +24,7 @@ demo: install
 	bash scripts/demo.sh
 
 bench: install
+	$(BIN)/python scripts/bench_dip_cost.py
 	$(BIN)/python scripts/compare_engines.py
 
 clean:
