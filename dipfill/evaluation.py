@@ -4,17 +4,34 @@ A real SLC-off scene has no truth under its stripes. Paper 002 (ConvNP) gets one
 the gap mask of a real SLC-off acquisition and applying it to a scene whose pixels *are*
 observed there. We do the same with two dates of the same place: the hidden pixels are those
 observed on the truth date but missing on the mask date, so the gap geometry (stripe widths,
-spacing, cloud shapes) is real and the answer is known. Pure numpy; no I/O.
+spacing, cloud shapes) is real and the answer is known.
+
+Also here: scoring a prediction over the hidden pixels (:func:`score_prediction`) and
+choosing representative tiles of a scene for such an experiment (:func:`pick_tiles`). Pure
+numpy/scipy; no I/O (``dipfill eval`` in :mod:`dipfill.pipeline.evaluate` does the reading,
+running and writing).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Transplant", "transplant_gaps"]
+__all__ = [
+    "Transplant",
+    "transplant_gaps",
+    "composite",
+    "unit_stretch",
+    "score_prediction",
+    "TileStats",
+    "TileChoice",
+    "tile_stats",
+    "candidate_windows",
+    "pick_tiles",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,68 @@ def transplant_gaps(
     return Transplant(truth=truth, values=values, observed=observed, hidden=hidden)
 
 
+def composite(case: Transplant, pred: NDArray) -> NDArray[np.float64]:
+    """What a fill would deliver: the truth where observed, ``pred`` elsewhere (float64).
+
+    The pipeline always copies observed pixels back, so this is the image to judge; at
+    the hidden pixels it equals ``pred``.
+    """
+    return np.where(case.observed, np.asarray(case.truth, dtype=np.float64), np.asarray(pred, dtype=np.float64))
+
+
+def unit_stretch(
+    values: NDArray, ref: NDArray, ref_valid: NDArray[np.bool_], percentiles: tuple[float, float] = (1.0, 99.0)
+) -> NDArray[np.float64]:
+    """Map each band of ``values [C, H, W]`` linearly so that ``ref``'s percentiles go to 0 and 1.
+
+    The percentiles are taken per band over ``ref[ref_valid]``; values are not clipped (a
+    prediction overshooting the truth's range keeps its error). A band whose reference is
+    empty or flat is only shifted (scale 1).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    r = np.asarray(ref, dtype=np.float64)
+    out = np.empty_like(x)
+    for c in range(x.shape[0]):
+        sel = r[c][ref_valid[c]]
+        lo, hi = np.percentile(sel, percentiles) if sel.size else (0.0, 1.0)
+        scale = 1.0 / (hi - lo) if hi > lo else 1.0
+        out[c] = (x[c] - lo) * scale
+    return out
+
+
+SSIM_PERCENTILES = (1.0, 99.0)
+
+
+def score_prediction(
+    case: Transplant, pred: NDArray, *, data_range: float = 10000.0, truth_valid: NDArray[np.bool_] | None = None
+) -> dict[str, NDArray]:
+    """Per-band metrics of ``pred [C, H, W]`` over ``case.hidden``.
+
+    ``rmse``, ``r2`` and ``psnr`` (peak ``data_range``) compare the hidden pixels directly.
+    ``ssim`` is :func:`dipfill.metrics.ssim` with ``data_range=1`` on the composite
+    (:func:`composite`: truth where observed, ``pred`` in the gaps) against the truth, both
+    stretched per band by :func:`unit_stretch` from the truth's valid pixels' 1st/99th
+    percentiles; pixels without truth (``truth_valid`` False; default: observed or hidden)
+    are left out of every window. ``hidden`` is the number of scored pixels per band.
+    """
+    from dipfill.metrics import psnr, r2, rmse, ssim
+
+    if truth_valid is None:
+        truth_valid = case.observed | case.hidden
+    truth = np.asarray(case.truth, dtype=np.float64)
+    p = np.asarray(pred, dtype=np.float64)
+    full = composite(case, p)
+    t_s = np.where(truth_valid, unit_stretch(truth, truth, truth_valid, SSIM_PERCENTILES), np.nan)
+    p_s = np.where(truth_valid, unit_stretch(full, truth, truth_valid, SSIM_PERCENTILES), np.nan)
+    return {
+        "rmse": rmse(truth, p, case.hidden),
+        "r2": r2(truth, p, case.hidden),
+        "psnr": psnr(truth, p, case.hidden, data_range=data_range),
+        "ssim": ssim(t_s, p_s, case.hidden, data_range=1.0),
+        "hidden": case.hidden.reshape(case.hidden.shape[0], -1).sum(axis=1),
+    }
+
+
 @dataclass(frozen=True)
 class Score:
     """One method on one transplanted tile: per-band metrics over the hidden pixels."""
@@ -62,6 +141,8 @@ class Score:
     psnr: NDArray[np.float64]
     seconds: float
     steps: int
+    ssim: NDArray[np.float64] | None = None
+    cpu_seconds: float = float("nan")
 
 
 def score_engine(method: str, engine, case: Transplant, *, seed: int = 0, data_range: float = 10000.0) -> Score:
@@ -72,17 +153,150 @@ def score_engine(method: str, engine, case: Transplant, *, seed: int = 0, data_r
     """
     import time
 
-    from dipfill.metrics import psnr, r2, rmse
-
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = engine.fill(case.values[None], case.observed[None], seeds=[seed])
-    seconds = time.perf_counter() - start
-    pred = result.values[0]
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    scores = score_prediction(case, result.values[0], data_range=data_range)
     return Score(
         method=method,
-        rmse=rmse(case.truth, pred, case.hidden),
-        r2=r2(case.truth, pred, case.hidden),
-        psnr=psnr(case.truth, pred, case.hidden, data_range=data_range),
+        rmse=scores["rmse"],
+        r2=scores["r2"],
+        psnr=scores["psnr"],
         seconds=seconds,
         steps=int(result.diagnostics[0].steps),
+        ssim=scores["ssim"],
+        cpu_seconds=cpu,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Choosing tiles
+
+HIDDEN_RANGE = (0.05, 0.40)
+MAX_TRUTH_NODATA = 0.40
+TARGET_HIDDEN = 0.20
+
+
+@dataclass(frozen=True)
+class TileStats:
+    """Fractions of one square window's pixels (a pixel counts when any band qualifies)."""
+
+    hidden: float  # observed on the truth date, missing on the donor date: scored
+    truth_nodata: float  # missing on the truth date: neither seen nor scored
+    observed: float  # valid on both dates: what a method sees
+
+
+@dataclass(frozen=True)
+class TileChoice:
+    row: int
+    col: int
+    size: int
+    stats: tuple[TileStats, ...]  # one per direction
+    reason: str
+
+
+def _any_band(a: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    a = np.asarray(a, dtype=bool)
+    return a.any(axis=0) if a.ndim == 3 else a
+
+
+def tile_stats(
+    truth_valid: NDArray[np.bool_], donor_valid: NDArray[np.bool_], row: int, col: int, size: int
+) -> TileStats:
+    """Hidden, truth-nodata and observed fractions of the window at ``row, col``."""
+    win = (Ellipsis, slice(row, row + size), slice(col, col + size))
+    tv = np.asarray(truth_valid, dtype=bool)[win]
+    dv = np.asarray(donor_valid, dtype=bool)[win]
+    return TileStats(
+        hidden=float(_any_band(tv & ~dv).mean()),
+        truth_nodata=float(_any_band(~tv).mean()),
+        observed=float((~_any_band(~(tv & dv))).mean()),
+    )
+
+
+def _positions(n: int, size: int, stride: int) -> list[int]:
+    pos = list(range(0, n - size + 1, stride))
+    if pos[-1] != n - size:
+        pos.append(n - size)
+    return pos
+
+
+def candidate_windows(shape: tuple[int, int], size: int) -> list[tuple[int, int]]:
+    """Top-left corners of ``size`` squares at half-tile steps, the last on each axis snapped inside."""
+    height, width = shape
+    if size > height or size > width:
+        raise ValueError(f"tile size {size} does not fit a {width}x{height} raster")
+    stride = max(1, size // 2)
+    return [(r, c) for r in _positions(height, size, stride) for c in _positions(width, size, stride)]
+
+
+def pick_tiles(
+    directions: Sequence[tuple[NDArray[np.bool_], NDArray[np.bool_]]],
+    size: int,
+    n: int = 3,
+    *,
+    hidden_range: tuple[float, float] = HIDDEN_RANGE,
+    max_truth_nodata: float = MAX_TRUTH_NODATA,
+) -> tuple[list[TileChoice], int, int]:
+    """Choose up to ``n`` non-overlapping representative windows; deterministic.
+
+    ``directions`` holds ``(truth_valid, donor_valid)`` per direction (``[C, H, W]`` or
+    ``[H, W]``). A candidate (half-tile steps over the raster) is *eligible* when, in every
+    direction, its hidden fraction lies in ``hidden_range`` and its truth nodata is at most
+    ``max_truth_nodata``. The eligible candidates are ordered along the raster's longer axis
+    and cut into ``n`` consecutive groups, so the picks spread over the whole eligible area;
+    each group gives its best candidate not overlapping an earlier pick: least truth nodata
+    (worst direction), then hidden fraction nearest 20 %, then position. Groups left
+    without a pick are made up from the remaining eligible candidates in the same order.
+
+    Returns the choices (in pick order), the number of eligible and of all candidates.
+    """
+    shape = np.asarray(directions[0][0]).shape[-2:]
+    cands = candidate_windows(shape, size)
+    stats = {rc: tuple(tile_stats(tv, dv, *rc, size) for tv, dv in directions) for rc in cands}
+    lo, hi = hidden_range
+
+    def ok(st: tuple[TileStats, ...]) -> bool:
+        return all(lo <= s.hidden <= hi and s.truth_nodata <= max_truth_nodata for s in st)
+
+    def key(rc: tuple[int, int]) -> tuple:
+        st = stats[rc]
+        return (
+            round(max(s.truth_nodata for s in st), 4),
+            round(max(abs(s.hidden - TARGET_HIDDEN) for s in st), 4),
+            rc,
+        )
+
+    eligible = [rc for rc in cands if ok(stats[rc])]
+    long_axis = 1 if shape[1] >= shape[0] else 0
+    eligible.sort(key=lambda rc: (rc[long_axis], rc[1 - long_axis]))
+    groups = [list(g) for g in np.array_split(np.arange(len(eligible)), max(n, 1))] if eligible else []
+    chosen: list[tuple[int, int]] = []
+    reasons: list[str] = []
+
+    def free(rc: tuple[int, int]) -> bool:
+        return all(abs(rc[0] - r) >= size or abs(rc[1] - c) >= size for r, c in chosen)
+
+    axis_name = "columns" if long_axis == 1 else "rows"
+    for gi, idx in enumerate(groups):
+        members = [eligible[i] for i in idx]
+        options = sorted((rc for rc in members if free(rc)), key=key)
+        if not options:
+            continue
+        span = (min(rc[long_axis] for rc in members), max(rc[long_axis] for rc in members) + size)
+        chosen.append(options[0])
+        reasons.append(
+            f"auto: least truth nodata (then hidden fraction nearest {TARGET_HIDDEN:.0%}) among the "
+            f"{len(members)} eligible windows of group {gi + 1}/{len(groups)} ({axis_name} {span[0]}-{span[1]})"
+        )
+    for rc in sorted(eligible, key=key):
+        if len(chosen) >= n:
+            break
+        if free(rc) and rc not in chosen:
+            chosen.append(rc)
+            reasons.append("auto: best remaining eligible window (its group had no free window)")
+    return (
+        [TileChoice(r, c, size, stats[(r, c)], why) for (r, c), why in zip(chosen[:n], reasons[:n])],
+        len(eligible),
+        len(cands),
     )

@@ -1,4 +1,5 @@
-"""Per-band quality metrics over a pixel mask, and the mean-fill baseline. Pure numpy.
+"""Per-band quality metrics over a pixel mask, and the mean-fill baseline. Pure numpy (SSIM
+also uses scipy.ndimage).
 
 Arrays are ``[..., C, H, W]`` (one patch ``[C, H, W]`` or a batch ``[B, C, H, W]``); every
 metric reduces over all axes except the band axis (``-3``) and returns one float64 per band.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["rmse", "r2", "psnr", "mean_fill"]
+__all__ = ["rmse", "r2", "psnr", "ssim", "mean_fill"]
 
 
 def _masked_bands(
@@ -87,6 +88,94 @@ def psnr(
         raise ValueError(f"data_range must be positive, got {data_range!r}")
     with np.errstate(invalid="ignore", divide="ignore"):
         return 10.0 * np.log10(rng * rng / (sse / n))
+
+
+def _gaussian_1d(size: int, sigma: float) -> NDArray[np.float64]:
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    g = np.exp(-(x * x) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
+def ssim(
+    truth: ArrayLike,
+    pred: ArrayLike,
+    mask: ArrayLike,
+    *,
+    data_range: ArrayLike,
+    window: int = 11,
+    sigma: float = 1.5,
+) -> NDArray[np.float64]:
+    """Mean structural similarity per band over ``mask`` (Wang et al. 2004, Gaussian window).
+
+    Exactly what is computed, for every 2-D slice ``[H, W]`` of ``[..., C, H, W]``:
+
+    * *Valid* pixels are those where both ``truth`` and ``pred`` are finite; pass NaN for
+      pixels whose truth is unknown (nodata) and they take no part in any window.
+    * Local statistics use the separable ``window`` × ``window`` Gaussian (σ = ``sigma``,
+      11 × 11 and 1.5 by default, normalised to sum 1) restricted to valid pixels and
+      renormalised: with ``w = G * v`` (``v`` = valid, ``*`` = correlation, zero outside
+      the image), ``μx = G*(v·x) / w``, ``σx² = G*(v·x²) / w − μx²``,
+      ``σxy = G*(v·x·y) / w − μx·μy``. Windows thus shrink at the image border and around
+      nodata instead of reading padded or made-up values.
+    * The SSIM map is ``(2 μx μy + C1)(2 σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2))``
+      with ``C1 = (0.01 L)²``, ``C2 = (0.03 L)²`` and ``L = data_range`` (a scalar or one
+      per band).
+    * The result is the mean of the map over the pixels where ``mask`` is True, pooled over
+      all slices of a band: 1 for a perfect prediction, lower for a worse one (it can go
+      below 0).
+
+    ``L`` matters: SSIM's constants assume the data span ``[0, L]``. Reflectance ×10⁴ scored
+    with ``L = 10000`` makes the luminance term ≈ 1 whatever the prediction, so callers
+    should first map each band onto roughly ``[0, 1]`` (:func:`dipfill.evaluation.unit_stretch`
+    uses the truth's 1st/99th percentiles) and pass ``data_range=1``.
+
+    A band is NaN when ``mask`` selects no pixel or selects a pixel that is not valid (a
+    prediction that left a scored pixel unfilled has no SSIM, as it has no RMSE).
+    """
+    from scipy.ndimage import correlate1d
+
+    t = np.asarray(truth, dtype=np.float64)
+    p = np.asarray(pred, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    if t.ndim < 3:
+        raise ValueError(f"arrays must be [..., C, H, W], got truth shape {t.shape}")
+    t, p, m = np.broadcast_arrays(t, p, m)
+    bands = t.shape[-3]
+    rng = np.asarray(data_range, dtype=np.float64)
+    if np.any(rng <= 0):
+        raise ValueError(f"data_range must be positive, got {data_range!r}")
+    if rng.ndim == 1:
+        rng = rng.reshape(-1, 1, 1)
+    c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
+
+    valid = np.isfinite(t) & np.isfinite(p)
+    v = valid.astype(np.float64)
+    x = np.where(valid, t, 0.0)
+    y = np.where(valid, p, 0.0)
+    g = _gaussian_1d(window, sigma)
+
+    def filt(a: np.ndarray) -> np.ndarray:
+        a = correlate1d(a, g, axis=-1, mode="constant", cval=0.0)
+        return correlate1d(a, g, axis=-2, mode="constant", cval=0.0)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = filt(v)
+        w = np.where(w > 1e-12, w, np.nan)
+        mx, my = filt(v * x) / w, filt(v * y) / w
+        sxx = filt(v * x * x) / w - mx * mx
+        syy = filt(v * y * y) / w - my * my
+        sxy = filt(v * x * y) / w - mx * my
+        smap = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+
+    def flat(a: np.ndarray) -> np.ndarray:
+        return np.moveaxis(a, -3, 0).reshape(bands, -1)
+
+    sm, mm, vm = flat(smap), flat(m), flat(valid)
+    n = mm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(mm, sm, 0.0).sum(axis=1) / n
+    out[(n == 0) | np.any(mm & ~vm, axis=1)] = np.nan
+    return out
 
 
 def mean_fill(patches: ArrayLike, observed: ArrayLike) -> NDArray[np.float32]:

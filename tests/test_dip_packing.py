@@ -90,16 +90,23 @@ def test_a_stopped_member_does_not_move():
 
 
 def test_packed_and_loop_reach_the_same_quality_in_float32():
-    """float32 rounding differs between grouped and dense kernels, so trajectories diverge;
-    the final masked-pixel quality must not."""
+    """float32 rounding differs between grouped and dense kernels and DIP amplifies it, so
+    trajectories diverge member by member; the distributions must not. Seed-to-seed spread
+    of hidden-pixel r² at 100 steps is ~0.1 here, so means are compared against their
+    standard error, and the fit on the observed pixels (final loss) within 20 %."""
     t = arg25_transplant(slice(200, 264), slice(150, 214))
-    seeds = [1, 2, 3, 4]
-    values, observed = np.stack([t.values] * 4), np.stack([t.observed] * 4)
-    scores = {}
+    seeds = [1, 2, 3, 4, 5]
+    values, observed = np.stack([t.values] * len(seeds)), np.stack([t.observed] * len(seeds))
+    scores, losses = {}, {}
     for strategy in ("loop", "packed"):
         eng = make_engine("dip", preset="mcpn-core", steps=100, reg_noise_std=0.03, strategy=strategy, compile="off")
         result = eng.fill(values, observed, seeds=seeds)
         scores[strategy] = np.array([r2(t.truth, v, t.hidden).mean() for v in result.values])
+        losses[strategy] = np.array([d.final_loss for d in result.diagnostics])
         assert all(d.extra["plan"]["strategy"] == strategy for d in result.diagnostics)
-    assert abs(scores["loop"].mean() - scores["packed"].mean()) < 0.05, scores
-    assert scores["loop"].min() > 0.3 and scores["packed"].min() > 0.3, scores
+    a, b = scores["loop"], scores["packed"]
+    stderr = np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    assert abs(a.mean() - b.mean()) < 3 * stderr + 0.02, scores
+    assert min(a.min(), b.min()) > 0.2, scores
+    ratio = losses["packed"].mean() / losses["loop"].mean()
+    assert 0.8 < ratio < 1.25, losses

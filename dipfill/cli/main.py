@@ -19,6 +19,7 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dipfill.cli import eval as eval_cmd
     from dipfill.cli import fill
 
     parser = argparse.ArgumentParser(prog="dipfill", description=__doc__.splitlines()[0])
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fill.register(sub)
+    eval_cmd.register(sub)
     return parser
 
 

@@ -66,7 +66,7 @@ def _open(path: str) -> rasterio.DatasetReader:
         raise SceneReadError(f"{path}: not a raster GDAL can read ({exc})") from exc
 
 
-def _describe_grid_difference(a: Grid, b: Grid) -> str | None:
+def describe_grid_difference(a: Grid, b: Grid) -> str | None:
     if (a.width, a.height) != (b.width, b.height):
         return f"size differs: {b.width}x{b.height} vs {a.width}x{a.height}"
     if a.crs != b.crs:
@@ -100,7 +100,7 @@ def read_scene(paths: Sequence[str]) -> Scene:
                 tags = dict(ds.tags())
             else:
                 p0, g0, d0, n0 = first
-                diff = _describe_grid_difference(g0, grid)
+                diff = describe_grid_difference(g0, grid)
                 if diff is None and dtype != d0:
                     diff = f"dtype differs: {dtype} vs {d0}"
                 if diff is None and not _same_nodata(nodata, n0):
@@ -149,7 +149,7 @@ def read_mask(path: str, grid: Grid) -> NDArray[np.bool_]:
     Pixels that are nodata in the mask file itself count as "not masked".
     """
     with _open(path) as ds:
-        diff = _describe_grid_difference(grid, _grid_of(ds))
+        diff = describe_grid_difference(grid, _grid_of(ds))
         if diff is not None:
             raise GridMismatchError(f"{path}: {diff} of the input; the mask must share its grid")
         band = ds.read(1, masked=True)
