@@ -18,16 +18,24 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = ["rmse", "r2", "psnr", "ssim", "mean_fill"]
 
 
-def _masked_bands(
+def _broadcast(
     truth: ArrayLike, pred: ArrayLike, mask: ArrayLike
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
-    """Broadcast to one shape and move the band axis first: ``[C, N]`` arrays plus mask."""
+    """float64 truth and prediction and a bool mask, broadcast to one ``[..., C, H, W]`` shape."""
     t = np.asarray(truth, dtype=np.float64)
     p = np.asarray(pred, dtype=np.float64)
     m = np.asarray(mask, dtype=bool)
     if t.ndim < 3:
         raise ValueError(f"arrays must be [..., C, H, W], got truth shape {t.shape}")
     t, p, m = np.broadcast_arrays(t, p, m)
+    return t, p, m
+
+
+def _masked_bands(
+    truth: ArrayLike, pred: ArrayLike, mask: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """Broadcast to one shape and move the band axis first: ``[C, N]`` arrays plus mask."""
+    t, p, m = _broadcast(truth, pred, mask)
     bands = t.shape[-3]
 
     def flat(a: np.ndarray) -> np.ndarray:
@@ -134,12 +142,7 @@ def ssim(
     """
     from scipy.ndimage import correlate1d
 
-    t = np.asarray(truth, dtype=np.float64)
-    p = np.asarray(pred, dtype=np.float64)
-    m = np.asarray(mask, dtype=bool)
-    if t.ndim < 3:
-        raise ValueError(f"arrays must be [..., C, H, W], got truth shape {t.shape}")
-    t, p, m = np.broadcast_arrays(t, p, m)
+    t, p, m = _broadcast(truth, pred, mask)
     bands = t.shape[-3]
     rng = np.asarray(data_range, dtype=np.float64)
     if np.any(rng <= 0):

@@ -38,6 +38,19 @@ def filled(tmp_path_factory) -> Path:
     return run_fill(tmp, "--engine", "fillnodata", "--patch", "256", "--overlap", "32", inputs=(src_path,))
 
 
+def write_cut(tmp_path: Path, window) -> tuple[Path, np.ndarray]:
+    """A georeferenced window of the real January crop as its own GeoTIFF."""
+    (r0, r1), (c0, c1) = window
+    with rasterio.open(ARG25_JAN) as src:
+        profile = src.profile
+        data = src.read(window=window)
+        profile.update(height=r1 - r0, width=c1 - c0, transform=src.window_transform(window))
+    path = tmp_path / f"LS7_ETM_095_082_20100116_r{r0}c{c0}.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path, data
+
+
 def outputs(out: Path) -> dict[str, Path]:
     item_path = next(p for p in out.glob("*.json") if not p.name.endswith("_patches.json"))
     item = json.loads(item_path.read_text())
@@ -193,14 +206,7 @@ def test_fallback_engine_for_patches_with_too_few_observed_pixels(tmp_path: Path
 def test_dip_engine_end_to_end_is_exact_and_reproducible(tmp_path: Path) -> None:
     """`dipfill fill --engine dip` on a real 96x128 SLC-off cut: every gap filled by DIP,
     observed pixels untouched, the config recorded in the item, same seed -> same bytes."""
-    with rasterio.open(ARG25_JAN) as src:
-        profile = src.profile
-        window = ((300, 396), (100, 228))
-        data = src.read(window=window)
-        profile.update(height=96, width=128, transform=src.window_transform(window))
-    path = tmp_path / "LS7_ETM_095_082_20100116_cut.tif"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
+    path, data = write_cut(tmp_path, ((300, 396), (100, 228)))
     args = ("--engine", "dip", "--preset", "mcpn-core", "--steps", "3", "--dip", "reg_noise_std=0.03",
             "--patch", "64", "--overlap", "16", "--footprint", "all", "--seed", "7")
     a = run_fill(tmp_path, *args, inputs=(path,), name="a")
@@ -219,14 +225,7 @@ def test_dip_engine_end_to_end_is_exact_and_reproducible(tmp_path: Path) -> None
 
 
 def test_per_patch_diagnostics_are_written_and_referenced(tmp_path: Path, capsys) -> None:
-    with rasterio.open(ARG25_JAN) as src:
-        profile = src.profile
-        window = ((300, 364), (100, 164))
-        data = src.read(window=window)
-        profile.update(height=64, width=64, transform=src.window_transform(window))
-    path = tmp_path / "LS7_ETM_095_082_20100116_cut64.tif"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
+    path, _ = write_cut(tmp_path, ((300, 364), (100, 164)))
     out = run_fill(tmp_path, "--engine", "dip", "--preset", "mcpn-core", "--steps", "60", "--stopping", "holdout",
                    "--patience", "1", "--dip", "check_every=5", "--strategy", "loop", "--patch", "64",
                    "--footprint", "all", inputs=(path,))

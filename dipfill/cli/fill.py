@@ -9,11 +9,10 @@ import statistics
 import sys
 from typing import Any
 
+from dipfill.engines import ENGINES
 from dipfill.errors import InputError
 
 log = logging.getLogger("dipfill")
-
-from dipfill.engines import ENGINES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
