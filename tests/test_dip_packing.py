@@ -10,6 +10,7 @@ from dipfill.engines import make_engine
 from dipfill.engines.dip import preset
 from dipfill.engines.dipnet import member_rows, pack_members
 from dipfill.engines.fit import fit_members
+from dipfill.engines.strategy import Plan, prepare_net
 from dipfill.metrics import r2
 from tests._data import arg25_transplant
 
@@ -63,7 +64,9 @@ def test_packed_members_equal_separate_networks_in_float64(overrides):
             assert diff <= 1e-9, name
 
 
-def test_a_stopped_member_does_not_move():
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_a_stopped_member_does_not_move(channels_last):
+    """Also with channels_last weights (the CUDA layout), where rows are not a plain view."""
     cfg = preset("mcpn-core", channels_down=(8, 8), channels_up=(8, 8), channels_skip=(4, 4),
                  input_channels=4, steps=60, stopping="holdout", check_every=1, patience=1)
     z, target, mask = _problem(cfg, 2)
@@ -72,6 +75,8 @@ def test_a_stopped_member_does_not_move():
     holdout[1] = mask[1] * 0  # member 1: nothing held out -> cannot be judged, runs all steps
     train = mask * (1 - holdout)
     net = pack_members(cfg, 3, [1, 2]).double()
+    if channels_last:
+        net = prepare_net(net, torch.device("cpu"), Plan("packed", False, False, channels_last=True, fused_adam=False))
     snapshots = []
 
     def monitor(step, pred, score):

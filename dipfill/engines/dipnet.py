@@ -150,5 +150,13 @@ def pack_members(config: "DIPConfig", out_channels: int, seeds: Sequence[int]) -
 
 
 def member_rows(param: torch.Tensor, members: int) -> torch.Tensor:
-    """``param`` viewed as ``[members, -1]``: row j holds everything member j owns."""
-    return param.view(members, -1)
+    """``param`` as ``[members, -1]``: row j holds everything member j owns (a copy when
+    the memory format is not plain contiguous, e.g. channels_last weights)."""
+    return param.reshape(members, -1)
+
+
+def restore_members(param: torch.Tensor, saved: torch.Tensor, which: torch.Tensor) -> None:
+    """Copy the members flagged in ``which`` (bool ``[members]``) from ``saved`` into ``param``,
+    in place, whatever the memory format: member j owns rows ``j*k:(j+1)*k`` of axis 0."""
+    rows = which.to(param.device).repeat_interleave(param.shape[0] // which.numel())
+    param[rows] = saved[rows]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import torch
 
-from dipfill.engines.dipnet import SkipNet, member_rows
+from dipfill.engines.dipnet import SkipNet, restore_members
 from dipfill.engines.losses import masked_loss
 from dipfill.engines.stopping import MovingVariance
 
@@ -103,14 +103,15 @@ def fit_members(
         if saved is not None:
             with torch.no_grad():
                 for p, s in zip(params, saved):
-                    member_rows(p, m)[frozen] = member_rows(s, m)[frozen]
+                    restore_members(p, s, frozen)
         live = active.numpy()
         steps[live] = step
-        final_loss[live] = losses.detach().cpu().double().numpy()[live]
+        last_losses = losses.detach()  # copied to the host only at checks: no sync per step
         if emv is not None:
             emv.update(out)
         if not checking or (step % cfg.check_every and step != cfg.steps):
             continue
+        final_loss[live] = last_losses.cpu().double().numpy()[live]
         pred = predict()
         score = _holdout_rmse(pred, target, holdout_mask) if holdout_mask is not None else np.full(m, np.nan)
         if monitor is not None:
@@ -139,6 +140,8 @@ def fit_members(
         if not active.any():
             break
 
+    live = active.numpy()
+    final_loss[live] = last_losses.cpu().double().numpy()[live]
     if cfg.stopping == "fixed" or kept is None:
         prediction = predict()
         best_step[:] = steps

@@ -3,15 +3,19 @@
 Why measure instead of assuming: on this project's 2-core CPUs, packing patches into
 grouped convolutions was measured *slower* than fitting them one by one (oneDNN's grouped
 convolutions run at about half the speed of dense ones), while on a GPU one patch of the
-light presets leaves most of the device idle and packing is the point. ``torch.compile``
-is measured on CUDA only (see :func:`resolve_plan` for the CPU figures). So the engine times the
+light presets leaves most of the device idle and packing is the point. ``torch.compile`` is
+off unless asked for (:data:`COMPILE_AUTO` has the figures). So the engine times the
 candidates once per (device, network, patch shape, batch size) on a few steps of synthetic
 data and caches the winner in ``$DIPFILL_CACHE_DIR/strategy.json`` (default
 ``~/.cache/dipfill``).
 
-Precision and layout are not measured: bf16 autocast, channels_last and fused Adam are
-the GPU path (``precision="auto"`` means bf16 on CUDA, fp32 elsewhere); they run unchanged
-on CPU when forced, which is how the tests cover them.
+On CUDA, fp32 vs bf16 autocast is measured too; channels_last and fused Adam are always on
+there. All of it runs unchanged on CPU when forced, which is how the tests cover it.
+Measured on an H100 (torch 2.11, 256x256, 3 bands; ms per patch per Adam step, loop /
+packed x8): mcpn-core 21.6 / 4.3, ndvi2024 19.4 / 3.5, sar2023 28.5 / 7.0, landsat2020
+19.4 / 6.2 in fp32; bf16 27.1 / 6.7, 26.1 / 4.6, 24.0 / 7.0, 25.4 / 5.4. One patch at a
+time costs the same ~20 ms whatever the network: the GPU waits on kernel launches, and
+packing is what fills it (3-6x).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ __all__ = ["Plan", "resolve_plan", "cache_path"]
 log = logging.getLogger(__name__)
 
 MEASURE_WARMUP = 2
-MEASURE_STEPS = 3
+MEASURE_STEPS = {"cpu": 3, "cuda": 20}  # a CPU step of a paper net is ~1 s, a GPU step ~ms
 
 
 @dataclass(frozen=True)
@@ -61,36 +65,51 @@ def _device_name(device: torch.device) -> str:
     return f"cpu:{os.cpu_count()}cores:torch{torch.__version__}:threads{torch.get_num_threads()}"
 
 
+# torch.compile is not an "auto" candidate (measured):
+# CPU, 2 cores, torch 2.13, mcpn-core 256x256: 93 s to compile, then 1.6 s/step against
+# 0.096 eager. H100, torch 2.11, bf16: mcpn-core packed x8 5.81 ms/patch-step compiled vs
+# 6.67 eager (1.15x, after 86 s), loop 28.4 vs 27.1 ms (slower, after 96 s). A 1.15x gain
+# does not pay 90 s per network and patch shape on short-lived workers: "on" forces it.
+COMPILE_AUTO = False
+
+
+def _label(strategy: str, compiled: bool, bf16: bool) -> str:
+    return strategy + ("+compile" if compiled else "") + ("+bf16" if bf16 else "")
+
+
 def resolve_plan(config: "DIPConfig", device: torch.device, shape: tuple[int, int, int], members: int) -> Plan:
-    """The execution plan for fitting ``members`` patches of ``shape`` (C, H, W) on ``device``."""
+    """The execution plan for fitting ``members`` patches of ``shape`` (C, H, W) on ``device``.
+
+    Measured candidates: loop vs packed (when more than one patch), and on CUDA fp32 vs bf16
+    autocast (H100: bf16 was no faster, because these fits are bound by kernel launches,
+    not arithmetic, and its quality matched fp32 within the seed spread; so it is chosen
+    only where a device shows it faster).
+    """
     cuda = device.type == "cuda"
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
-    base = Plan("loop", False, bf16, channels_last=cuda, fused_adam=cuda)
+    base = Plan("loop", False, False, channels_last=cuda, fused_adam=cuda)
     strategies = ["loop", "packed"] if config.strategy == "auto" else [config.strategy]
     if members <= 1:
         strategies = ["loop"]
-    # torch.compile on CPU is not a candidate for "auto": measured here (torch 2.13, 2 cores,
-    # mcpn-core at 256x256) it took 93 s to compile and then ran 1.6 s/step against 0.096
-    # s/step eager. On CUDA it is measured like the rest.
-    compiles = ([False, True] if cuda else [False]) if config.compile == "auto" else [config.compile == "on"]
-    candidates = [(s, c) for s in strategies for c in compiles]
+    compiles = [COMPILE_AUTO] if config.compile == "auto" else [config.compile == "on"]
+    precisions = ([False, True] if cuda else [False]) if config.precision == "auto" else [config.precision == "bf16"]
+    candidates = [(s, c, b) for s in strategies for c in compiles for b in precisions]
     if len(candidates) == 1:
-        s, c = candidates[0]
-        return replace(base, strategy=s, compiled=c)
+        s, c, b = candidates[0]
+        return replace(base, strategy=s, compiled=c, bf16=b)
 
     key = _cache_key(config, device, shape, members, base)
     cached = _read_cache().get(key)
     if cached:
-        return replace(base, strategy=cached["strategy"], compiled=cached["compiled"],
+        return replace(base, strategy=cached["strategy"], compiled=cached["compiled"], bf16=cached["bf16"],
                        seconds_per_patch_step=cached["seconds_per_patch_step"])
-    timings = {f"{s}{'+compile' if c else ''}": _time_candidate(config, device, shape, members, base, s, c)
-               for s, c in candidates}
+    timings = {_label(s, c, b): _time_candidate(config, device, shape, members, replace(base, bf16=b), s, c)
+               for s, c, b in candidates}
     best = min(timings, key=timings.__getitem__)
-    strategy, compiled = best.split("+")[0], best.endswith("+compile")
+    strategy, compiled, bf16 = next(x for x in candidates if _label(*x) == best)
     log.info("dip strategy for %s: %s (seconds per patch-step: %s)", key, best,
              {k: round(v, 4) for k, v in timings.items()})
-    _write_cache(key, {"strategy": strategy, "compiled": compiled, "seconds_per_patch_step": timings})
-    return replace(base, strategy=strategy, compiled=compiled, seconds_per_patch_step=timings)
+    _write_cache(key, {"strategy": strategy, "compiled": compiled, "bf16": bf16, "seconds_per_patch_step": timings})
+    return replace(base, strategy=strategy, compiled=compiled, bf16=bf16, seconds_per_patch_step=timings)
 
 
 def _cache_key(config: "DIPConfig", device: torch.device, shape: tuple[int, int, int], members: int, base: Plan) -> str:
@@ -101,7 +120,7 @@ def _cache_key(config: "DIPConfig", device: torch.device, shape: tuple[int, int,
                         "loss_min_value", "percentiles", "target_range", "input_noise_scale"}}
     digest = hashlib.sha256(json.dumps(net, sort_keys=True).encode()).hexdigest()[:12]
     c, h, w = shape
-    return f"{_device_name(device)}|net-{digest}|{c}x{h}x{w}|members{members}|bf16={base.bf16}"
+    return f"{_device_name(device)}|net-{digest}|{c}x{h}x{w}|members{members}|{config.precision}|{config.compile}"
 
 
 def _read_cache() -> dict[str, Any]:
@@ -144,10 +163,11 @@ def _time_candidate(config: "DIPConfig", device: torch.device, shape: tuple[int,
     fit_members(cfg, net, z, target, mask, None, noise, bf16=base.bf16, fused_adam=base.fused_adam)
     _sync(device)
     start = time.perf_counter()
-    fit_members(replace(cfg, steps=MEASURE_STEPS), net, z, target, mask, None, noise,
+    steps = MEASURE_STEPS.get(device.type, 3)
+    fit_members(replace(cfg, steps=steps), net, z, target, mask, None, noise,
                 bf16=base.bf16, fused_adam=base.fused_adam)
     _sync(device)
-    return (time.perf_counter() - start) / (MEASURE_STEPS * m)
+    return (time.perf_counter() - start) / (steps * m)
 
 
 def prepare_net(net: torch.nn.Module, device: torch.device, plan: Plan) -> torch.nn.Module:
