@@ -73,6 +73,9 @@ def test_engine_stops_early_and_keeps_the_best_iterate(stopping):
     assert d.extra["stopped_by"] == stopping and d.steps < 400
     assert 0 < d.extra["best_step"] <= d.steps
     assert [s for s, _ in seen] == list(range(10, d.steps + 1, 10))
+    # patience counts *consecutive* checks without improvement: it stops exactly 2 checks
+    # after the kept iterate (unless the step budget ran out first)
+    assert d.steps == min(d.extra["best_step"] + 2 * 10, 400)
     if stopping == "holdout":
         best = min(r for _, r in seen)
         assert d.extra["best_holdout_rmse"] == pytest.approx(best)

@@ -132,6 +132,7 @@ def fit_members(
             kept[idx] = pred[idx]
             best_score[better & ~unjudged] = score[better & ~unjudged]
             best_step[better] = step
+        since_best[better] = 0  # patience counts consecutive checks without improvement
         since_best[live & ~better] += 1
         done = live & (since_best >= cfg.patience)
         for j in np.flatnonzero(done):
