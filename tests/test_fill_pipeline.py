@@ -239,3 +239,18 @@ def test_per_patch_diagnostics_are_written_and_referenced(tmp_path: Path, capsys
     item = json.loads(files["item"].read_text())
     assert item["assets"]["patches"]["href"] == files["patches"].name
     assert "steps     per patch" in capsys.readouterr().out
+
+
+def test_item_carries_processing_and_file_checksums(filled: Path) -> None:
+    from dipfill.stac.item import file_checksum
+
+    files = outputs(filled)
+    raw = json.loads(files["item"].read_text())
+    props = raw["properties"]
+    assert props["processing:software"]["dipfill"] and props["processing:level"] == "L3"
+    assert "fillnodata" in props["processing:lineage"] and props["processing:datetime"].endswith("Z")
+    for key in ("filled", "qa", "quicklook", "patches"):
+        asset = raw["assets"][key]
+        assert asset["file:size"] == files[key].stat().st_size
+        assert asset["file:checksum"] == file_checksum(files[key])
+    assert any("processing" in e for e in raw["stac_extensions"]) and any("/file/" in e for e in raw["stac_extensions"])

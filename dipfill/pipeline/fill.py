@@ -337,7 +337,7 @@ def _write_outputs(
         write_quicklook(paths["quicklook"], scene.data, result.data, valid, after_valid, rgb=rgb)
         with staged(paths["patches"]) as tmp:
             tmp.write_text(_dump_json(patch_records(result.diagnostics)))
-        item = _item(item_id, scene, result, options, acquired, counts, names)
+        item = _item(item_id, scene, result, options, acquired, counts, names, out_dir)
         with staged(paths["item"]) as tmp:
             tmp.write_text(_dump_json(item.to_dict(include_self_link=False)))
     except BaseException:
@@ -363,7 +363,7 @@ def _dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False) + "\n"
 
 
-def _item(item_id, scene, result, options, acquired, counts, names):
+def _item(item_id, scene, result, options, acquired, counts, names, out_dir):
     """Assemble the STAC item describing the written outputs (hrefs relative to it)."""
     from dipfill.pipeline.geometry import footprint_geometry
     from dipfill.stac.item import COG_MEDIA_TYPE, ZARR_MEDIA_TYPE, AssetSpec, ItemSpec, build_item, config_hash
@@ -411,6 +411,14 @@ def _item(item_id, scene, result, options, acquired, counts, names):
         transform=list(scene.grid.transform)[:6],
         properties={
             "processing:software": {"dipfill": __version__},
+            "processing:lineage": (
+                f"Gaps filled with the '{options.engine}' engine (fallback '{options.fallback}') "
+                f"in {options.patch}-px patches overlapping by {options.overlap} px, blended with "
+                "a Hann taper; observed pixels copied from the source unchanged"
+            ),
+            "processing:datetime": dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+            .isoformat().replace("+00:00", "Z"),
+            "processing:level": "L3",
             "dipfill:config": cfg,
             "dipfill:config_hash": config_hash(cfg),
             "dipfill:counts": counts,
@@ -418,6 +426,7 @@ def _item(item_id, scene, result, options, acquired, counts, names):
             "dipfill:sources": [os.path.basename(s) for s in scene.sources],
         },
         assets=assets,
+        files_dir=str(out_dir),
     )
     item = build_item(spec)
     item.stac_extensions.append("https://stac-extensions.github.io/classification/v2.0.0/schema.json")

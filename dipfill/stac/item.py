@@ -21,6 +21,8 @@ from pystac.extensions.raster import RasterExtension
 
 __all__ = ["AssetSpec", "ItemSpec", "build_item", "sanitize_id", "config_hash", "file_checksum"]
 
+PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 COG_MEDIA_TYPE = pystac.MediaType.COG
 ZARR_MEDIA_TYPE = "application/vnd+zarr; version=3"
 
@@ -73,6 +75,11 @@ class ItemSpec:
     transform: Sequence[float]  # first six coefficients of the affine, rasterio order
     properties: Mapping[str, Any]
     assets: Sequence[AssetSpec]
+    # hrefs of the source items this one was derived from (``derived_from`` links)
+    derived_from: Sequence[str] = ()
+    # directory the asset hrefs are relative to: when given, each asset that is a file gets
+    # ``file:size`` and ``file:checksum`` (so the files must be final before the item)
+    files_dir: str | None = None
 
 
 def build_item(spec: ItemSpec) -> pystac.Item:
@@ -103,5 +110,16 @@ def build_item(spec: ItemSpec) -> pystac.Item:
             asset.extra_fields["bands"] = [dict(b) for b in a.bands]
         if a.extra:
             asset.extra_fields.update(a.extra)
+        if spec.files_dir is not None:
+            path = os.path.join(spec.files_dir, a.href)
+            if os.path.isfile(path):
+                asset.extra_fields["file:size"] = os.path.getsize(path)
+                asset.extra_fields["file:checksum"] = file_checksum(path)
         item.add_asset(a.key, asset)
+    for href in spec.derived_from:
+        item.add_link(pystac.Link("derived_from", href, media_type=pystac.MediaType.JSON))
+    if any(k.startswith("processing:") for k in item.properties):
+        item.stac_extensions.append(PROCESSING_SCHEMA)
+    if spec.files_dir is not None:
+        item.stac_extensions.append(FILE_SCHEMA)
     return item
