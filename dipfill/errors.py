@@ -8,7 +8,7 @@ one, the fix.
 
 from __future__ import annotations
 
-__all__ = ["DipfillError", "InputError", "SceneReadError", "GridMismatchError", "EngineError"]
+__all__ = ["DipfillError", "InputError", "SceneReadError", "GridMismatchError", "EngineError", "StacError"]
 
 
 class DipfillError(Exception):
@@ -29,3 +29,7 @@ class GridMismatchError(InputError):
 
 class EngineError(DipfillError, RuntimeError):
     """An engine could not fill a batch (bad configuration, device unavailable)."""
+
+
+class StacError(DipfillError, OSError):
+    """A STAC API or catalog could not be reached, or answered with an error (after retries)."""

@@ -62,6 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--id", dest="item_id", help="item id (default: from the input file name); '-dipfill' is appended")
     o.add_argument("--datetime", help="acquisition date/time, ISO 8601 (default: from tags or file name)")
     o.add_argument("--rgb", default="1,2,3", help="1-based bands for the quicklook's R,G,B (default: 1,2,3)")
+    c = p.add_argument_group("STAC output")
+    c.add_argument("--catalog", metavar="ROOT",
+                   help="also add the item to the static catalog at ROOT (ROOT/<collection>/<id>/), "
+                        "creating it if needed; other items are not rewritten")
+    c.add_argument("--collection", default="dipfill", help="collection id in --catalog / --publish (default: dipfill)")
+    c.add_argument("--publish", metavar="URL",
+                   help="upsert the collection and item into the STAC API at URL (Transactions extension); "
+                        "asset hrefs become absolute paths of the written files")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -140,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         rgb=rgb,
         progress=progress,
     )
+    _publish(args, report)
     if args.json:
         from dipfill.pipeline.fill import patch_records
 
@@ -163,3 +172,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"steps     per patch: min {min(steps)}, median {int(statistics.median(steps))}, max {max(steps)}")
     print(f"wall time {report.seconds:.1f} s")
     return 0
+
+
+def _publish(args: argparse.Namespace, report: Any) -> None:
+    """--catalog and --publish, after the outputs and their item are complete."""
+    from pathlib import Path
+
+    from dipfill.pipeline.publish import absolute_item, add_to_static_catalog, publish_to_api
+    from dipfill.stac.catalog import collection_with_item, new_collection
+    from dipfill.stac.item import sanitize_id
+
+    collection = sanitize_id(args.collection)
+    item_path = Path(report.outputs["item"])
+    if args.catalog:
+        item_path = add_to_static_catalog(args.catalog, item_path.parent, collection)
+        report.outputs["catalog_item"] = str(item_path)
+    if args.publish:
+        item = json.loads(item_path.read_text())
+        doc = absolute_item(item, str(item_path.parent.resolve()))
+        publish_to_api(args.publish, collection_with_item(new_collection(collection), item), [doc])
+        report.outputs["published"] = f"{args.publish.rstrip('/')}/collections/{collection}/items/{item['id']}"
