@@ -59,7 +59,7 @@ def outputs(out: Path) -> dict[str, Path]:
 
 def test_all_outputs_exist_and_nothing_temporary_is_left(filled: Path) -> None:
     files = outputs(filled)
-    assert set(files) == {"item", "filled", "qa", "mosaic", "quicklook", "patches"}
+    assert set(files) == {"item", "filled", "qa", "mosaic", "quicklook", "patches", "filled_1", "filled_2", "filled_3"}
     for path in files.values():
         assert path.exists(), path
     assert not [p for p in filled.iterdir() if p.name.startswith(".")]
@@ -106,6 +106,17 @@ def test_observed_exact_gaps_filled_outside_untouched(filled: Path) -> None:
     for b in range(3):
         lo, hi = np.percentile(src[b][valid[b]], [0, 100])
         assert lo <= out[b, gap].min() and out[b, gap].max() <= hi
+
+
+def test_one_band_vrt_assets_read_the_cog_bands(filled: Path) -> None:
+    files = outputs(filled)
+    with rasterio.open(files["filled"]) as cog:
+        data, nodata, transform = cog.read(), cog.nodata, cog.transform
+    for b in (1, 2, 3):
+        with rasterio.open(files[f"filled_{b}"]) as vrt:
+            assert vrt.count == 1 and vrt.nodata == nodata and vrt.transform == transform
+            assert vrt.crs.to_epsg() == 3577
+            assert np.array_equal(vrt.read(1), data[b - 1])
 
 
 def test_zarr_mosaic_matches_cog(filled: Path) -> None:

@@ -51,7 +51,7 @@ from dipfill.pipeline.read import (
     read_mask,
     read_scene,
 )
-from dipfill.pipeline.write import staged, write_cog, write_quicklook, write_zarr_mosaic
+from dipfill.pipeline.write import staged, write_band_vrt, write_cog, write_quicklook, write_zarr_mosaic
 from dipfill.tiling import Blender, cast_to_dtype, PatchWindow, axis_starts, plan_windows, window_weights, windows_with_gaps
 
 __all__ = ["FillOptions", "FillResult", "FillReport", "fill_arrays", "fill_files", "patch_seed"]
@@ -312,6 +312,8 @@ def _write_outputs(
         "patches": f"{item_id}_patches.json",
         "item": f"{item_id}.json",
     }
+    for b in range(1, len(scene.band_names) + 1):
+        names[f"filled_{b}"] = f"{item_id}_filled_b{b}.vrt"
     paths = {k: out_dir / v for k, v in names.items()}
     cfg = options.hashable_dict()
     try:
@@ -324,6 +326,8 @@ def _write_outputs(
             tags={"DIPFILL_VERSION": __version__, "DIPFILL_ENGINE": options.engine},
         )
         write_cog(paths["qa"], result.qa[None], scene.grid, nodata=None, band_names=["qa"], resampling="nearest")
+        for b, band_name in enumerate(scene.band_names, start=1):
+            write_band_vrt(paths[f"filled_{b}"], names["filled"], b, scene.grid, scene.dtype, scene.nodata, band_name)
         write_zarr_mosaic(
             paths["mosaic"],
             result.data,
@@ -394,6 +398,11 @@ def _item(item_id, scene, result, options, acquired, counts, names, out_dir):
             "Fill QA (COG)",
             ({"name": "qa", "data_type": "uint8"},),
             {"classification:classes": qa_classes},
+        ),
+        *(
+            AssetSpec(f"filled_{b}", names[f"filled_{b}"], "application/x-vrt", ("data",),
+                      f"{band['name']} (one-band VRT of the filled COG, for one-band-per-asset readers)", (band,))
+            for b, band in enumerate(bands, start=1)
         ),
         AssetSpec("mosaic", names["mosaic"], ZARR_MEDIA_TYPE, ("data",), "Filled scene (Zarr v3)"),
         AssetSpec("quicklook", names["quicklook"], "image/png", ("overview",), "Before | after"),

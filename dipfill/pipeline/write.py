@@ -212,3 +212,36 @@ def _stretch_from(
     scale = 254.0 / (hi - lo) if hi > lo else 0.0
     out[valid] = (np.clip((band[valid].astype(np.float64) - lo) * scale, 0, 254) + 1).astype(np.uint8)
     return out
+
+
+def write_band_vrt(path: str | os.PathLike[str], cog_name: str, band: int, grid: Grid, dtype: np.dtype,
+                   nodata: float | None, description: str = "") -> None:
+    """A one-band GDAL VRT selecting ``band`` (1-based) of the COG ``cog_name`` beside it.
+
+    Why: stackstac (and other readers that map one asset to one band) refuse multi-band
+    assets. A VRT of a few hundred bytes per band gives them single-band assets without
+    storing the pixels twice; GDAL reads through to the COG, overviews included.
+    """
+    from xml.sax.saxutils import escape
+
+    from rasterio.dtypes import _get_gdal_dtype, typename_fwd
+
+    gdal_type = typename_fwd[_get_gdal_dtype(np.dtype(dtype).name)]
+    t = grid.transform
+    nodata_xml = f"    <NoDataValue>{nodata!r}</NoDataValue>\n" if nodata is not None else ""
+    srs = f"  <SRS>{escape(grid.crs.to_wkt())}</SRS>\n" if grid.crs else ""
+    height, width = grid.shape
+    xml = (
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}'
+        f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>\n"
+        f'  <VRTRasterBand dataType="{gdal_type}" band="1">\n'
+        f"    <Description>{escape(description)}</Description>\n{nodata_xml}"
+        "    <SimpleSource>\n"
+        f'      <SourceFilename relativeToVRT="1">{escape(cog_name)}</SourceFilename>\n'
+        f"      <SourceBand>{band}</SourceBand>\n"
+        "    </SimpleSource>\n"
+        "  </VRTRasterBand>\n"
+        "</VRTDataset>\n"
+    )
+    with staged(path) as tmp:
+        tmp.write_text(xml)
