@@ -12,3 +12,16 @@ def _private_strategy_cache(tmp_path_factory):
     mp.setenv("DIPFILL_CACHE_DIR", str(tmp_path_factory.mktemp("dipfill-cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def stac_api():
+    """A real stac-fastapi-pgstac server (PostgreSQL + PostGIS + pgstac + uvicorn, all on
+    127.0.0.1) holding the collections and items of tests/fixtures/stac/, with the
+    Transactions extension on. Yields a `tests.stac_server.StacServer`: `.url` is the API
+    root, `.dsn` the database. Everything is stopped and removed at the session's end."""
+    from tests.stac_server import missing_requirements, require, running_stac_server
+
+    require("real STAC API server (tests/stac_server.py)", missing_requirements())
+    with running_stac_server() as server:
+        yield server
