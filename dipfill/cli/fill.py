@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--collection", default="dipfill", help="collection id in --catalog / --publish (default: dipfill)")
     c.add_argument("--publish", metavar="URL",
                    help="upsert the collection and item into the STAC API at URL (Transactions extension); "
-                        "asset hrefs become absolute paths of the written files")
+                        "asset hrefs become file:// URIs of the written files")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -189,6 +189,7 @@ def _publish(args: argparse.Namespace, report: Any) -> None:
         report.outputs["catalog_item"] = str(item_path)
     if args.publish:
         item = json.loads(item_path.read_text())
-        doc = absolute_item(item, str(item_path.parent.resolve()))
+        # file:// URIs, not bare paths: readers resolve a bare "/path" against the API's URL
+        doc = absolute_item(item, item_path.parent.resolve().as_uri())
         publish_to_api(args.publish, collection_with_item(new_collection(collection), item), [doc])
         report.outputs["published"] = f"{args.publish.rstrip('/')}/collections/{collection}/items/{item['id']}"
