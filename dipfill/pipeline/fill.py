@@ -129,6 +129,105 @@ def patch_seed(seed: int, win: PatchWindow) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Windows fitted together by one engine call. Batches are cut from the whole plan in a
+    fixed order, so a resumed run refits exactly the batches an uninterrupted run would."""
+
+    index: int
+    fallback: bool  # True: the fallback engine (too few observed pixels for the primary)
+    windows: tuple[PatchWindow, ...]
+
+
+@dataclass(frozen=True)
+class FillPlan:
+    """Where to fit and how results are blended: everything decided before any engine runs."""
+
+    shape: tuple[int, int, int]  # bands, y, x
+    state: NDArray[np.uint8]  # three-state mask
+    target: NDArray[np.bool_]  # per band: pixels to fill
+    windows_total: int
+    batches: tuple[Batch, ...]
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+
+    @property
+    def windows(self) -> list[PatchWindow]:
+        return [w for b in self.batches for w in b.windows]
+
+
+def plan_fill(valid: NDArray[np.bool_], footprint: NDArray[np.bool_], options: FillOptions, *,
+              with_fallback: bool = True) -> FillPlan:
+    """Windows with gaps, split between the primary engine and the fallback (patches with
+    fewer than ``min_observed_fraction`` observed pixels), cut into batches."""
+    count, height, width = valid.shape
+    state = three_state(valid, footprint)
+    windows = plan_windows(height, width, size=options.patch, overlap=options.overlap)
+    primary: list[PatchWindow] = []
+    weak: list[PatchWindow] = []
+    for w in windows_with_gaps(windows, state == GAP):
+        enough = not with_fallback or valid[(slice(None), *w.slices)].mean() >= options.min_observed_fraction
+        (primary if enough else weak).append(w)
+    batches = []
+    for is_fallback, group in ((False, primary), (True, weak)):
+        for i in range(0, len(group), options.batch_size):
+            batches.append(Batch(len(batches), is_fallback, tuple(group[i : i + options.batch_size])))
+    return FillPlan(
+        shape=(count, height, width),
+        state=state,
+        target=~valid & footprint[None],
+        windows_total=len(windows),
+        batches=tuple(batches),
+        rows=tuple(axis_starts(height, options.patch, options.overlap)),
+        cols=tuple(axis_starts(width, options.patch, options.overlap)),
+    )
+
+
+def batch_inputs(data: NDArray, valid: NDArray[np.bool_], windows: Sequence[PatchWindow], seed: int):
+    """What an engine gets for ``windows``: float32 values (unobserved zeroed), observed
+    masks and per-patch seeds. ``data``/``valid`` may be the scene or one window's read."""
+    patches = np.stack([_patch_values(data, valid, w) for w in windows])
+    observed = np.stack([valid[(slice(None), *w.slices)] for w in windows])
+    return patches, observed, [patch_seed(seed, w) for w in windows]
+
+
+def assemble(
+    data: NDArray,
+    valid: NDArray[np.bool_],
+    plan: FillPlan,
+    results: Mapping[str, tuple[NDArray, bool]],
+    nodata: float | None,
+) -> tuple[NDArray, NDArray[np.uint8]]:
+    """Blend per-window values (``results[window.id] = (values, from_fallback)``) and composite:
+    observed pixels from ``data`` bit-exact, filled gaps cast to the input dtype, QA layer."""
+    count, height, width = plan.shape
+    blender = Blender(plan.shape)
+    from_engine = np.zeros((height, width), dtype=np.float64)
+    from_fallback = np.zeros((height, width), dtype=np.float64)
+    for w in plan.windows:
+        values, fallback = results[w.id]
+        weights = window_weights(w, list(plan.rows), list(plan.cols))
+        blender.add(w, values, weights)
+        (from_fallback if fallback else from_engine)[w.slices] += weights
+    blended, covered = blender.finalize()
+
+    out = data.copy()
+    fill_here = plan.target & covered
+    out[fill_here] = cast_to_dtype(blended[fill_here], data.dtype, nodata)
+    missing_value = _missing_value(data.dtype, nodata)
+    if missing_value is not None:
+        out[~valid & ~fill_here] = missing_value
+
+    state = plan.state
+    qa = np.full((height, width), QA_OUTSIDE, dtype=np.uint8)
+    qa[state == OBSERVED] = QA_OBSERVED
+    gap = state == GAP
+    unfilled = (plan.target & ~covered).any(axis=0)
+    qa[gap] = np.where(from_fallback[gap] > from_engine[gap], QA_FALLBACK, QA_ENGINE)
+    qa[gap & unfilled] = QA_UNFILLED
+    return out, qa
+
+
 def fill_arrays(
     data: NDArray,
     valid: NDArray[np.bool_],
@@ -140,64 +239,27 @@ def fill_arrays(
     nodata: float | None,
     progress: Callable[[int, int], None] | None = None,
 ) -> FillResult:
-    """Fill ``data[bands, y, x]`` where ``valid`` is False inside ``footprint``.
+    """Fill ``data[bands, y, x]`` where ``valid`` is False inside ``footprint``, in process.
 
     Observed values are copied from ``data`` bit-exact; pixels outside the footprint get
     ``nodata`` (NaN for floats without nodata). Returns the filled bands and the QA layer.
     """
-    count, height, width = data.shape
-    state = three_state(valid, footprint)
-    target = ~valid & footprint[None]  # per band: what must be filled
-    windows = plan_windows(height, width, size=options.patch, overlap=options.overlap)
-    todo = list(windows_with_gaps(windows, state == GAP))
-    rows = axis_starts(height, options.patch, options.overlap)
-    cols = axis_starts(width, options.patch, options.overlap)
-
-    blender = Blender((count, height, width))
-    from_engine = np.zeros((height, width), dtype=np.float64)
-    from_fallback = np.zeros((height, width), dtype=np.float64)
+    plan = plan_fill(valid, footprint, options, with_fallback=fallback is not None)
+    results: dict[str, tuple[NDArray, bool]] = {}
     diagnostics: dict[str, PatchDiagnostics] = {}
-    min_observed = options.min_observed_fraction
-
-    def run(eng: Engine, batch: list[PatchWindow], acc: NDArray[np.float64]) -> None:
-        patches = np.stack([_patch_values(data, valid, w) for w in batch])
-        observed = np.stack([valid[(slice(None), *w.slices)] for w in batch])
-        result = eng.fill(patches, observed, seeds=[patch_seed(options.seed, w) for w in batch])
-        for w, values, diag in zip(batch, result.values, result.diagnostics):
-            weights = window_weights(w, rows, cols)
-            blender.add(w, values, weights)
-            acc[w.slices] += weights
+    total, done = len(plan.windows), 0
+    for batch in plan.batches:
+        eng = fallback if batch.fallback else engine
+        patches, observed, seeds = batch_inputs(data, valid, batch.windows, options.seed)
+        result = eng.fill(patches, observed, seeds=seeds)  # type: ignore[union-attr]
+        for w, values, diag in zip(batch.windows, result.values, result.diagnostics):
+            results[w.id] = (values, batch.fallback)
             diagnostics[w.id] = diag
-
-    primary: list[PatchWindow] = []
-    weak: list[PatchWindow] = []
-    for w in todo:
-        enough = fallback is None or valid[(slice(None), *w.slices)].mean() >= min_observed
-        (primary if enough else weak).append(w)
-    done = 0
-    for eng, group, acc in ((engine, primary, from_engine), (fallback, weak, from_fallback)):
-        for i in range(0, len(group), options.batch_size):
-            batch = group[i : i + options.batch_size]
-            run(eng, batch, acc)  # type: ignore[arg-type]
-            done += len(batch)
-            if progress:
-                progress(done, len(todo))
-    blended, covered = blender.finalize()
-
-    out = data.copy()
-    fill_here = target & covered
-    out[fill_here] = cast_to_dtype(blended[fill_here], data.dtype, nodata)
-    missing_value = _missing_value(data.dtype, nodata)
-    if missing_value is not None:
-        out[~valid & ~fill_here] = missing_value
-
-    qa = np.full((height, width), QA_OUTSIDE, dtype=np.uint8)
-    qa[state == OBSERVED] = QA_OBSERVED
-    gap = state == GAP
-    unfilled = (target & ~covered).any(axis=0)
-    qa[gap] = np.where(from_fallback[gap] > from_engine[gap], QA_FALLBACK, QA_ENGINE)
-    qa[gap & unfilled] = QA_UNFILLED
-    return FillResult(out, qa, diagnostics, len(windows), len(todo))
+        done += len(batch.windows)
+        if progress:
+            progress(done, total)
+    out, qa = assemble(data, valid, plan, results, nodata)
+    return FillResult(out, qa, diagnostics, plan.windows_total, total)
 
 
 def _patch_values(data: NDArray, valid: NDArray[np.bool_], win: PatchWindow) -> NDArray[np.float32]:
