@@ -21,6 +21,7 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> argparse.ArgumentParser:
     from dipfill.cli import eval as eval_cmd
     from dipfill.cli import fill
+    from dipfill.cli import run as run_cmd
     from dipfill.cli import search as search_cmd
 
     parser = argparse.ArgumentParser(prog="dipfill", description=__doc__.splitlines()[0])
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     fill.register(sub)
     eval_cmd.register(sub)
     search_cmd.register(sub)
+    run_cmd.register(sub)
     return parser
 
 

@@ -362,6 +362,7 @@ def _write_outputs(
     acquired: str | None,
     counts: dict[str, int],
     rgb: Sequence[int],
+    extras: ItemExtras | None = None,
 ) -> dict[str, str]:
     """Write COGs, Zarr, quicklook, then the STAC item; remove ``out_dir`` if we made it and failed."""
     created = not out_dir.exists()
@@ -403,7 +404,7 @@ def _write_outputs(
         write_quicklook(paths["quicklook"], scene.data, result.data, valid, after_valid, rgb=rgb)
         with staged(paths["patches"]) as tmp:
             tmp.write_text(_dump_json(patch_records(result.diagnostics)))
-        item = _item(item_id, scene, result, options, acquired, counts, names, out_dir)
+        item = _item(item_id, scene, result, options, acquired, counts, names, out_dir, extras or ItemExtras())
         with staged(paths["item"]) as tmp:
             tmp.write_text(_dump_json(item.to_dict(include_self_link=False)))
     except BaseException:
@@ -429,12 +430,25 @@ def _dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False) + "\n"
 
 
-def _item(item_id, scene, result, options, acquired, counts, names, out_dir):
+@dataclass(frozen=True)
+class ItemExtras:
+    """What a run knows about the source item: its geometry and bbox (used instead of the
+    footprint's), ``derived_from`` hrefs and extra properties (source version...)."""
+
+    geometry: dict[str, Any] | None = None
+    bbox: Sequence[float] | None = None
+    derived_from: Sequence[str] = ()
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _item(item_id, scene, result, options, acquired, counts, names, out_dir, extras: ItemExtras):
     """Assemble the STAC item describing the written outputs (hrefs relative to it)."""
     from dipfill.pipeline.geometry import footprint_geometry
     from dipfill.stac.item import COG_MEDIA_TYPE, ZARR_MEDIA_TYPE, AssetSpec, ItemSpec, build_item, config_hash
 
     geometry, bbox = footprint_geometry(result.qa != QA_OUTSIDE, scene.grid)
+    if extras.geometry is not None and extras.bbox is not None:
+        geometry, bbox = extras.geometry, list(extras.bbox)
     if acquired:
         when = dt.datetime.fromisoformat(acquired).replace(tzinfo=dt.timezone.utc)
         when_source = "input"
@@ -495,9 +509,11 @@ def _item(item_id, scene, result, options, acquired, counts, names, out_dir):
             "dipfill:counts": counts,
             "dipfill:datetime_source": when_source,
             "dipfill:sources": [os.path.basename(s) for s in scene.sources],
+            **extras.properties,
         },
         assets=assets,
         files_dir=str(out_dir),
+        derived_from=tuple(extras.derived_from),
     )
     item = build_item(spec)
     item.stac_extensions.append("https://stac-extensions.github.io/classification/v2.0.0/schema.json")

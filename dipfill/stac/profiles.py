@@ -364,9 +364,27 @@ SENTINEL_1_RTC: Final = CollectionProfile(
     notes="values are linear gamma0 power; db=True converts to 10·log10 (non-positive → gap)",
 )
 
+# Geoscience Australia ARG25 NBAR (Landsat-7 ETM+ reflectance x10000, int16, nodata -999):
+# the demo and test scenes (data/arg25_menindee/stac). No QA layer: gaps are the nodata
+# pixels inside the footprint derived from the data (SLC-off stripes bridged).
+GA_ARG25_NBAR: Final = CollectionProfile(
+    name="ga-arg25-nbar",
+    title="Geoscience Australia ARG25 Landsat NBAR surface reflectance",
+    collections=("ga-arg25-nbar",),
+    bands=(
+        BandSpec("B3", _keys(None, None, None, "B3", "red"), 25.0, nodata=-999, scale=1e-4),
+        BandSpec("B4", _keys(None, None, None, "B4", "nir"), 25.0, nodata=-999, scale=1e-4),
+        BandSpec("B5", _keys(None, None, None, "B5", "swir16"), 25.0, nodata=-999, scale=1e-4),
+    ),
+    default_bands=("B3", "B4", "B5"),
+    qa=None,
+    footprint="data",
+    cloud_property=None,
+)
+
 #: Profiles by name.
 PROFILES: Final[Mapping[str, CollectionProfile]] = {
-    p.name: p for p in (LANDSAT_C2_L2, SENTINEL_2_L2A, MODIS_13Q1, MODIS_13A1, SENTINEL_1_RTC)
+    p.name: p for p in (LANDSAT_C2_L2, SENTINEL_2_L2A, MODIS_13Q1, MODIS_13A1, SENTINEL_1_RTC, GA_ARG25_NBAR)
 }
 _BY_COLLECTION: Final = {c: p for p in PROFILES.values() for c in p.collections}
 

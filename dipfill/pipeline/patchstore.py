@@ -1,0 +1,67 @@
+"""Per-scene checkpoint of fitted patches: the unit of resume.
+
+A zarr v3 group with ``values[n, bands, P, P]`` (float32, one chunk per patch) and
+``done[n]`` (uint8, one chunk per patch). A worker writes a patch's values, then its done
+flag; each chunk has exactly one writer (zarr loses data when writers share a chunk or a
+shard). A rerun reads the flags and fits only what is missing. The group records the
+configuration hash it was made for: a store from another configuration is discarded, never
+mixed in.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from numpy.typing import NDArray
+
+__all__ = ["PatchStore"]
+
+
+@dataclass(frozen=True)
+class PatchStore:
+    """Handle to one scene's store; cheap to pickle to workers."""
+
+    path: str
+
+    @classmethod
+    def open(cls, path: str | Path, count: int, bands: int, size: int, config_hash: str) -> "PatchStore":
+        """Open the store at ``path`` for ``count`` patches, creating or resetting it."""
+        path = Path(path)
+        if path.exists():
+            try:
+                root = zarr.open_group(str(path), mode="r")
+                same = (root.attrs.get("config_hash") == config_hash
+                        and root["values"].shape == (count, bands, size, size))
+            except Exception:  # unreadable leftovers: start over
+                same = False
+            if same:
+                return cls(str(path))
+            shutil.rmtree(path)
+        root = zarr.open_group(str(path), mode="w")
+        root.attrs["config_hash"] = config_hash
+        root.create_array("values", shape=(count, bands, size, size), chunks=(1, bands, size, size),
+                          dtype="float32", fill_value=np.nan)
+        root.create_array("done", shape=(count,), chunks=(1,), dtype="uint8", fill_value=0)
+        return cls(str(path))
+
+    def done(self) -> NDArray[np.bool_]:
+        return zarr.open_group(self.path, mode="r")["done"][...].astype(bool)
+
+    def write(self, index: int, values: NDArray[np.float32]) -> None:
+        """Store patch ``index`` (values padded to the store's patch size), then flag it done."""
+        root = zarr.open_group(self.path, mode="r+")
+        arr = root["values"]
+        full = np.full(arr.shape[1:], np.nan, dtype=np.float32)
+        full[:, : values.shape[1], : values.shape[2]] = values
+        arr[index] = full
+        root["done"][index] = 1
+
+    def read(self, index: int, height: int, width: int) -> NDArray[np.float32]:
+        return zarr.open_group(self.path, mode="r")["values"][index, :, :height, :width]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
