@@ -87,7 +87,7 @@ def test_rerun_of_current_scenes_does_no_engine_work(tmp_path: Path, monkeypatch
     def no_engine(*a, **k):
         raise AssertionError("engine work on a current scene")
 
-    monkeypatch.setattr("dipfill.pipeline.ray_exec.EnginePool", no_engine)
+    monkeypatch.setattr("dipfill.pipeline.ray_exec.engine_pool", no_engine)
     again = run_mod.run(request(out, engine="fillnodata"), num_cpus=2)
     assert [s.status for s in again.scenes] == ["current", "current"]
     assert "no engine work" in again.scenes[0].message

@@ -26,7 +26,7 @@ import numpy as np
 
 from dipfill.tiling import PatchWindow
 
-__all__ = ["FitTask", "start_ray", "stop_ray", "EnginePool", "FAULT_ENV"]
+__all__ = ["FitTask", "start_ray", "stop_ray", "EnginePool", "engine_pool", "FAULT_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,30 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> dic
 def stop_ray() -> None:
     import ray
 
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()
     if ray.is_initialized():
         ray.shutdown()
+
+
+_POOLS: dict[str, "EnginePool"] = {}
+
+
+def engine_pool(engine: str, engine_options: dict[str, Any], fallback: str) -> "EnginePool":
+    """A pool for this engine configuration, reused across runs in one driver process:
+    starting an actor (a Python process importing torch) costs seconds, a batch may not."""
+    import json
+
+    key = json.dumps([engine, engine_options, fallback, os.environ.get(FAULT_ENV, "")], sort_keys=True, default=str)
+    if key not in _POOLS:
+        # One pool at a time: actors of another configuration hold the cluster's CPUs/GPUs,
+        # and new actors would wait for them forever.
+        for old in _POOLS.values():
+            old.close()
+        _POOLS.clear()
+        _POOLS[key] = EnginePool(engine, engine_options, fallback)
+    return _POOLS[key]
 
 
 class _EngineWorker:

@@ -133,7 +133,7 @@ def run(
     stop_after_batches: int | None = None,
 ) -> RunSummary:
     """Run ``request``; returns the summary (also written to ``OUT/runs/<run-id>.json``)."""
-    from dipfill.pipeline.ray_exec import EnginePool, start_ray
+    from dipfill.pipeline.ray_exec import engine_pool, start_ray
     from dipfill.stac.item import config_hash
     from dipfill.stac.search import SearchQuery, search
 
@@ -156,29 +156,26 @@ def run(
     statuses: list[SceneStatus] = []
     pool = None
     budget = [stop_after_batches]
-    try:
-        for n, record in enumerate(records, start=1):
-            start = time.perf_counter()
-            try:
-                status = _current(record, out, chash, request)
-                if status is None:
-                    if pool is None:
-                        start_ray(ray_address, num_cpus=num_cpus)
-                        opts = request.options
-                        pool = EnginePool(opts.engine, dict(opts.engine_options), opts.fallback)
-                    status = _process_scene(record, request, out, chash, pool, say, budget)
-            except RunInterrupted:
-                raise
-            except (DipfillError, OSError, ValueError, KeyError) as exc:
-                status = SceneStatus(str(record.get("id")), "failed", message=_safe(str(exc)))
-                log.error("scene %s failed: %s", record.get("id"), status.message)
-            status.seconds = round(time.perf_counter() - start, 3)
-            statuses.append(status)
-            say(f"scene {n}/{len(records)} {record.get('id')}: {status.status}"
-                + (f" ({status.message})" if status.message else ""))
-    finally:
-        if pool is not None:
-            pool.close()
+    # Actors stay up for this driver's next run (tests, notebooks); stop_ray() or exit ends them.
+    for n, record in enumerate(records, start=1):
+        start = time.perf_counter()
+        try:
+            status = _current(record, out, chash, request)
+            if status is None:
+                if pool is None:
+                    start_ray(ray_address, num_cpus=num_cpus)
+                    opts = request.options
+                    pool = engine_pool(opts.engine, dict(opts.engine_options), opts.fallback)
+                status = _process_scene(record, request, out, chash, pool, say, budget)
+        except RunInterrupted:
+            raise
+        except (DipfillError, OSError, ValueError, KeyError) as exc:
+            status = SceneStatus(str(record.get("id")), "failed", message=_safe(str(exc)))
+            log.error("scene %s failed: %s", record.get("id"), status.message)
+        status.seconds = round(time.perf_counter() - start, 3)
+        statuses.append(status)
+        say(f"scene {n}/{len(records)} {record.get('id')}: {status.status}"
+            + (f" ({status.message})" if status.message else ""))
     summary = RunSummary(run_id, _request_record(request), chash, statuses, round(time.perf_counter() - t0, 3))
     summary.record = str(_write_summary(out, summary))
     return summary
