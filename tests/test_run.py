@@ -53,6 +53,8 @@ def test_run_fills_every_scene_and_listens_on_loopback_only(tmp_path: Path) -> N
         assert (y != -999).mean() > valid.mean()  # gaps filled
         item = json.loads(next((tmp_path / "out").glob(f"*/{scene}-dipfill/{scene}-dipfill.json")).read_text())
         assert item["properties"]["dipfill:source_item"] == scene
+        bands = item["assets"]["filled"]["raster:bands"]
+        assert [(b["data_type"], b["nodata"], b["scale"]) for b in bands] == [("int16", -999, 1e-4)] * 3
         assert any(ln["rel"] == "derived_from" for ln in item["links"])
     catalog = json.loads((tmp_path / "out" / "catalog.json").read_text())
     assert any(ln["rel"] == "child" for ln in catalog["links"])

@@ -439,6 +439,7 @@ class ItemExtras:
     bbox: Sequence[float] | None = None
     derived_from: Sequence[str] = ()
     properties: Mapping[str, Any] = field(default_factory=dict)
+    scale_offset: Sequence[tuple[float, float]] = ()  # per band, from the source's raster:bands
 
 
 def _item(item_id, scene, result, options, acquired, counts, names, out_dir, extras: ItemExtras):
@@ -457,9 +458,11 @@ def _item(item_id, scene, result, options, acquired, counts, names, out_dir, ext
         when_source = "processing time (no acquisition date found; pass --datetime)"
     cfg = options.hashable_dict()
     nodata = None if scene.nodata is None or np.isnan(scene.nodata) else scene.nodata
+    scales = list(extras.scale_offset) or [(1.0, 0.0)] * len(scene.band_names)
     bands = tuple(
-        {"name": n, "data_type": scene.dtype.name, **({"nodata": nodata} if nodata is not None else {})}
-        for n in scene.band_names
+        {"name": n, "data_type": scene.dtype.name, **({"nodata": nodata} if nodata is not None else {}),
+         **({"scale": sc, "offset": off} if (sc, off) != (1.0, 0.0) else {})}
+        for n, (sc, off) in zip(scene.band_names, scales)
     )
     qa_classes = [
         {"value": code, "name": name, "description": desc} for code, (name, desc) in QA_CLASSES.items()

@@ -261,6 +261,7 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
         derived_from=(self_href,) if self_href else (),
         properties={"dipfill:source_version": source_version(item), "dipfill:source_item": str(item["id"]),
                     "dipfill:config_hash": chash, "dipfill:run_config": request.config()},
+        scale_offset=tuple(zip(scene.scale, scene.offset)),
     )
     grid_scene = Scene(data=scene.data, grid=scene.grid, nodata=nodata, band_names=list(scene.band_names),
                        sources=[self_href or str(item["id"])])
