@@ -31,6 +31,7 @@ demo: install
 bench: install
 	$(BIN)/python scripts/bench_dip_cost.py
 	$(BIN)/python scripts/compare_engines.py
+	$(BIN)/python scripts/bench_run_overhead.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -26,7 +26,7 @@ import numpy as np
 
 from dipfill.tiling import PatchWindow
 
-__all__ = ["FitTask", "start_ray", "stop_ray", "EnginePool", "engine_pool", "FAULT_ENV"]
+__all__ = ["FitTask", "start_ray", "stop_ray", "EnginePool", "LocalPool", "engine_pool", "FAULT_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,21 @@ def _maybe_fail() -> None:
             return
         os.close(fd)
         os._exit(1)
+
+
+class LocalPool:
+    """The same worker called in this process, one batch at a time: the baseline that
+    measures what Ray adds (``make bench``), and a way to run without a cluster."""
+
+    def __init__(self, engine: str, engine_options: dict[str, Any], fallback: str) -> None:
+        self.worker = _EngineWorker(engine, dict(engine_options), fallback, None)
+
+    def run(self, tasks: Iterable[FitTask], on_done: Callable[[FitTask, list[tuple[str, dict]]], None]) -> None:
+        for task in tasks:
+            on_done(task, self.worker.fit(task))
+
+    def close(self) -> None:
+        pass
 
 
 class EnginePool:

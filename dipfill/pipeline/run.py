@@ -131,8 +131,12 @@ def run(
     num_cpus: int | None = None,
     progress: Callable[[str], None] | None = None,
     stop_after_batches: int | None = None,
+    pool: Any = None,
 ) -> RunSummary:
-    """Run ``request``; returns the summary (also written to ``OUT/runs/<run-id>.json``)."""
+    """Run ``request``; returns the summary (also written to ``OUT/runs/<run-id>.json``).
+
+    ``pool``: an engine pool to use instead of Ray actors (e.g. ``LocalPool``).
+    """
     from dipfill.pipeline.ray_exec import engine_pool, start_ray
     from dipfill.stac.item import config_hash
     from dipfill.stac.search import SearchQuery, search
@@ -154,7 +158,6 @@ def run(
     say(f"run {run_id}: {len(records)} scene(s) from {request.stac}")
 
     statuses: list[SceneStatus] = []
-    pool = None
     budget = [stop_after_batches]
     # Actors stay up for this driver's next run (tests, notebooks); stop_ray() or exit ends them.
     for n, record in enumerate(records, start=1):
