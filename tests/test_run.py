@@ -121,3 +121,17 @@ def test_a_killed_engine_actor_is_restarted_and_its_batch_retried(tmp_path: Path
     assert marker.exists()  # an actor process did die mid-run
     assert [s.status for s in summary.scenes] == ["done"]
     assert summary.scenes[0].patches_fitted == summary.scenes[0].patches
+
+
+def test_sign_option_names_what_it_needs(tmp_path: Path) -> None:
+    from dipfill.errors import InputError
+
+    assert run_mod.signer(None) is None
+    with pytest.raises(InputError, match="unknown --sign"):
+        run_mod.signer("aws")
+    try:
+        import planetary_computer  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputError, match="pip install planetary-computer"):
+            run_mod.signer("planetary-computer")
+    assert request(tmp_path, sign="planetary-computer").sign == "planetary-computer"

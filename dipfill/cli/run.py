@@ -18,7 +18,7 @@ log = logging.getLogger("dipfill")
 CONFIG_KEYS = (
     "stac", "collection", "bbox", "datetime", "max_cloud", "filter", "mask", "bands", "engine", "preset",
     "steps", "stopping", "strategy", "dip", "fallback", "patch", "overlap", "seed", "batch_size", "out",
-    "publish", "ray_address", "max_scenes", "since", "force",
+    "publish", "ray_address", "max_scenes", "since", "force", "sign",
 )
 
 
@@ -52,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="patches per engine call (default: 4)")
     p.add_argument("--out", help="output directory")
     p.add_argument("--publish", metavar="URL", help="upsert each output item into this STAC API (Transactions)")
+    p.add_argument("--sign", choices=("planetary-computer",),
+                   help="sign asset hrefs before reading (Planetary Computer needs it; pip install planetary-computer)")
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one on 127.0.0.1)")
     p.add_argument("--max-scenes", type=int, help="process at most N scenes")
     p.add_argument("--since", metavar="DURATION", help="only scenes updated within DURATION (7d, 12h): for cron")
@@ -133,6 +135,7 @@ def build_request(values: dict[str, Any]):
         max_scenes=values.get("max_scenes"),
         since=values.get("since"),
         force=bool(values.get("force", False)),
+        sign=values.get("sign"),
     )
 
 

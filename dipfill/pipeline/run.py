@@ -59,6 +59,7 @@ class RunRequest:
     max_scenes: int | None = None
     since: str | None = None
     force: bool = False
+    sign: str | None = None  # "planetary-computer": sign asset hrefs (needs the planetary-computer package)
 
     def config(self) -> dict[str, Any]:
         """What decides the output bytes: fill options, mask mode, bands."""
@@ -216,7 +217,7 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
     from dipfill.stac.item import sanitize_id
 
     opts = request.options
-    source = open_scene(dict(item), bands=request.bands, mask=request.mask)
+    source = open_scene(dict(item), bands=request.bands, mask=request.mask, sign=signer(request.sign))
     scene = source.read()
     nodata = _one_nodata(scene.nodata, str(item["id"]))
     item_id = sanitize_id(str(item["id"])) + "-dipfill"
@@ -280,6 +281,20 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
         _publish(request.publish, outputs["item"], item)
     return SceneStatus(str(item["id"]), "done", output=outputs["item"], patches=len(windows),
                        patches_fitted=sum(len(t.windows) for t in tasks), patches_resumed=resumed, counts=counts)
+
+
+def signer(name: str | None) -> Callable[[str], str] | None:
+    """The href-signing hook named ``name``; imported only when asked for."""
+    if name is None:
+        return None
+    if name == "planetary-computer":
+        try:
+            import planetary_computer
+        except ImportError:
+            raise InputError("--sign planetary-computer needs the planetary-computer package "
+                             "(pip install planetary-computer)") from None
+        return planetary_computer.sign
+    raise InputError(f"unknown --sign {name!r}; known: planetary-computer")
 
 
 def _publish(url: str, item_path: str, source: Mapping[str, Any]) -> None:

@@ -418,12 +418,9 @@ def _read_asset(href: str, what: str, grid: Grid, window: Any, resampling: str, 
 
 
 def _band_validity(band: NDArray, nodata: float | None) -> NDArray[np.bool_]:
-    valid = np.ones(band.shape, dtype=bool)
-    if np.issubdtype(band.dtype, np.floating):
-        valid &= np.isfinite(band)
-    if nodata is not None and not math.isnan(nodata):
-        valid &= band != np.asarray(nodata).astype(band.dtype)
-    return valid
+    from dipfill.pipeline.read import data_validity
+
+    return data_validity(band, nodata)
 
 
 def _geometry_footprint(geometry: Mapping[str, Any] | None, grid: Grid) -> NDArray[np.bool_] | None:
