@@ -32,6 +32,7 @@ bench: install
 	$(BIN)/python scripts/bench_dip_cost.py
 	$(BIN)/python scripts/compare_engines.py
 	$(BIN)/python scripts/bench_run_overhead.py
+	$(BIN)/python scripts/bench_run_scale.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -8,6 +8,7 @@ pixels are stored once. Run once; the output is committed (``make demo`` reads i
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,19 +34,20 @@ COLLECTION = "ga-arg25-nbar"
 BANDS = (("B3", "red", 0.63, 0.69), ("B4", "nir", 0.75, 0.90), ("B5", "swir16", 1.55, 1.75))
 
 
-def item_for(tif: Path) -> dict:
+def item_for(tif: Path, root: Path = ROOT, suffix: str = "_crop512") -> dict:
+    """The item for ``tif`` with its band VRTs written under ``root/<collection>/<id>/``."""
     date = tif.name.split("_")[4]
-    item_id = f"LS7_ETM_095_082_{date}_crop512"
+    item_id = f"LS7_ETM_095_082_{date}{suffix}"
     with rasterio.open(tif) as ds:
         grid = Grid(ds.crs, ds.transform, ds.width, ds.height)
         w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
         dtype, nodata = ds.dtypes[0], ds.nodata
-    item_dir = ROOT / COLLECTION / item_id
+    item_dir = root / COLLECTION / item_id
     item_dir.mkdir(parents=True, exist_ok=True)
     assets = {}
     for i, (key, common, lo, hi) in enumerate(BANDS, start=1):
         vrt = item_dir / f"{key}.vrt"
-        write_band_vrt(vrt, f"../../../{tif.name}", i, grid, dtype, nodata, f"ETM+ {key}")
+        write_band_vrt(vrt, os.path.relpath(tif, item_dir), i, grid, dtype, nodata, f"ETM+ {key}")
         assets[key] = {
             "href": f"./{key}.vrt", "type": "application/x-vrt", "roles": ["data"], "title": f"ETM+ {key} NBAR x10000",
             "raster:bands": [{"data_type": dtype, "nodata": nodata, "scale": 1e-4, "spatial_resolution": 25}],
@@ -66,18 +68,23 @@ def item_for(tif: Path) -> dict:
     }
 
 
-def main() -> None:
-    catalog = new_catalog("dipfill-demo", "Demo scenes for dipfill: ARG25 Landsat-7 SLC-off crops (CC BY 3.0 AU)")
+def write_catalog(root: Path, tifs: list[Path], suffix: str = "_crop512") -> Path:
+    """A static catalog of ``tifs`` at ``root``; returns its catalog.json."""
+    catalog = new_catalog("dipfill-demo", "Demo scenes for dipfill: ARG25 Landsat-7 SLC-off (CC BY 3.0 AU)")
     collection = new_collection(COLLECTION, "Geoscience Australia ARG25 Landsat-7 ETM+ NBAR surface reflectance "
-                                "x10000, crops around Menindee (CC BY 3.0 AU, Geoscience Australia)", "CC-BY-3.0-AU")
-    for tif in sorted(DATA.glob("LS7_ETM_*_crop512.tif")):
-        item = item_for(tif)
-        path = ROOT / COLLECTION / item["id"] / f"{item['id']}.json"
+                                "x10000 around Menindee (CC BY 3.0 AU, Geoscience Australia)", "CC-BY-3.0-AU")
+    for tif in tifs:
+        item = item_for(tif, root, suffix)
+        path = root / COLLECTION / item["id"] / f"{item['id']}.json"
         path.write_text(json.dumps(with_item_links(item, COLLECTION), indent=2) + "\n")
         collection = collection_with_item(collection, item)
-    (ROOT / COLLECTION / "collection.json").write_text(json.dumps(collection, indent=2) + "\n")
-    (ROOT / "catalog.json").write_text(json.dumps(catalog_with_collection(catalog, COLLECTION), indent=2) + "\n")
-    print(f"wrote {ROOT}")
+    (root / COLLECTION / "collection.json").write_text(json.dumps(collection, indent=2) + "\n")
+    (root / "catalog.json").write_text(json.dumps(catalog_with_collection(catalog, COLLECTION), indent=2) + "\n")
+    return root / "catalog.json"
+
+
+def main() -> None:
+    print(f"wrote {write_catalog(ROOT, sorted(DATA.glob('LS7_ETM_*_crop512.tif')))}")
 
 
 if __name__ == "__main__":
