@@ -5,6 +5,7 @@ killed engine actor, and Ray listening on 127.0.0.1 only."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -60,7 +61,8 @@ def test_run_fills_every_scene_and_listens_on_loopback_only(tmp_path: Path) -> N
     assert any(ln["rel"] == "child" for ln in catalog["links"])
     # Ray (still running in this process) listens on 127.0.0.1 only
     ss = subprocess.run(["ss", "-tlnpH"], capture_output=True, text=True, check=True).stdout
-    ray_lines = [ln for ln in ss.splitlines() if any(k in ln for k in ("raylet", "gcs_server", "ray::", "python"))]
+    me = f"pid={os.getpid()},"
+    ray_lines = [ln for ln in ss.splitlines() if any(k in ln for k in ("raylet", "gcs_server", "ray::", me))]
     assert ray_lines
     for ln in ray_lines:
         local = ln.split()[3]
