@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 
-from dipfill.errors import InputError
 
 log = logging.getLogger("dipfill")
 
@@ -51,12 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dipfill.pipeline.evaluate import FLOOR, EvalOptions, evaluate_files, parse_tiles
 
-    try:
-        rgb = tuple(int(b) - 1 for b in args.rgb.split(","))
-    except ValueError:
-        rgb = ()
-    if len(rgb) != 3:
-        raise InputError(f"--rgb must be three 1-based band numbers like 3,2,1, got {args.rgb!r}")
+    from dipfill.cli.fill import parse_rgb
+
+    rgb = parse_rgb(args.rgb)
     options = EvalOptions(
         methods=tuple(args.method) if args.method else EvalOptions.methods,
         tiles=parse_tiles(args.tiles) if args.tiles else None,

@@ -109,14 +109,22 @@ def dip_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def parse_rgb(text: str) -> tuple[int, int, int]:
+    """``--rgb 3,2,1`` (1-based band numbers) as 0-based indices."""
+    try:
+        rgb = tuple(int(b) - 1 for b in text.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or min(rgb) < 0:
+        raise InputError(f"--rgb must be three 1-based band numbers like 3,2,1, got {text!r}")
+    return rgb  # type: ignore[return-value]
+
+
 def run(args: argparse.Namespace) -> int:
     from dipfill.masks import DEFAULT_COLLAR_CLOSING
     from dipfill.pipeline.fill import FillOptions, fill_files
 
-    try:
-        rgb = tuple(int(b) - 1 for b in args.rgb.split(","))
-    except ValueError:
-        raise InputError(f"--rgb must be three 1-based band numbers like 3,2,1, got {args.rgb!r}") from None
+    rgb = parse_rgb(args.rgb)
     options = FillOptions(
         engine=args.engine,
         engine_options=dip_options(args) if args.engine == "dip" else {},

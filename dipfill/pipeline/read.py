@@ -57,13 +57,29 @@ class Scene:
         return self.data.dtype
 
 
-def _open(path: str) -> rasterio.DatasetReader:
-    if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
-        raise SceneReadError(f"{path}: no such file")
+def redact_href(href: str) -> str:
+    """An href for messages and logs: the query string (SAS tokens, signatures) removed."""
+    from urllib.parse import urlparse, urlunparse
+
+    parts = urlparse(href)
+    return urlunparse(parts._replace(query="", fragment="")) if parts.query else href
+
+
+def open_raster(href: str, what: str | None = None) -> rasterio.DatasetReader:
+    """Open ``href`` with rasterio, or raise :class:`SceneReadError` naming it (``what``, if
+    given, says which input it was: an item and asset). Secrets in URLs never reach the message."""
+    prefix = f"{what}: " if what else ""
+    if "://" not in href and not href.startswith("/vsi") and not os.path.exists(href):
+        raise SceneReadError(f"{prefix}{href}: no such file")
     try:
-        return rasterio.open(path)
+        return rasterio.open(href)
     except RasterioIOError as exc:
-        raise SceneReadError(f"{path}: not a raster GDAL can read ({exc})") from exc
+        raise SceneReadError(
+            f"{prefix}{redact_href(href)}: not a raster GDAL can read ({redact_href(str(exc))})"
+        ) from exc
+
+
+_open = open_raster
 
 
 def describe_grid_difference(a: Grid, b: Grid) -> str | None:

@@ -211,6 +211,7 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
     from dipfill.masks import QA_CLASSES
     from dipfill.pipeline.fill import _write_outputs
     from dipfill.pipeline.patchstore import PatchStore
+    from dipfill.pipeline.publish import add_to_static_catalog
     from dipfill.pipeline.ray_exec import FitTask
     from dipfill.pipeline.read import Scene
     from dipfill.pipeline.scene import open_scene
@@ -274,8 +275,6 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
     outputs = _write_outputs(scene_dir, item_id, grid_scene, scene.valid, result, opts,
                              when.replace("Z", "+00:00") if when else None, counts, rgb, extras)
     store.remove()
-    from dipfill.pipeline.publish import add_to_static_catalog
-
     add_to_static_catalog(out, scene_dir, scene_dir.parent.name)
     if request.publish:
         _publish(request.publish, outputs["item"], item)

@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
-from urllib.parse import urljoin, urlparse, urlunparse
+from urllib.parse import urljoin, urlparse
 
 import numpy as np
 from numpy.typing import NDArray
@@ -101,9 +101,9 @@ def resolve_href(href: str, base: str | None) -> str:
 
 
 def _redact(href: str) -> str:
-    """An href for messages and logs: the query string (SAS tokens, signatures) removed."""
-    parts = urlparse(href)
-    return urlunparse(parts._replace(query="", fragment="")) if parts.query else href
+    from dipfill.pipeline.read import redact_href
+
+    return redact_href(href)
 
 
 def _as_dict(item: Any) -> tuple[dict[str, Any], str | None]:
@@ -220,15 +220,9 @@ def _raster_band(asset: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _open(href: str, what: str):
-    import rasterio
-    from rasterio.errors import RasterioIOError
+    from dipfill.pipeline.read import open_raster
 
-    if "://" not in href and not href.startswith("/vsi") and not os.path.exists(href):
-        raise SceneReadError(f"{what}: {href}: no such file")
-    try:
-        return rasterio.open(href)
-    except RasterioIOError as exc:
-        raise SceneReadError(f"{what}: {_redact(href)}: cannot open ({_redact(str(exc))})") from exc
+    return open_raster(href, what)
 
 
 def _target_grid(headers: list[tuple[Any, Any, int, int]], resolution: Resolution, item_id: str) -> Grid:
