@@ -33,3 +33,7 @@ class EngineError(DipfillError, RuntimeError):
 
 class StacError(DipfillError, OSError):
     """A STAC API or catalog could not be reached, or answered with an error (after retries)."""
+
+
+class ClusterError(DipfillError, RuntimeError):
+    """The Ray cluster cannot be joined or started: the whole run stops (no scene is to blame)."""

@@ -128,7 +128,12 @@ def three_state(
     valid = np.asarray(valid, dtype=bool)
     if valid.ndim != 3:
         raise ValueError(f"valid must be [bands, y, x], got shape {valid.shape}")
-    all_valid = valid.all(axis=0)
+    return state_from_all_valid(valid.all(axis=0), footprint)
+
+
+def state_from_all_valid(all_valid: NDArray[np.bool_], footprint: NDArray[np.bool_]) -> NDArray[np.uint8]:
+    """:func:`three_state` from the every-band-valid mask: lets a scene be reduced strip by
+    strip to one byte per pixel before the (non-local) footprint is known."""
     state = np.full(all_valid.shape, OUTSIDE, dtype=np.uint8)
     state[all_valid] = OBSERVED
     state[~all_valid & footprint] = GAP

@@ -4,21 +4,24 @@ killed engine actor, and Ray listening on 127.0.0.1 only."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 
+from dipfill.cli.logs import JsonFormatter
 from dipfill.cli.main import main
 from dipfill.cli.run import build_request
 from dipfill.pipeline import run as run_mod
 from dipfill.pipeline.ray_exec import FAULT_ENV, stop_ray
 from tests._data import DATA
+from tests._procs import cmdline, descendants, listeners, loopback
 
 CATALOG = DATA / "arg25_menindee" / "stac" / "catalog.json"
 SCENES = {"LS7_ETM_095_082_20100116_crop512", "LS7_ETM_095_082_20100201_crop512"}
@@ -40,7 +43,18 @@ def filled_cog(out: Path, scene: str) -> Path:
 
 
 def test_run_fills_every_scene_and_listens_on_loopback_only(tmp_path: Path) -> None:
-    summary = run_mod.run(request(tmp_path / "out", engine="fillnodata"), num_cpus=2)
+    events: list[dict] = []
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("dipfill.pipeline.run")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        summary = run_mod.run(request(tmp_path / "out", engine="fillnodata"), num_cpus=2, progress=events.append)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
     assert {s.id for s in summary.scenes} == SCENES and all(s.status == "done" for s in summary.scenes)
     record = json.loads(Path(summary.record).read_text())
     assert record["counts"] == {"done": 2, "current": 0, "failed": 0} and record["config_hash"]
@@ -59,14 +73,31 @@ def test_run_fills_every_scene_and_listens_on_loopback_only(tmp_path: Path) -> N
         assert any(ln["rel"] == "derived_from" for ln in item["links"])
     catalog = json.loads((tmp_path / "out" / "catalog.json").read_text())
     assert any(ln["rel"] == "child" for ln in catalog["links"])
-    # Ray (still running in this process) listens on 127.0.0.1 only
-    ss = subprocess.run(["ss", "-tlnpH"], capture_output=True, text=True, check=True).stdout
-    me = f"pid={os.getpid()},"
-    ray_lines = [ln for ln in ss.splitlines() if any(k in ln for k in ("raylet", "gcs_server", "ray::", me))]
-    assert ray_lines
-    for ln in ray_lines:
-        local = ln.split()[3]
-        assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), ln
+    # progress: structured events, as JSON lines in the log with the same fields
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_done" and kinds.count("scene_done") == 2
+    patches = [e for e in events if e["event"] == "patches"]
+    for scene in SCENES:
+        mine = [e for e in patches if e["scene"] == scene]
+        done = [e["patches_done"] for e in mine]
+        assert done == sorted(done) and done[-1] == mine[-1]["patches_total"] > 0
+        assert all(e["patches_per_s"] > 0 and e["eta_s"] >= 0 and e["scenes_total"] == 2 for e in mine)
+    assert "eta_run_s" in patches[-1]  # the second scene knows how long the first took
+    finished = [e for e in events if e["event"] == "scene_done"]
+    assert all(set(e["timings"]) == {"mask", "fit", "blend", "write"} and e["status"] == "done" for e in finished)
+    assert events[-1]["counts"] == {"done": 2, "current": 0, "failed": 0}
+    lines = [json.loads(ln) for ln in stream.getvalue().splitlines()]
+    assert [(ln["event"], ln["msg"]) for ln in lines] == [(e["event"], e["msg"]) for e in events]
+    assert lines[-1]["level"] == "info" and lines[-1]["logger"] == "dipfill.pipeline.run" and lines[-1]["ts"]
+    assert {"patches_done", "patches_total", "patches_per_s", "eta_s", "run_id"} <= set(lines[2])
+    # Ray (still running: this process started it, so GCS, raylet and workers are below it)
+    # listens on 127.0.0.1 only
+    tree = descendants(os.getpid())
+    names = " ".join(cmdline(p) for p in tree)
+    assert "gcs_server" in names and "raylet" in names and "_EngineWorker" in names
+    found = listeners(tree)
+    assert len(found) >= 3, found
+    assert all(loopback(local) for local, _ in found), [ln for local, ln in found if not loopback(local)]
 
 
 def test_resume_after_driver_kill_gives_identical_bytes(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from dipfill import __version__
+from dipfill.cli.logs import LOG_FORMATS, configure
 from dipfill.errors import DipfillError
 
 __all__ = ["main", "build_parser"]
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dipfill", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dipfill {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                        help="text lines, or one JSON object per line for log shippers "
+                        "(default: $DIPFILL_LOG_FORMAT or text)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fill.register(sub)
     eval_cmd.register(sub)
@@ -39,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.log_format = configure(level, args.log_format)
     try:
         return int(args.func(args) or 0)
     except DipfillError as exc:

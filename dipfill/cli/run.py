@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -144,11 +143,10 @@ def run(args: argparse.Namespace) -> int:
 
     values = merged(args)
     request = build_request(values)
-
-    def progress(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    summary = run_pipeline(request, ray_address=values.get("ray_address"), progress=progress)
+    # Progress events are INFO records of the run module: shown whatever -v says, as text
+    # lines or (--log-format json) JSON objects with their fields.
+    logging.getLogger("dipfill.pipeline.run").setLevel(logging.INFO)
+    summary = run_pipeline(request, ray_address=values.get("ray_address"))
     if args.json:
         print(Path(summary.record).read_text())
     else:

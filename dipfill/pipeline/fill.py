@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,6 +44,7 @@ from dipfill.masks import (
     three_state,
 )
 from dipfill.pipeline.read import (
+    Grid,
     Scene,
     acquisition_date,
     data_validity,
@@ -51,7 +52,7 @@ from dipfill.pipeline.read import (
     read_mask,
     read_scene,
 )
-from dipfill.pipeline.write import staged, write_band_vrt, write_cog, write_quicklook, write_zarr_mosaic
+from dipfill.pipeline.write import Preview, staged, write_band_vrt, write_cog, write_quicklook, write_zarr_mosaic
 from dipfill.tiling import Blender, cast_to_dtype, PatchWindow, axis_starts, plan_windows, window_weights, windows_with_gaps
 
 __all__ = ["FillOptions", "FillResult", "FillReport", "fill_arrays", "fill_files", "patch_seed"]
@@ -144,8 +145,7 @@ class FillPlan:
     """Where to fit and how results are blended: everything decided before any engine runs."""
 
     shape: tuple[int, int, int]  # bands, y, x
-    state: NDArray[np.uint8]  # three-state mask
-    target: NDArray[np.bool_]  # per band: pixels to fill
+    state: NDArray[np.uint8]  # three-state mask (one byte per pixel)
     windows_total: int
     batches: tuple[Batch, ...]
     rows: tuple[int, ...]
@@ -158,24 +158,33 @@ class FillPlan:
 
 def plan_fill(valid: NDArray[np.bool_], footprint: NDArray[np.bool_], options: FillOptions, *,
               with_fallback: bool = True) -> FillPlan:
+    """:func:`plan_from_mask` for a scene held in memory (per-band validity and footprint)."""
+    return plan_from_mask(three_state(valid, footprint), valid.sum(axis=0, dtype=np.uint8), valid.shape[0],
+                          options, with_fallback=with_fallback)
+
+
+def plan_from_mask(state: NDArray[np.uint8], nvalid: NDArray[np.uint8], bands: int, options: FillOptions, *,
+                   with_fallback: bool = True) -> FillPlan:
     """Windows with gaps, split between the primary engine and the fallback (patches with
-    fewer than ``min_observed_fraction`` observed pixels), cut into batches."""
-    count, height, width = valid.shape
-    state = three_state(valid, footprint)
+    fewer than ``min_observed_fraction`` observed band-pixels), cut into batches.
+
+    Needs only one byte per pixel of each of ``state`` and ``nvalid`` (observed bands per
+    pixel), so a run can plan a full scene without holding its bands.
+    """
+    height, width = state.shape
     windows = plan_windows(height, width, size=options.patch, overlap=options.overlap)
     primary: list[PatchWindow] = []
     weak: list[PatchWindow] = []
     for w in windows_with_gaps(windows, state == GAP):
-        enough = not with_fallback or valid[(slice(None), *w.slices)].mean() >= options.min_observed_fraction
-        (primary if enough else weak).append(w)
+        observed = nvalid[w.slices].sum(dtype=np.int64) / (bands * w.height * w.width)
+        (primary if not with_fallback or observed >= options.min_observed_fraction else weak).append(w)
     batches = []
     for is_fallback, group in ((False, primary), (True, weak)):
         for i in range(0, len(group), options.batch_size):
             batches.append(Batch(len(batches), is_fallback, tuple(group[i : i + options.batch_size])))
     return FillPlan(
-        shape=(count, height, width),
+        shape=(bands, height, width),
         state=state,
-        target=~valid & footprint[None],
         windows_total=len(windows),
         batches=tuple(batches),
         rows=tuple(axis_starts(height, options.patch, options.overlap)),
@@ -198,34 +207,69 @@ def assemble(
     results: Mapping[str, tuple[NDArray, bool]],
     nodata: float | None,
 ) -> tuple[NDArray, NDArray[np.uint8]]:
-    """Blend per-window values (``results[window.id] = (values, from_fallback)``) and composite:
-    observed pixels from ``data`` bit-exact, filled gaps cast to the input dtype, QA layer."""
-    count, height, width = plan.shape
-    blender = Blender(plan.shape)
+    """Blend per-window values (``results[window.id] = (values, from_fallback)``) over the
+    whole scene: :func:`compose_rows` with one strip."""
+    return compose_rows(data, valid, plan.state, 0, ((w, *results[w.id]) for w in plan.windows),
+                        plan.rows, plan.cols, nodata)
+
+
+def compose_rows(
+    data: NDArray,
+    valid: NDArray[np.bool_],
+    state: NDArray[np.uint8],
+    row0: int,
+    windows: Iterable[tuple[PatchWindow, NDArray, bool]],
+    rows: Sequence[int],
+    cols: Sequence[int],
+    nodata: float | None,
+) -> tuple[NDArray, NDArray[np.uint8]]:
+    """Blend and composite the full-width strip of rows ``row0 .. row0 + h`` of a scene.
+
+    ``data``/``valid``/``state`` are the strip; ``windows`` yields ``(window, values,
+    from_fallback)`` in plan order for the windows that may touch it (scene coordinates;
+    parts outside the strip are ignored). Observed pixels come from ``data`` bit-exact,
+    filled gaps are cast to the input dtype, the rest is nodata; also the QA layer.
+
+    Why strips: a run blends each chunk-aligned strip in its own task, so each Zarr chunk
+    has exactly one writer and memory is bounded by the strip; per pixel the windows are
+    accumulated in the same order, so strips give the same bytes as one whole-scene pass.
+    """
+    count, height, width = data.shape
+    blender = Blender((count, height, width))
     from_engine = np.zeros((height, width), dtype=np.float64)
     from_fallback = np.zeros((height, width), dtype=np.float64)
-    for w in plan.windows:
-        values, fallback = results[w.id]
-        weights = window_weights(w, list(plan.rows), list(plan.cols))
-        blender.add(w, values, weights)
-        (from_fallback if fallback else from_engine)[w.slices] += weights
+    row_list, col_list = list(rows), list(cols)
+    for w, values, fallback in windows:
+        r0, r1 = max(w.row_off, row0), min(w.row_off + w.height, row0 + height)
+        if r0 >= r1:
+            continue
+        a, b = r0 - w.row_off, r1 - w.row_off
+        weights = window_weights(w, row_list, col_list)[a:b]
+        local = PatchWindow(r0 - row0, w.col_off, r1 - r0, w.width)
+        blender.add(local, values[:, a:b], weights)
+        (from_fallback if fallback else from_engine)[local.slices] += weights
     blended, covered = blender.finalize()
 
+    target = ~valid & (state != OUTSIDE)[None]
     out = data.copy()
-    fill_here = plan.target & covered
+    fill_here = target & covered
     out[fill_here] = cast_to_dtype(blended[fill_here], data.dtype, nodata)
     missing_value = _missing_value(data.dtype, nodata)
     if missing_value is not None:
         out[~valid & ~fill_here] = missing_value
 
-    state = plan.state
     qa = np.full((height, width), QA_OUTSIDE, dtype=np.uint8)
     qa[state == OBSERVED] = QA_OBSERVED
     gap = state == GAP
-    unfilled = (plan.target & ~covered).any(axis=0)
+    unfilled = (target & ~covered).any(axis=0)
     qa[gap] = np.where(from_fallback[gap] > from_engine[gap], QA_FALLBACK, QA_ENGINE)
     qa[gap & unfilled] = QA_UNFILLED
     return out, qa
+
+
+def qa_counts(qa: NDArray[np.uint8]) -> dict[str, int]:
+    """Pixels per QA class, by class name (what the item's ``dipfill:counts`` records)."""
+    return {name: int((qa == code).sum()) for code, (name, _) in QA_CLASSES.items()}
 
 
 def fill_arrays(
@@ -336,8 +380,23 @@ def fill_files(
         nodata=scene.nodata,
         progress=progress,
     )
-    counts = {name: int((result.qa == code).sum()) for code, (name, _) in QA_CLASSES.items()}
-    outputs = _write_outputs(Path(out_dir), item_id, scene, valid, result, options, acq, counts, rgb)
+    counts = qa_counts(result.qa)
+    after_valid = data_validity(result.data, scene.nodata)
+    product = SceneProduct(
+        grid=scene.grid,
+        band_names=list(scene.band_names),
+        dtype=scene.dtype,
+        nodata=scene.nodata,
+        sources=list(scene.sources),
+        bands=result.data,
+        qa=result.qa,
+        footprint=result.qa != QA_OUTSIDE,
+        preview=Preview.of_rows(scene.data, result.data, valid, after_valid, 0,
+                                Preview.step_for(scene.grid.shape)),
+        counts=counts,
+        diagnostics=result.diagnostics,
+    )
+    outputs = _write_outputs(Path(out_dir), item_id, product, options, acq, rgb)
     return FillReport(
         item_id=item_id,
         outputs=outputs,
@@ -352,21 +411,26 @@ def fill_files(
     )
 
 
-def _write_outputs(
-    out_dir: Path,
-    item_id: str,
-    scene: Scene,
-    valid: NDArray[np.bool_],
-    result: FillResult,
-    options: FillOptions,
-    acquired: str | None,
-    counts: dict[str, int],
-    rgb: Sequence[int],
-    extras: ItemExtras | None = None,
-) -> dict[str, str]:
-    """Write COGs, Zarr, quicklook, then the STAC item; remove ``out_dir`` if we made it and failed."""
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+@dataclass
+class SceneProduct:
+    """What the writers need of a filled scene, held in memory (``dipfill fill``) or streamed
+    back from its Zarr mosaic (``dipfill run``): ``bands`` and ``qa`` need only row slicing."""
+
+    grid: Grid
+    band_names: list[str]
+    dtype: np.dtype
+    nodata: float | None
+    sources: list[str]
+    bands: Any  # [band, y, x]: numpy or Zarr array
+    qa: Any  # [y, x]
+    footprint: NDArray[np.bool_]  # for the item geometry when the source gives none
+    preview: Preview
+    counts: dict[str, int]
+    diagnostics: Mapping[str, PatchDiagnostics]
+
+
+def output_names(item_id: str, bands: int) -> dict[str, str]:
+    """File names of a scene's outputs, by asset key (the item is ``item``)."""
     names = {
         "filled": f"{item_id}_filled.tif",
         "qa": f"{item_id}_qa.tif",
@@ -375,36 +439,53 @@ def _write_outputs(
         "patches": f"{item_id}_patches.json",
         "item": f"{item_id}.json",
     }
-    for b in range(1, len(scene.band_names) + 1):
+    for b in range(1, bands + 1):
         names[f"filled_{b}"] = f"{item_id}_filled_b{b}.vrt"
+    return names
+
+
+def mosaic_attrs(options: FillOptions) -> dict[str, Any]:
+    return {"dipfill:version": __version__, "dipfill:config": options.hashable_dict(),
+            "qa_flag_values": sorted(QA_CLASSES)}
+
+
+def _write_outputs(
+    out_dir: Path,
+    item_id: str,
+    product: SceneProduct,
+    options: FillOptions,
+    acquired: str | None,
+    rgb: Sequence[int],
+    extras: ItemExtras | None = None,
+    *,
+    mosaic_written: bool = False,
+) -> dict[str, str]:
+    """Write COGs, Zarr (unless ``mosaic_written``: a run's strips wrote it), quicklook,
+    then the STAC item; remove ``out_dir`` if we made it and failed."""
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = output_names(item_id, len(product.band_names))
     paths = {k: out_dir / v for k, v in names.items()}
-    cfg = options.hashable_dict()
     try:
         write_cog(
             paths["filled"],
-            result.data,
-            scene.grid,
-            nodata=scene.nodata,
-            band_names=scene.band_names,
+            product.bands,
+            product.grid,
+            nodata=product.nodata,
+            band_names=product.band_names,
             tags={"DIPFILL_VERSION": __version__, "DIPFILL_ENGINE": options.engine},
         )
-        write_cog(paths["qa"], result.qa[None], scene.grid, nodata=None, band_names=["qa"], resampling="nearest")
-        for b, band_name in enumerate(scene.band_names, start=1):
-            write_band_vrt(paths[f"filled_{b}"], names["filled"], b, scene.grid, scene.dtype, scene.nodata, band_name)
-        write_zarr_mosaic(
-            paths["mosaic"],
-            result.data,
-            result.qa,
-            scene.grid,
-            nodata=scene.nodata,
-            band_names=scene.band_names,
-            attrs={"dipfill:version": __version__, "dipfill:config": cfg, "qa_flag_values": sorted(QA_CLASSES)},
-        )
-        after_valid = data_validity(result.data, scene.nodata)
-        write_quicklook(paths["quicklook"], scene.data, result.data, valid, after_valid, rgb=rgb)
+        write_cog(paths["qa"], product.qa, product.grid, nodata=None, band_names=["qa"], resampling="nearest")
+        for b, band_name in enumerate(product.band_names, start=1):
+            write_band_vrt(paths[f"filled_{b}"], names["filled"], b, product.grid, product.dtype, product.nodata,
+                           band_name)
+        if not mosaic_written:
+            write_zarr_mosaic(paths["mosaic"], product.bands, product.qa, product.grid, nodata=product.nodata,
+                              band_names=product.band_names, attrs=mosaic_attrs(options))
+        write_quicklook(paths["quicklook"], product.preview, rgb=rgb)
         with staged(paths["patches"]) as tmp:
-            tmp.write_text(_dump_json(patch_records(result.diagnostics)))
-        item = _item(item_id, scene, result, options, acquired, counts, names, out_dir, extras or ItemExtras())
+            tmp.write_text(_dump_json(patch_records(product.diagnostics)))
+        item = _item(item_id, product, options, acquired, names, out_dir, extras or ItemExtras())
         with staged(paths["item"]) as tmp:
             tmp.write_text(_dump_json(item.to_dict(include_self_link=False)))
     except BaseException:
@@ -442,14 +523,16 @@ class ItemExtras:
     scale_offset: Sequence[tuple[float, float]] = ()  # per band, from the source's raster:bands
 
 
-def _item(item_id, scene, result, options, acquired, counts, names, out_dir, extras: ItemExtras):
+def _item(item_id: str, scene: SceneProduct, options: FillOptions, acquired: str | None, names: Mapping[str, str],
+          out_dir: Path, extras: ItemExtras):
     """Assemble the STAC item describing the written outputs (hrefs relative to it)."""
     from dipfill.pipeline.geometry import footprint_geometry
     from dipfill.stac.item import COG_MEDIA_TYPE, ZARR_MEDIA_TYPE, AssetSpec, ItemSpec, build_item, config_hash
 
-    geometry, bbox = footprint_geometry(result.qa != QA_OUTSIDE, scene.grid)
     if extras.geometry is not None and extras.bbox is not None:
         geometry, bbox = extras.geometry, list(extras.bbox)
+    else:
+        geometry, bbox = footprint_geometry(scene.footprint, scene.grid)
     if acquired:
         when = dt.datetime.fromisoformat(acquired).replace(tzinfo=dt.timezone.utc)
         when_source = "input"
@@ -509,7 +592,7 @@ def _item(item_id, scene, result, options, acquired, counts, names, out_dir, ext
             "processing:level": "L3",
             "dipfill:config": cfg,
             "dipfill:config_hash": config_hash(cfg),
-            "dipfill:counts": counts,
+            "dipfill:counts": scene.counts,
             "dipfill:datetime_source": when_source,
             "dipfill:sources": [os.path.basename(s) for s in scene.sources],
             **extras.properties,

@@ -20,10 +20,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from dipfill.errors import ClusterError
 from dipfill.tiling import PatchWindow
 
 __all__ = ["FitTask", "start_ray", "stop_ray", "EnginePool", "LocalPool", "engine_pool", "FAULT_ENV"]
@@ -50,17 +52,63 @@ class FitTask:
 
 
 def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> dict[str, Any]:
-    """Join the cluster at ``address``, or start a local one on 127.0.0.1 without dashboard."""
+    """Join the cluster at ``address`` (default ``$RAY_ADDRESS``, which ``ray job submit``
+    sets), or start a fresh local one on 127.0.0.1 without the dashboard.
+
+    Joining: token authentication is switched on for this driver when a token is at hand
+    and ``RAY_AUTH_MODE`` is unset, the rule ``ray start`` applies to the head (Ray 2.5x+:
+    a head started where ``~/.ray/auth_token`` exists requires the token, and a driver
+    given an address does not send it unless told to). Raises :class:`ClusterError` when
+    the cluster cannot be joined or started: no scene is to blame for that.
+    """
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False, configure_logging=False)
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        try:
+            if address:
+                _check_reachable(address)
+                _token_auth_as_ray_start()
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            else:
+                # address="local": a new cluster of this driver's own, never one found in /tmp/ray
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                         log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+            where = f"join the Ray cluster at {address}" if address else "start a local Ray cluster"
+            raise ClusterError(f"cannot {where}: {type(exc).__name__}: {exc}") from exc
     return dict(ray.cluster_resources())
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a GCS address nothing listens on (``ray.init`` would retry forever):
+    retried for ``$DIPFILL_RAY_CONNECT_TIMEOUT`` seconds (default 15), e.g. while a head
+    node is still booting."""
+    import socket
+    import time
+
+    timeout = float(os.environ.get("DIPFILL_RAY_CONNECT_TIMEOUT", "15"))
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", ray:// client addresses: Ray resolves those itself
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout, 5.0)):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(f"nothing accepts connections at {address} ({exc})") from None
+            time.sleep(1.0)
+
+
+def _token_auth_as_ray_start() -> None:
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    if os.environ.get("RAY_AUTH_TOKEN") or path.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def stop_ray() -> None:
@@ -112,11 +160,10 @@ class _EngineWorker:
         from dipfill.pipeline.patchstore import PatchStore
 
         _maybe_fail()
-        patches, observed, _ = [], [], None
+        patches, observed = [], []
         for w in task.windows:
-            part = task.source.read(((w.row_off, w.row_off + w.height), (w.col_off, w.col_off + w.width)))
-            local = PatchWindow(0, 0, w.height, w.width)
-            p, o, _ = batch_inputs(part.data, part.valid, [local], 0)
+            data, valid = task.source.read_pixels(((w.row_off, w.row_off + w.height), (w.col_off, w.col_off + w.width)))
+            p, o, _ = batch_inputs(data, valid, [PatchWindow(0, 0, w.height, w.width)], 0)
             patches.append(p[0])
             observed.append(o[0])
         engine = self.fallback if task.fallback else self.engine
@@ -125,6 +172,14 @@ class _EngineWorker:
         for index, values in zip(task.indices, result.values):
             store.write(index, values)
         return [(w.id, asdict(d)) for w, d in zip(task.windows, result.diagnostics)]
+
+    def blend(self, task: Any) -> Any:
+        """Blend and write one strip of a scene (:mod:`dipfill.pipeline.strips`). On the
+        engine actors because they hold the cluster's CPU slots: tasks asking for more
+        would wait for them forever; and a strip is CPU work a GPU node has to spare."""
+        from dipfill.pipeline.strips import blend_strip
+
+        return blend_strip(task)
 
 
 def _maybe_fail() -> None:
@@ -146,9 +201,10 @@ class LocalPool:
     def __init__(self, engine: str, engine_options: dict[str, Any], fallback: str) -> None:
         self.worker = _EngineWorker(engine, dict(engine_options), fallback, None)
 
-    def run(self, tasks: Iterable[FitTask], on_done: Callable[[FitTask, list[tuple[str, dict]]], None]) -> None:
+    def run(self, tasks: Iterable[Any], on_done: Callable[[Any, Any], None], method: str = "fit") -> None:
+        call = getattr(self.worker, method)
         for task in tasks:
-            on_done(task, self.worker.fit(task))
+            on_done(task, call(task))
 
     def close(self) -> None:
         pass
@@ -176,18 +232,19 @@ class EnginePool:
                        for _ in range(size)]
         self.gpus = gpus
 
-    def run(self, tasks: Iterable[FitTask], on_done: Callable[[FitTask, list[tuple[str, dict]]], None]) -> None:
-        """Fit every task; ``on_done`` is called on the driver as each finishes."""
+    def run(self, tasks: Iterable[Any], on_done: Callable[[Any, Any], None], method: str = "fit") -> None:
+        """Call ``method`` (``fit`` or ``blend``) on an actor for every task, one task in
+        flight per actor; ``on_done(task, result)`` is called on the driver as each finishes."""
         import ray
 
         queue = list(tasks)
-        pending: dict[Any, tuple[FitTask, Any]] = {}
+        pending: dict[Any, tuple[Any, Any]] = {}
         free = list(self.actors)
         while queue or pending:
             while queue and free:
                 actor = free.pop()
                 task = queue.pop(0)
-                pending[actor.fit.remote(task)] = (task, actor)
+                pending[getattr(actor, method).remote(task)] = (task, actor)
             ready, _ = ray.wait(list(pending), num_returns=1)
             task, actor = pending.pop(ready[0])
             on_done(task, ray.get(ready[0]))

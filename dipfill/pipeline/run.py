@@ -1,10 +1,17 @@
 """`dipfill run`: search scenes, fit their gap patches on engine actors, write outputs per scene.
 
-Per scene (DESIGN.md's one-way flow): the driver reads the scene once for its three-state
-mask, plans windows and batches (the same :func:`~dipfill.pipeline.fill.plan_fill` as
-``dipfill fill``), sends *descriptions* of the batches to engine actors, which read their
-own windows, fit them and write the results into the scene's patch store; the driver then
-blends from the store and writes COG, QA COG, zarr, quicklook and, last, the STAC item.
+Per scene (DESIGN.md's one-way flow), with memory bounded by strips and batches, not by
+the scene:
+
+1. the driver reads the scene in strips for its one-byte-per-pixel masks (three-state
+   mask, observed bands per pixel) and plans windows and batches (the same
+   :func:`~dipfill.pipeline.fill.plan_from_mask` as ``dipfill fill``);
+2. engine actors get *descriptions* of the batches, read their own windows, fit them and
+   write the results into the scene's patch store (the checkpoint);
+3. the same actors blend chunk-aligned strips from the store and write them into the Zarr
+   mosaic (:mod:`~dipfill.pipeline.strips`: one writer per chunk);
+4. the driver streams the mosaic into the COG and QA COG, writes the quicklook from the
+   strips' preview rows, and, last, the STAC item.
 
 Idempotent and resumable: a scene whose item records the same source version and config
 hash is skipped without engine work; a scene with a patch store resumes from its done
@@ -17,8 +24,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import re
+import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -29,8 +36,10 @@ import numpy as np
 
 from dipfill import __version__
 from dipfill.engines.base import PatchDiagnostics
-from dipfill.errors import DipfillError, InputError
-from dipfill.pipeline.fill import FillOptions, FillResult, ItemExtras, assemble, patch_seed, plan_fill
+from dipfill.errors import ClusterError, DipfillError, InputError
+from dipfill.masks import OUTSIDE
+from dipfill.pipeline.fill import FillOptions, ItemExtras, patch_seed, plan_from_mask
+from dipfill.pipeline.read import redact_href
 
 __all__ = ["RunRequest", "RunSummary", "run", "parse_since", "RunInterrupted"]
 
@@ -76,7 +85,8 @@ class SceneStatus:
     patches_fitted: int = 0
     patches_resumed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # this scene's work, after the engine pool is up
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: mask, fit, blend, write
 
 
 @dataclass
@@ -87,6 +97,7 @@ class RunSummary:
     scenes: list[SceneStatus]
     seconds: float
     record: str = ""
+    error: str = ""  # why the whole run stopped (the cluster), when it did
 
     @property
     def failed(self) -> list[SceneStatus]:
@@ -115,6 +126,38 @@ def _parse_time(text: str) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
+class Progress:
+    """Progress events of one run: logged at INFO with their fields (``extra={"fields":
+    ...}``, which ``dipfill --log-format json`` prints as JSON lines) and passed to the
+    caller's callback. Every event has ``event``, ``run_id``, ``msg``, ``scenes_done``
+    and ``scenes_total``; ``patches`` events add the scene's ``patches_done`` /
+    ``patches_total`` / ``patches_per_s`` / ``eta_s`` and ``eta_run_s`` (this scene's ETA
+    plus the mean time of the scenes done so far for each scene still to come)."""
+
+    def __init__(self, run_id: str, scenes_total: int, callback: Callable[[dict[str, Any]], None] | None) -> None:
+        self.run_id, self.scenes_total, self.callback = run_id, scenes_total, callback
+        self.scenes_done = 0
+        self.scene_seconds: list[float] = []
+
+    def __call__(self, event: str, msg: str, **fields: Any) -> None:
+        doc = {"event": event, "run_id": self.run_id, "msg": _safe(msg), "scenes_done": self.scenes_done,
+               "scenes_total": self.scenes_total, **fields}
+        if event == "patches" and self.scene_seconds:
+            left = self.scenes_total - self.scenes_done - 1
+            doc["eta_run_s"] = round(fields.get("eta_s", 0.0) + left * float(np.mean(self.scene_seconds)), 1)
+        doc = json.loads(_safe(json.dumps(doc, default=str)))
+        log.info("%s", doc["msg"], extra={"fields": doc})
+        if self.callback:
+            self.callback(doc)
+
+    def scene_finished(self, status: "SceneStatus", msg: str) -> None:
+        self.scenes_done += 1
+        if status.status == "done":
+            self.scene_seconds.append(status.seconds)
+        self("scene_done", msg, scene=status.id, status=status.status, seconds=status.seconds,
+             timings=status.timings, message=status.message)
+
+
 def source_version(item: Mapping[str, Any]) -> str:
     """What identifies the version of a source item: its ``updated`` property when it has one,
     else a hash of its JSON without links (hrefs of a catalog move; content does not)."""
@@ -130,15 +173,16 @@ def run(
     *,
     ray_address: str | None = None,
     num_cpus: int | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
     stop_after_batches: int | None = None,
     pool: Any = None,
 ) -> RunSummary:
     """Run ``request``; returns the summary (also written to ``OUT/runs/<run-id>.json``).
 
     ``pool``: an engine pool to use instead of Ray actors (e.g. ``LocalPool``).
+    ``progress``: called with each progress event (the dict also logged, at INFO, as the
+    ``fields`` extra of the record: see :class:`Progress`).
     """
-    from dipfill.pipeline.ray_exec import engine_pool, start_ray
     from dipfill.stac.item import config_hash
     from dipfill.stac.search import SearchQuery, search
 
@@ -155,34 +199,53 @@ def run(
         records = [r for r in records if _updated(r) and _parse_time(_updated(r)) >= cutoff]
     if request.max_scenes is not None:
         records = records[: request.max_scenes]
-    say = progress or (lambda msg: log.info("%s", msg))
-    say(f"run {run_id}: {len(records)} scene(s) from {request.stac}")
+    say = Progress(run_id, len(records), progress)
+    say("run_start", f"run {run_id}: {len(records)} scene(s) from {redact_href(request.stac)}", stac=redact_href(request.stac))
 
     statuses: list[SceneStatus] = []
     budget = [stop_after_batches]
     # Actors stay up for this driver's next run (tests, notebooks); stop_ray() or exit ends them.
-    for n, record in enumerate(records, start=1):
-        start = time.perf_counter()
-        try:
-            status = _current(record, out, chash, request)
-            if status is None:
-                if pool is None:
-                    start_ray(ray_address, num_cpus=num_cpus)
-                    opts = request.options
-                    pool = engine_pool(opts.engine, dict(opts.engine_options), opts.fallback)
-                status = _process_scene(record, request, out, chash, pool, say, budget)
-        except RunInterrupted:
-            raise
-        except (DipfillError, OSError, ValueError, KeyError) as exc:
-            status = SceneStatus(str(record.get("id")), "failed", message=_safe(str(exc)))
-            log.error("scene %s failed: %s", record.get("id"), status.message)
-        status.seconds = round(time.perf_counter() - start, 3)
-        statuses.append(status)
-        say(f"scene {n}/{len(records)} {record.get('id')}: {status.status}"
-            + (f" ({status.message})" if status.message else ""))
+    try:
+        for n, record in enumerate(records, start=1):
+            start = time.perf_counter()
+            try:
+                status = _current(record, out, chash, request)
+                if status is None:
+                    if pool is None:
+                        pool = _engine_pool(request, ray_address, num_cpus)  # ClusterError: the run stops
+                        start = time.perf_counter()
+                    status = _process_scene(record, request, out, chash, pool, say, budget)
+            except (RunInterrupted, ClusterError):
+                raise
+            except (DipfillError, OSError, ValueError, KeyError) as exc:
+                status = SceneStatus(str(record.get("id")), "failed", message=_safe(str(exc)))
+                log.error("scene %s failed: %s", record.get("id"), status.message)
+            status.seconds = round(time.perf_counter() - start, 3)
+            statuses.append(status)
+            say.scene_finished(status, f"scene {n}/{len(records)} {record.get('id')}: {status.status}"
+                               + (f" ({status.message})" if status.message else ""))
+    except ClusterError as exc:
+        summary = RunSummary(run_id, _request_record(request), chash, statuses, round(time.perf_counter() - t0, 3),
+                             error=_safe(str(exc)))
+        summary.record = str(_write_summary(out, summary))
+        say("run_failed", f"run {run_id}: stopped: {summary.error}", error=summary.error, record=summary.record)
+        raise
     summary = RunSummary(run_id, _request_record(request), chash, statuses, round(time.perf_counter() - t0, 3))
     summary.record = str(_write_summary(out, summary))
+    counts = {k: sum(1 for st in statuses if st.status == k) for k in ("done", "current", "failed")}
+    say("run_done", f"run {run_id}: {counts['done']} done, {counts['current']} current, {counts['failed']} failed "
+        f"in {summary.seconds:.1f} s", counts=counts, seconds=summary.seconds, record=summary.record)
     return summary
+
+
+def _engine_pool(request: RunRequest, ray_address: str | None, num_cpus: int | None) -> Any:
+    """Join or start Ray and get the engine actors: only when some scene needs work, so a
+    rerun over current outputs costs no cluster at all."""
+    from dipfill.pipeline.ray_exec import engine_pool, start_ray
+
+    start_ray(ray_address, num_cpus=num_cpus)
+    opts = request.options
+    return engine_pool(opts.engine, dict(opts.engine_options), opts.fallback)
 
 
 def _current(item: Mapping[str, Any], out: Path, chash: str, request: RunRequest) -> SceneStatus | None:
@@ -207,27 +270,30 @@ def _scene_dir(out: Path, item: Mapping[str, Any], item_id: str) -> Path:
 
 
 def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str, pool: Any,
-                   say: Callable[[str], None], budget: list[int | None]) -> SceneStatus:
-    from dipfill.masks import QA_CLASSES
-    from dipfill.pipeline.fill import _write_outputs
+                   say: "Progress", budget: list[int | None]) -> SceneStatus:
+    from dipfill.pipeline.fill import SceneProduct, _write_outputs, mosaic_attrs, output_names
     from dipfill.pipeline.patchstore import PatchStore
     from dipfill.pipeline.publish import add_to_static_catalog
     from dipfill.pipeline.ray_exec import FitTask
-    from dipfill.pipeline.read import Scene
-    from dipfill.pipeline.scene import open_scene
+    from dipfill.pipeline.scene import open_scene, scene_mask
+    from dipfill.pipeline.strips import merge_counts, strip_tasks
+    from dipfill.pipeline.write import MOSAIC_CHUNK, Preview, create_zarr_mosaic, staged
     from dipfill.stac.item import sanitize_id
 
     opts = request.options
+    clock = _Stages()
     source = open_scene(dict(item), bands=request.bands, mask=request.mask, sign=signer(request.sign))
-    scene = source.read()
-    nodata = _one_nodata(scene.nodata, str(item["id"]))
+    nodata = _one_nodata(source.nodata, str(item["id"]))
+    mask = scene_mask(source, rows=MOSAIC_CHUNK, closing=opts.collar_closing)
     item_id = sanitize_id(str(item["id"])) + "-dipfill"
     scene_dir = _scene_dir(out, item, item_id)
     scene_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan_fill(scene.valid, scene.footprint, opts, with_fallback=opts.fallback != "none")
+    plan = plan_from_mask(mask.state, mask.nvalid, mask.bands, opts, with_fallback=opts.fallback != "none")
+    dtype = mask.dtype
+    del mask  # the plan keeps the one-byte state; the count of observed bands is done with
     windows = plan.windows
     index = {w.id: i for i, w in enumerate(windows)}
-    store = PatchStore.open(scene_dir / "patches.zarr", len(windows), scene.data.shape[0], opts.patch, chash)
+    store = PatchStore.open(scene_dir / "patches.zarr", len(windows), plan.shape[0], opts.patch, chash)
     done = store.done()
     tasks = [
         FitTask(item_id, source, store.path, b.index, b.fallback, b.windows,
@@ -241,23 +307,43 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
     t0 = time.perf_counter()
     total = sum(len(t.windows) for t in tasks)
 
-    def on_done(task: FitTask, diags: list[tuple[str, dict]]) -> None:
+    def on_fitted(task: FitTask, diags: list[tuple[str, dict]]) -> None:
         for wid, d in diags:
             diagnostics[wid] = PatchDiagnostics(**d)
         fitted[0] += len(task.windows)
         rate = fitted[0] / max(time.perf_counter() - t0, 1e-9)
         eta = (total - fitted[0]) / rate if rate else float("nan")
-        say(f"  {item_id}: patches {fitted[0]}/{total} ({resumed} resumed), {rate:.2f} patches/s, ETA {eta:.0f} s")
+        say("patches", f"  {item_id}: patches {fitted[0]}/{total} ({resumed} resumed), {rate:.2f} patches/s, "
+            f"ETA {eta:.0f} s", scene=str(item["id"]), patches_done=fitted[0], patches_total=total,
+            patches_resumed=resumed, patches_per_s=round(rate, 3), eta_s=round(eta, 1))
         if budget[0] is not None:
             budget[0] -= 1
             if budget[0] <= 0:
                 raise RunInterrupted(f"stopped after the requested number of batches ({item_id})")
 
-    pool.run(tasks, on_done)
-    results = {w.id: (store.read(index[w.id], w.height, w.width), b.fallback) for b in plan.batches for w in b.windows}
-    data, qa = assemble(scene.data, scene.valid, plan, results, nodata)
-    result = FillResult(data, qa, diagnostics, plan.windows_total, len(windows))
-    counts = {name: int((qa == code).sum()) for code, (name, _) in QA_CLASSES.items()}
+    clock.lap("mask")
+    pool.run(tasks, on_fitted)
+    clock.lap("fit")
+
+    # The item is the commit marker: a stale one goes first, so a crash below leaves a
+    # scene that the next run reprocesses, never an item describing mixed outputs.
+    names = output_names(item_id, plan.shape[0])
+    (scene_dir / names["item"]).unlink(missing_ok=True)
+    mosaic_path = scene_dir / names["mosaic"]
+    for stale in scene_dir.glob(f".{names['mosaic']}.tmp-*"):  # left by a killed driver
+        shutil.rmtree(stale, ignore_errors=True)
+    strips: dict[int, Any] = {}
+    with staged(mosaic_path) as tmp:
+        create_zarr_mosaic(tmp, plan.shape, dtype, source.grid, nodata=nodata,
+                           band_names=list(source.band_names), attrs=mosaic_attrs(opts))
+        blend = strip_tasks(item_id, source, plan, store.path, str(tmp), nodata, MOSAIC_CHUNK)
+        pool.run(blend, lambda task, res: strips.__setitem__(task.row0, res), "blend")
+    clock.lap("blend")
+    import zarr
+
+    mosaic = zarr.open_group(str(mosaic_path), mode="r")
+    parts = [strips[k] for k in sorted(strips)]
+    counts = merge_counts([p.counts for p in parts])
     props = item.get("properties") or {}
     self_href = next((ln.get("href") for ln in item.get("links", []) if ln.get("rel") == "self"), None)
     extras = ItemExtras(
@@ -266,20 +352,47 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
         derived_from=(self_href,) if self_href else (),
         properties={"dipfill:source_version": source_version(item), "dipfill:source_item": str(item["id"]),
                     "dipfill:config_hash": chash, "dipfill:run_config": request.config()},
-        scale_offset=tuple(zip(scene.scale, scene.offset)),
+        scale_offset=tuple(zip(source.scale, source.offset)),
     )
-    grid_scene = Scene(data=scene.data, grid=scene.grid, nodata=nodata, band_names=list(scene.band_names),
-                       sources=[self_href or str(item["id"])])
+    product = SceneProduct(
+        grid=source.grid,
+        band_names=list(source.band_names),
+        dtype=dtype,
+        nodata=nodata,
+        sources=[self_href or str(item["id"])],
+        bands=mosaic["bands"],
+        qa=mosaic["qa"],
+        footprint=plan.state != OUTSIDE,
+        preview=Preview.concat([p.preview for p in parts]),
+        counts=counts,
+        diagnostics=diagnostics,
+    )
     when = props.get("datetime") or props.get("start_datetime")
-    rgb = (0, 1, 2) if data.shape[0] >= 3 else (0, 0, 0)
-    outputs = _write_outputs(scene_dir, item_id, grid_scene, scene.valid, result, opts,
-                             when.replace("Z", "+00:00") if when else None, counts, rgb, extras)
+    rgb = (0, 1, 2) if plan.shape[0] >= 3 else (0, 0, 0)
+    outputs = _write_outputs(scene_dir, item_id, product, opts, when.replace("Z", "+00:00") if when else None,
+                             rgb, extras, mosaic_written=True)
     store.remove()
     add_to_static_catalog(out, scene_dir, scene_dir.parent.name)
+    clock.lap("write")
     if request.publish:
         _publish(request.publish, outputs["item"], item)
+        clock.lap("publish")
     return SceneStatus(str(item["id"]), "done", output=outputs["item"], patches=len(windows),
-                       patches_fitted=sum(len(t.windows) for t in tasks), patches_resumed=resumed, counts=counts)
+                       patches_fitted=sum(len(t.windows) for t in tasks), patches_resumed=resumed, counts=counts,
+                       timings=clock.laps)
+
+
+class _Stages:
+    """Seconds spent per stage of a scene, for the run record and ``make bench``."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._t, 3)
+        self._t = now
 
 
 def signer(name: str | None) -> Callable[[str], str] | None:
@@ -340,6 +453,7 @@ def _write_summary(out: Path, summary: RunSummary) -> Path:
         "request": summary.request,
         "config_hash": summary.config_hash,
         "seconds": summary.seconds,
+        **({"error": summary.error} if summary.error else {}),
         "scenes": [asdict(s) for s in summary.scenes],
         "failures": [{"id": s.id, "message": s.message} for s in summary.failed],
         "counts": {k: sum(1 for s in summary.scenes if s.status == k) for k in ("done", "current", "failed")},

@@ -38,6 +38,8 @@ __all__ = [
     "GDAL_ENV_DEFAULTS",
     "SceneSource",
     "SceneData",
+    "SceneMask",
+    "scene_mask",
     "gdal_env",
     "open_scene",
     "read_window",
@@ -160,6 +162,12 @@ class SceneSource:
         """Bands, per-band validity, three-state mask and footprint of ``window``
         (default: the whole scene)."""
         return _read(self, _window(window, self.grid))
+
+    def read_pixels(self, window: Any = None) -> tuple[NDArray, NDArray[np.bool_]]:
+        """Bands and per-band validity of ``window`` only: what an engine worker or a
+        blending task needs (the footprint comes from the plan's whole-scene mask)."""
+        data, valid, _, _ = _read_pixels(self, _window(window, self.grid))
+        return data, valid
 
 
 @dataclass
@@ -428,7 +436,10 @@ def _geometry_footprint(geometry: Mapping[str, Any] | None, grid: Grid) -> NDArr
     return rasterize([(shape, 1)], out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8").astype(bool)
 
 
-def _read(source: SceneSource, window: Any) -> SceneData:
+def _read_pixels(source: SceneSource, window: Any) -> tuple[NDArray, NDArray[np.bool_], NDArray[np.bool_] | None, Grid]:
+    """Bands and per-band validity of ``window``, plus the footprint where it is local
+    (decoded QA, or the item geometry); ``None`` when it comes from the validity of the
+    whole scene (a closing: not computable from one window)."""
     from rasterio.windows import transform as window_transform
 
     grid = source.grid
@@ -451,19 +462,26 @@ def _read(source: SceneSource, window: Any) -> SceneData:
             )
     dtype = np.result_type(*(a.dtype for a in arrays))
     data = np.stack([a.astype(dtype, copy=False) for a in arrays])
-    valid = np.stack([_band_validity(a, nd) for a, nd in zip(arrays, source.nodata)])
+    del arrays
+    valid = np.stack([_band_validity(band, nd) for band, nd in zip(data, source.nodata)])
     if source.db:
         data, valid = _to_db(data, valid, source.nodata)
 
     profile = source.profile
     geom_fp = _geometry_footprint(source.geometry, win_grid) if profile.footprint == "geometry" else None
+    footprint = None
     if qa is not None and profile.qa is not None:
         qa_state = profile.qa.decode(qa, footprint=geom_fp, mask=source.mask)
         footprint = qa_state != OUTSIDE
         valid &= (qa_state == OBSERVED)[None]
     elif geom_fp is not None:
         footprint = geom_fp | valid.any(axis=0)  # known values are never discarded
-    else:
+    return data, valid, footprint, win_grid
+
+
+def _read(source: SceneSource, window: Any) -> SceneData:
+    data, valid, footprint, win_grid = _read_pixels(source, window)
+    if footprint is None:
         footprint = footprint_from_validity(valid.any(axis=0))
     state = three_state(valid, footprint)
     return SceneData(
@@ -480,6 +498,59 @@ def _read(source: SceneSource, window: Any) -> SceneData:
         item_id=source.item_id,
         collection=source.collection,
     )
+
+
+@dataclass(frozen=True)
+class SceneMask:
+    """What planning needs of a whole scene, one byte per pixel each: ``state[y, x]``
+    (OUTSIDE / OBSERVED / GAP) and ``nvalid[y, x]``, the number of observed bands."""
+
+    state: NDArray[np.uint8]
+    nvalid: NDArray[np.uint8]
+    bands: int
+    dtype: np.dtype  # of the bands as read (after dB conversion where asked)
+
+
+def scene_mask(source: SceneSource, *, rows: int = 512, closing: int | None = None) -> SceneMask:
+    """The three-state mask of the whole scene, read ``rows`` rows at a time.
+
+    Why strips: the bands of a full scene are several bytes per pixel per band; the plan
+    needs one byte per pixel. Memory is the strip plus the two one-byte masks (and, for
+    collections whose footprint comes from the data, the one-byte any-valid mask that the
+    footprint closing needs). Equal to ``source.read().state`` (tested).
+    """
+    from rasterio.windows import Window
+
+    from dipfill.masks import DEFAULT_COLLAR_CLOSING, state_from_all_valid
+
+    height, width = source.shape
+    count = len(source.band_names)
+    if count > 255:
+        raise InputError(f"item {source.item_id}: {count} bands; at most 255 are supported")
+    nvalid = np.zeros((height, width), dtype=np.uint8)
+    footprint: NDArray[np.bool_] | None = None
+    any_valid: NDArray[np.bool_] | None = None
+    dtype = None
+    for y0 in range(0, height, rows):
+        y1 = min(y0 + rows, height)
+        data, valid, local, _ = _read_pixels(source, Window(0, y0, width, y1 - y0))
+        dtype = data.dtype
+        del data
+        np.sum(valid, axis=0, dtype=np.uint8, out=nvalid[y0:y1])
+        if local is not None:
+            if footprint is None:
+                footprint = np.zeros((height, width), dtype=bool)
+            footprint[y0:y1] = local
+        else:
+            if any_valid is None:
+                any_valid = np.zeros((height, width), dtype=bool)
+            any_valid[y0:y1] = nvalid[y0:y1] > 0
+    if footprint is None:
+        assert any_valid is not None
+        footprint = footprint_from_validity(any_valid, closing=DEFAULT_COLLAR_CLOSING if closing is None else closing)
+        del any_valid
+    state = state_from_all_valid(nvalid == count, footprint)
+    return SceneMask(state=state, nvalid=nvalid, bands=count, dtype=np.dtype(dtype))
 
 
 def _to_db(

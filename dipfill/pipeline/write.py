@@ -14,20 +14,39 @@ import shutil
 import uuid
 import warnings
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import rasterio
 import rasterio.shutil
 from numpy.typing import NDArray
 from rasterio.errors import NotGeoreferencedWarning
-from rasterio.io import MemoryFile
+from rasterio.windows import Window
 
 from dipfill.pipeline.read import Grid
 
-__all__ = ["staged", "write_cog", "write_zarr_mosaic", "write_quicklook"]
+__all__ = [
+    "staged",
+    "write_cog",
+    "write_zarr_mosaic",
+    "create_zarr_mosaic",
+    "write_mosaic_rows",
+    "Preview",
+    "write_quicklook",
+    "write_band_vrt",
+]
 
 log = logging.getLogger(__name__)
+
+#: GDAL block cache (MiB) while writing a COG: GDAL's default is 5 % of RAM, which a
+#: full scene would fill; blocks are written once, so a small cache costs nothing.
+COG_CACHE_MB = 64
+
+
+#: Rows (and columns) per Zarr mosaic chunk; also the height of a run's blending strips.
+MOSAIC_CHUNK = 512
+
 
 
 def _remove(path: Path) -> None:
@@ -61,7 +80,7 @@ def staged(final: str | os.PathLike[str]) -> Iterator[Path]:
 
 def write_cog(
     path: str | os.PathLike[str],
-    data: NDArray,
+    data: Any,
     grid: Grid,
     *,
     nodata: float | None,
@@ -69,45 +88,64 @@ def write_cog(
     resampling: Literal["average", "nearest", "mode"] = "average",
     tags: dict[str, str] | None = None,
     blocksize: int = 256,
+    rows: int = 512,
 ) -> None:
-    """Write ``data[bands, y, x]`` as a Cloud-Optimized GeoTIFF (GDAL COG driver).
+    """Write ``data[bands, y, x]`` (or ``[y, x]``) as a Cloud-Optimized GeoTIFF (GDAL COG driver).
 
     DEFLATE with the predictor chosen for the dtype (horizontal differencing for
     integers, floating-point for floats), internal tiles of ``blocksize`` and overviews
     down to one tile; ``average`` overviews respect nodata, ``nearest`` suits class
     layers such as QA.
+
+    ``data`` needs only ``shape``, ``dtype`` and row slicing: a numpy array or a Zarr
+    array. It is copied ``rows`` rows at a time into a tiled scratch GeoTIFF beside the
+    output, which the COG driver then translates, with GDAL's block cache capped, so
+    memory is bounded by the strip, not by the scene.
     """
-    count, height, width = data.shape
+    flat = len(data.shape) == 2
+    count, height, width = (1, *data.shape) if flat else data.shape
     profile = dict(
         driver="GTiff",
         width=width,
         height=height,
         count=count,
-        dtype=data.dtype.name,
+        dtype=np.dtype(data.dtype).name,
         crs=grid.crs,
         transform=grid.transform,
         nodata=nodata,
+        tiled=True,
+        blockxsize=blocksize,
+        blockysize=blocksize,
+        BIGTIFF="IF_SAFER",
     )
-    with staged(path) as tmp, MemoryFile() as mem:
-        with mem.open(**profile) as ds:
-            ds.write(data)
-            for i, name in enumerate(band_names, start=1):
-                ds.set_band_description(i, name)
-            if tags:
-                ds.update_tags(**tags)
-        with mem.open() as src:
-            rasterio.shutil.copy(
-                src,
-                str(tmp),
-                driver="COG",
-                COMPRESS="DEFLATE",
-                PREDICTOR="YES",
-                BLOCKSIZE=str(blocksize),
-                OVERVIEWS="AUTO",
-                RESAMPLING=resampling.upper(),
-                OVERVIEW_RESAMPLING=resampling.upper(),
-                NUM_THREADS="1",
-            )
+    with staged(path) as tmp, rasterio.Env(GDAL_CACHEMAX=COG_CACHE_MB):
+        scratch = tmp.with_name(tmp.name + ".scratch.tif")
+        try:
+            with rasterio.open(scratch, "w", **profile) as ds:
+                for y0 in range(0, height, rows):
+                    y1 = min(y0 + rows, height)
+                    part = np.asarray(data[y0:y1] if flat else data[:, y0:y1])
+                    ds.write(part[None] if flat else part, window=Window(0, y0, width, y1 - y0))
+                for i, name in enumerate(band_names, start=1):
+                    ds.set_band_description(i, name)
+                if tags:
+                    ds.update_tags(**tags)
+            with rasterio.open(scratch) as src:
+                rasterio.shutil.copy(
+                    src,
+                    str(tmp),
+                    driver="COG",
+                    COMPRESS="DEFLATE",
+                    PREDICTOR="YES",
+                    BLOCKSIZE=str(blocksize),
+                    OVERVIEWS="AUTO",
+                    RESAMPLING=resampling.upper(),
+                    OVERVIEW_RESAMPLING=resampling.upper(),
+                    NUM_THREADS="1",
+                    BIGTIFF="IF_SAFER",
+                )
+        finally:
+            _remove(scratch)
 
 
 def write_zarr_mosaic(
@@ -119,16 +157,35 @@ def write_zarr_mosaic(
     nodata: float | None,
     band_names: Sequence[str],
     attrs: dict,
-    chunk: int = 512,
+    chunk: int = MOSAIC_CHUNK,
 ) -> None:
-    """Write the filled scene as a Zarr v3 group: ``bands[band, y, x]`` and ``qa[y, x]``.
+    """Write the filled scene held in memory as a Zarr v3 group (see :func:`create_zarr_mosaic`)."""
+    with staged(path) as tmp:
+        create_zarr_mosaic(tmp, bands.shape, bands.dtype, grid, nodata=nodata, band_names=band_names,
+                           attrs=attrs, chunk=chunk)
+        write_mosaic_rows(tmp, 0, bands, qa)
+
+
+def create_zarr_mosaic(
+    path: str | os.PathLike[str],
+    shape: tuple[int, int, int],
+    dtype: np.dtype,
+    grid: Grid,
+    *,
+    nodata: float | None,
+    band_names: Sequence[str],
+    attrs: dict,
+    chunk: int = MOSAIC_CHUNK,
+) -> None:
+    """Create an empty Zarr v3 group for a filled scene: ``bands[band, y, x]`` and ``qa[y, x]``.
 
     Dimension names and georeferencing attributes (CRS WKT, GDAL geotransform) let
     xarray and GDAL's Zarr driver place the arrays; chunks are one band by ``chunk``².
+    Filled by :func:`write_mosaic_rows`, one writer per chunk row.
     """
     import zarr
 
-    count, height, width = bands.shape
+    count, height, width = shape
     cy, cx = min(chunk, height), min(chunk, width)
     geo = {
         "crs_wkt": grid.crs.to_wkt() if grid.crs else None,
@@ -136,54 +193,83 @@ def write_zarr_mosaic(
         "geotransform": list(grid.transform.to_gdal()),
         "band_names": list(band_names),
     }
-    with staged(path) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        root.attrs.update({**attrs, **geo})
-        fill = None if nodata is None else np.asarray(nodata).astype(bands.dtype).item()
-        arr = root.create_array(
-            "bands",
-            shape=bands.shape,
-            chunks=(1, cy, cx),
-            dtype=bands.dtype,
-            fill_value=fill if fill is not None else 0,
-            dimension_names=("band", "y", "x"),
-            attributes={"nodata": fill, **geo},
-        )
-        arr[...] = bands
-        q = root.create_array(
-            "qa",
-            shape=qa.shape,
-            chunks=(cy, cx),
-            dtype=np.uint8,
-            fill_value=0,
-            dimension_names=("y", "x"),
-            attributes={"flag_values": attrs.get("qa_flag_values"), **geo},
-        )
-        q[...] = qa
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.attrs.update({**attrs, **geo})
+    fill = None if nodata is None else np.asarray(nodata).astype(dtype).item()
+    root.create_array(
+        "bands",
+        shape=shape,
+        chunks=(1, cy, cx),
+        dtype=dtype,
+        fill_value=fill if fill is not None else 0,
+        dimension_names=("band", "y", "x"),
+        attributes={"nodata": fill, **geo},
+    )
+    root.create_array(
+        "qa",
+        shape=(height, width),
+        chunks=(cy, cx),
+        dtype=np.uint8,
+        fill_value=0,
+        dimension_names=("y", "x"),
+        attributes={"flag_values": attrs.get("qa_flag_values"), **geo},
+    )
 
 
-def write_quicklook(
-    path: str | os.PathLike[str],
-    before: NDArray,
-    after: NDArray,
-    before_valid: NDArray[np.bool_],
-    after_valid: NDArray[np.bool_],
-    *,
-    rgb: Sequence[int] = (0, 1, 2),
-    max_size: int = 1024,
-) -> None:
-    """Before | after PNG with one stretch (taken from the observed pixels) for both.
+def write_mosaic_rows(path: str | os.PathLike[str], row0: int, bands: NDArray, qa: NDArray[np.uint8]) -> None:
+    """Write full-width rows ``row0 ..`` of a mosaic made by :func:`create_zarr_mosaic`.
+    ``row0`` must start a chunk row, and only one writer may own it: Zarr loses data when
+    writers share a chunk."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r+")
+    chunk = root["qa"].chunks[0]
+    if row0 % chunk:
+        raise ValueError(f"mosaic rows must start on a chunk boundary ({chunk}), got {row0}")
+    root["bands"][:, row0 : row0 + bands.shape[1]] = bands
+    root["qa"][row0 : row0 + qa.shape[0]] = qa
+
+
+@dataclass
+class Preview:
+    """Every ``step``-th row and column of a scene before and after filling, with validity:
+    all a quicklook needs, small enough to collect from strips processed elsewhere."""
+
+    before: NDArray
+    after: NDArray
+    before_valid: NDArray[np.bool_]
+    after_valid: NDArray[np.bool_]
+
+    @staticmethod
+    def step_for(shape: tuple[int, int], max_size: int = 1024) -> int:
+        return max(1, int(np.ceil(max(shape) / max_size)))
+
+    @classmethod
+    def of_rows(cls, before: NDArray, after: NDArray, before_valid: NDArray[np.bool_],
+                after_valid: NDArray[np.bool_], row0: int, step: int) -> "Preview":
+        """The preview rows of a strip whose first row is scene row ``row0``."""
+        sl = (slice(None), slice((-row0) % step, None, step), slice(None, None, step))
+        return cls(before[sl], after[sl], before_valid[sl], after_valid[sl])
+
+    @classmethod
+    def concat(cls, parts: Sequence["Preview"]) -> "Preview":
+        """Join strip previews (in row order)."""
+        return cls(*(np.concatenate([getattr(p, f) for p in parts], axis=1)
+                     for f in ("before", "after", "before_valid", "after_valid")))
+
+
+def write_quicklook(path: str | os.PathLike[str], preview: Preview, *, rgb: Sequence[int] = (0, 1, 2)) -> None:
+    """Before | after PNG with one stretch (from the observed preview pixels) for both.
 
     Missing pixels are magenta in both panels, so unfilled gaps stand out after filling.
     """
+    before, before_valid = preview.before, preview.before_valid
     count = before.shape[0]
     idx = [i for i in rgb if i < count] if count >= 3 else [0, 0, 0]
     if len(idx) != 3:
         idx = [0, 0, 0]
-    step = max(1, int(np.ceil(max(before.shape[1:]) / max_size)))
     panels = []
-    for arr, valid in ((before, before_valid), (after, after_valid)):
-        arr, valid = arr[:, ::step, ::step], valid[:, ::step, ::step]
+    for arr, valid in ((before, before_valid), (preview.after, preview.after_valid)):
         rgb_img = np.stack([_stretch_from(arr[i], valid[i], before[i], before_valid[i]) for i in idx])
         missing = ~valid[idx].all(axis=0)
         rgb_img[:, missing] = np.array([255, 0, 255], dtype=np.uint8)[:, None]

@@ -1,0 +1,52 @@
+"""Logging set-up for the command line: human lines, or one JSON object per line.
+
+Why JSON lines: a run on a cluster is watched through ``ray job logs``, Kubernetes and log
+shippers (Loki, CloudWatch, Stackdriver) that index fields, not prose. Every record carries
+``ts``, ``level``, ``logger`` and ``msg``; progress events of ``dipfill run`` add their
+fields (``event``, ``run_id``, ``scene``, ``patches_done``, ``patches_total``,
+``patches_per_s``, ``eta_s``...), passed to the logger as ``extra={"fields": {...}}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+
+__all__ = ["JsonFormatter", "configure", "LOG_FORMATS"]
+
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; the record's ``fields`` extra is merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            doc.update({k: v for k, v in fields.items() if k not in doc})
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def configure(level: int, fmt: str | None = None) -> str:
+    """Configure the root logger for ``fmt`` (default: ``$DIPFILL_LOG_FORMAT`` or text) and
+    return the format used. Like ``logging.basicConfig``, it leaves a root logger that
+    already has handlers (an embedding application, pytest) alone."""
+    fmt = fmt or os.environ.get("DIPFILL_LOG_FORMAT", "text")
+    if fmt not in LOG_FORMATS:
+        fmt = "text"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
+    return fmt

@@ -1,0 +1,325 @@
+"""`dipfill run` beyond the static catalog and the driver's own Ray: scenes found through a
+real STAC API (stac-fastapi-pgstac, the `stac_api` fixture), and `--ray-address` joining a
+Ray cluster that was already running (a `ray start --head` of this test's own, on
+127.0.0.1, shut down again without `ray stop`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from dipfill.cli.main import main
+from dipfill.pipeline.publish import absolute_item
+from dipfill.pipeline.ray_exec import stop_ray
+from tests._data import DATA
+from tests._procs import alive, cmdline, descendants, listeners, loopback, start_time
+from tests.stac_server import free_port, require
+
+ARG25 = DATA / "arg25_menindee"
+CATALOG = ARG25 / "stac" / "catalog.json"
+COLLECTION = "ga-arg25-nbar"
+JAN, FEB = "LS7_ETM_095_082_20100116_crop512", "LS7_ETM_095_082_20100201_crop512"
+BBOX = ["142.0", "-32.5", "142.3", "-32.2"]  # around both scenes (Menindee)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_session():
+    yield
+    stop_ray()  # the in-process Ray that `main(["run", ...])` started
+
+
+# ---------------------------------------------------------------------------- helpers
+def source_tif(scene: str) -> Path:
+    return ARG25 / f"{scene.replace('_crop512', '')}_B3B4B5_crop512.tif"
+
+
+def scene_dir(out: Path, scene: str) -> Path:
+    return out / COLLECTION / f"{scene}-dipfill"
+
+
+def assert_filled(out: Path, scene: str) -> dict:
+    """The scene's filled COG keeps every observed pixel bit-exact and has more valid
+    pixels than the source; returns its STAC item."""
+    d = scene_dir(out, scene)
+    with rasterio.open(source_tif(scene)) as a, rasterio.open(d / f"{scene}-dipfill_filled.tif") as b:
+        x, y = a.read(), b.read()
+        assert b.crs == a.crs and b.transform == a.transform and y.dtype == x.dtype
+        nodata = a.nodata
+    valid = x != nodata
+    assert np.array_equal(y[valid], x[valid]), f"{scene}: observed pixels changed"
+    assert (y != nodata).sum() > valid.sum(), f"{scene}: no gap was filled"
+    item = json.loads((d / f"{scene}-dipfill.json").read_text())
+    assert item["properties"]["dipfill:source_item"] == scene
+    return item
+
+
+def run_json(capsys, *args: str) -> tuple[int, dict]:
+    """`dipfill run ... --json` in this process: exit code and the run record it printed."""
+    capsys.readouterr()
+    rc = main(["run", *args, "--json"])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+# ------------------------------------------------------------- 1. a real STAC API server
+@pytest.fixture(scope="module")
+def arg25_api(stac_api):
+    """The committed static catalog of two real SLC-off scenes, loaded into the real API
+    (Transactions): asset hrefs made absolute file paths (an API has no directory to
+    resolve `./B3.vrt` against), the catalog's relative navigation links dropped. Removed
+    again at the end so the session's other users of the server see what they loaded."""
+    import httpx
+
+    collection = json.loads((CATALOG.parent / COLLECTION / "collection.json").read_text())
+    collection["links"] = []
+    paths = sorted((CATALOG.parent / COLLECTION).glob("*/*.json"))
+    items = []
+    for path in paths:
+        item = absolute_item(json.loads(path.read_text()), str(path.parent.resolve()))
+        item["links"] = [ln for ln in item["links"] if ln.get("rel") != "collection"]
+        assert all(Path(a["href"]).is_absolute() and Path(a["href"]).exists() for a in item["assets"].values())
+        items.append(item)
+    assert {i["id"] for i in items} == {JAN, FEB}
+    with httpx.Client(base_url=stac_api.url, timeout=30) as http:
+        r = http.post("/collections", json=collection)
+        assert r.status_code in (200, 201), r.text
+        try:
+            for item in items:
+                r = http.post(f"/collections/{COLLECTION}/items", json=item)
+                assert r.status_code in (200, 201), r.text
+            yield stac_api.url
+        finally:
+            for item in items:
+                http.delete(f"/collections/{COLLECTION}/items/{item['id']}")
+            http.delete(f"/collections/{COLLECTION}")
+
+
+def test_run_over_a_stac_api_fills_every_matching_scene(arg25_api: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    rc, record = run_json(capsys, "--stac", arg25_api, "--collection", COLLECTION, "--bbox", *BBOX,
+                          "--datetime", "2010-01-01/2010-02-28", "--engine", "fillnodata", "--out", str(out))
+    assert rc == 0, record
+    assert {s["id"]: s["status"] for s in record["scenes"]} == {JAN: "done", FEB: "done"}
+    assert record["counts"] == {"done": 2, "current": 0, "failed": 0}
+    assert record["request"]["stac"] == arg25_api and record["request"]["collections"] == [COLLECTION]
+    assert (out / "runs" / f"{record['run_id']}.json").is_file()
+    for scene in (JAN, FEB):
+        item = assert_filled(out, scene)
+        # the source is the API's item, not the static catalog's file
+        derived = [ln["href"] for ln in item["links"] if ln["rel"] == "derived_from"]
+        assert derived == [f"{arg25_api}/collections/{COLLECTION}/items/{scene}"], derived
+    catalog = json.loads((out / "catalog.json").read_text())
+    assert any(ln["rel"] == "child" and COLLECTION in ln["href"] for ln in catalog["links"])
+
+
+def test_run_over_a_stac_api_processes_only_what_the_search_matches(arg25_api: str, tmp_path: Path,
+                                                                    capsys) -> None:
+    out = tmp_path / "out"
+    common = ["--stac", arg25_api, "--collection", COLLECTION, "--engine", "fillnodata", "--out", str(out)]
+    # a datetime range that holds only the January scene
+    rc, record = run_json(capsys, *common, "--bbox", *BBOX, "--datetime", "2010-01-10/2010-01-20")
+    assert rc == 0, record
+    assert [(s["id"], s["status"]) for s in record["scenes"]] == [(JAN, "done")]
+    assert record["counts"] == {"done": 1, "current": 0, "failed": 0}
+    assert_filled(out, JAN)
+    assert not scene_dir(out, FEB).exists()
+    # a bbox away from both scenes: nothing to do, and nothing written but the record
+    rc, record = run_json(capsys, *common, "--bbox", "150", "-30", "151", "-29", "--datetime", "2010")
+    assert rc == 0 and record["scenes"] == [] and record["counts"] == {"done": 0, "current": 0, "failed": 0}
+    assert sorted(p.name for p in (out / COLLECTION).iterdir()) == [f"{JAN}-dipfill", "collection.json"]
+
+
+# ------------------------------------------------------ 2. --ray-address: an existing cluster
+def _ray_cli() -> str | None:
+    here = Path(sys.executable).parent / "ray"
+    return str(here) if here.exists() else shutil.which("ray")
+
+
+class _Watch:
+    """What the head's and the driver's process trees held at any sample: processes (pid ->
+    (start time, command line)) and TCP listeners."""
+
+    def __init__(self) -> None:
+        self.head: dict[int, tuple[int | None, str]] = {}
+        self.driver: dict[int, tuple[int | None, str]] = {}
+        self.listen: list[tuple[str, str]] = []
+
+    def sample(self, head_pid: int, driver_pid: int | None = None) -> None:
+        for root, seen in ((head_pid, self.head), (driver_pid, self.driver)):
+            if root is None:
+                continue
+            for pid in descendants(root):
+                start, cmd = start_time(pid), cmdline(pid)
+                if start is not None and cmd:
+                    seen[pid] = (start, cmd)
+        self.listen += listeners(set(self.head) | set(self.driver))
+
+    def named(self, tree: dict[int, tuple[int | None, str]], word: str) -> list[str]:
+        return [cmd for _, cmd in tree.values() if word in cmd]
+
+
+def test_ray_address_joins_an_existing_cluster_on_loopback(tmp_path: Path) -> None:
+    ray_cli = _ray_cli()
+    if ray_cli is None:
+        pytest.skip("the `ray` command line (Ray's CLI) is not installed")
+    require("`ss` (iproute2)", [] if shutil.which("ss") else ["ss not found"])
+    # A short temp dir: Ray's unix sockets live under it (108-byte path limit), and a
+    # temp dir of its own keeps this cluster out of /tmp/ray, where other drivers
+    # (ray.init() without an address) would find and join it.
+    temp = Path(tempfile.mkdtemp(prefix="dfray-", dir="/tmp"))
+    port = free_port()
+    head_log = temp / "head.log"
+    watch = _Watch()
+    head = None
+    left: dict = {}
+    early_exit = None
+    try:
+        # Token authentication, with a token of this test's own: `ray start` turns it on by
+        # itself when ~/.ray/auth_token exists (ray.init() writes one), and a driver given an
+        # explicit address then only gets in with RAY_AUTH_MODE=token. A private token makes
+        # the test independent of ~/.ray in both directions.
+        token = temp / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"})
+        # Workers on ports the OS picks (--min/max-worker-port=0), not Ray's default range
+        # 10002-19999 that every other local Ray on this machine (other tests) draws from too.
+        # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER only matters on Windows/macOS; set as dipfill does.
+        with open(head_log, "wb") as log:
+            head = subprocess.Popen(
+                [ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                 "--include-dashboard=false", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}",
+                 "--min-worker-port=0", "--max-worker-port=0",
+                 "--block"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while "Ray runtime started" not in head_log.read_text(errors="replace"):
+            assert head.poll() is None, f"ray start exited {head.returncode}:\n{head_log.read_text()}"
+            assert time.monotonic() < deadline, f"ray start not up in 60 s:\n{head_log.read_text()}"
+            time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # the GCS accepts
+        watch.sample(head.pid)
+        gcs_before = watch.named(watch.head, "gcs_server")
+        assert len(gcs_before) == 1 and f"--gcs_server_port={port}" in gcs_before[0], gcs_before
+
+        # the driver: a separate process (this one may run a local Ray of its own)
+        out = tmp_path / "out"
+        t0 = time.perf_counter()
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "dipfill.cli.main", "run", "--stac", str(CATALOG), "--out", str(out),
+             "--engine", "fillnodata", "--ray-address", f"127.0.0.1:{port}", "--json"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        )
+        try:
+            while driver.poll() is None and time.perf_counter() - t0 < 120:
+                watch.sample(head.pid, driver.pid)
+                time.sleep(0.1)
+            stdout, stderr = driver.communicate(timeout=5)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+        seconds = time.perf_counter() - t0
+        assert driver.returncode == 0, f"dipfill run exited {driver.returncode}:\n{stdout}\n{stderr[-5000:]}"
+        print(f"driver on the existing cluster: {seconds:.1f} s")
+
+        # outputs, as with a local Ray
+        record = json.loads(stdout)
+        assert record["counts"] == {"done": 2, "current": 0, "failed": 0}, record
+        assert (out / "runs" / f"{record['run_id']}.json").is_file()
+        for scene in (JAN, FEB):
+            assert_filled(out, scene)
+
+        # it ran on that cluster: the engine actors were processes of the head's raylet,
+        # and the driver started no Ray of its own (no GCS or raylet below it) ...
+        actors = watch.named(watch.head, "_EngineWorker")
+        assert actors, f"no engine actor ran under the head: {sorted(c[:60] for _, c in watch.head.values())}"
+        assert not watch.named(watch.driver, "gcs_server") and not watch.named(watch.driver, "raylet"), watch.driver
+        assert not watch.named(watch.driver, "_EngineWorker"), watch.driver
+        # ... the same GCS throughout, which recorded the driver's job
+        watch.sample(head.pid)
+        assert watch.named(watch.head, "gcs_server") == gcs_before
+        gcs_logs = "".join(p.read_text(errors="replace") for p in temp.glob("session_*/logs/gcs_server*"))
+        # ("Registering job. job_id=... driver_pid=N"; Ray < 2.5x: "Adding job, ..., driver pid = N")
+        assert re.search(rf"driver[ _]pid\s*=\s*{driver.pid}\b", gcs_logs), "the head's GCS has no job of the " \
+            "driver:\n" + "\n".join(ln for ln in gcs_logs.splitlines() if "job" in ln.lower())[-5000:]
+
+        # every TCP listener of the cluster's and the driver's processes, sampled all
+        # through the run, is on 127.0.0.1
+        ports = {local.rsplit(":", 1)[1] for local, _ in watch.listen}
+        assert str(port) in ports, watch.listen
+        remote = sorted({ln for local, ln in watch.listen if not loopback(local)})
+        assert not remote, "listening beyond 127.0.0.1:\n" + "\n".join(remote)
+        assert any(f"pid={driver.pid}," in ln for _, ln in watch.listen), "the driver's listener was not seen"
+    finally:
+        # Shut this cluster down, and only this one: `ray stop` would kill every Ray on
+        # the machine. SIGTERM to `ray start --block` stops its node (GCS, raylet, and
+        # the raylet's workers); anything of its tree still there after that is killed.
+        if head is not None:
+            watch.sample(head.pid)
+            early_exit = head.poll()  # None: it ran until now, as it should
+            if early_exit is None:
+                head.send_signal(signal.SIGTERM)
+            try:
+                head.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                head.kill()
+                head.wait(timeout=10)
+        tree = {**watch.head, **watch.driver}
+        deadline = time.monotonic() + 20
+        left = {pid: v for pid, v in tree.items() if alive(pid, v[0])}
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = {pid: v for pid, v in left.items() if alive(pid, v[0])}
+        for pid in left:  # don't leave them behind for the next test, but fail below
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        still_listening = listeners(set(tree)) if tree else []
+        shutil.rmtree(temp, ignore_errors=True)
+    assert early_exit is None, f"ray start --block exited {early_exit} before it was stopped"
+    # Ray's SIGTERM handler stops the node's processes, then exits 1
+    assert head.returncode in (0, 1, -signal.SIGTERM), f"ray start --block exited {head.returncode}"
+    assert not left, "left running after the head stopped: " + "; ".join(c[:120] for _, c in left.values())
+    assert not still_listening, still_listening
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_unreachable_cluster_stops_the_run_once_without_blaming_scenes(tmp_path: Path) -> None:
+    """Nothing listens at the address: one clear error, exit 1, a run record saying why,
+    and no scene marked failed (ray.init alone would retry forever)."""
+    out = tmp_path / "out"
+    port = free_port()  # nothing listens on it
+    env = {**os.environ, "DIPFILL_RAY_CONNECT_TIMEOUT": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "dipfill.cli.main", "run", "--stac", str(CATALOG), "--out", str(out),
+         "--engine", "fillnodata", "--ray-address", f"127.0.0.1:{port}"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"dipfill: error: cannot join the Ray cluster at 127.0.0.1:{port}" in proc.stderr
+    assert time.perf_counter() - t0 < 60
+    (record_path,) = (out / "runs").glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert f"127.0.0.1:{port}" in record["error"] and record["scenes"] == []
+    assert record["counts"] == {"done": 0, "current": 0, "failed": 0}
