@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Before anything imports Ray: Ray reads it once, at import, and then answers 127.0.0.1 to
+# its own IP lookups, so no part of a test's local cluster listens beyond loopback
+# (dipfill's start_ray sets it too, but only if Ray was not imported before).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 @pytest.fixture(autouse=True, scope="session")

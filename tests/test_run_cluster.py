@@ -323,3 +323,52 @@ def test_unreachable_cluster_stops_the_run_once_without_blaming_scenes(tmp_path:
     record = json.loads(record_path.read_text())
     assert f"127.0.0.1:{port}" in record["error"] and record["scenes"] == []
     assert record["counts"] == {"done": 0, "current": 0, "failed": 0}
+
+
+def test_engine_pool_grows_when_a_node_joins(tmp_path: Path) -> None:
+    """A second node joins a one-CPU cluster during a run: the pool adds an actor for it and
+    every batch is still fitted exactly once into the store."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from dipfill.pipeline.fill import FillOptions, patch_seed, plan_from_mask
+    from dipfill.pipeline.patchstore import PatchStore
+    from dipfill.pipeline.ray_exec import EnginePool, FitTask
+    from dipfill.pipeline.scene import open_scene, scene_mask
+
+    stop_ray()  # this test's own two-node cluster, not the module's local Ray
+    cluster = Cluster(initialize_head=True, connect=True,
+                      head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    try:
+        item_path = next((CATALOG.parent / COLLECTION).glob(f"{JAN}/*.json"))
+        item = json.loads(item_path.read_text())
+        item["links"] = [{"rel": "self", "href": str(item_path)}]
+        source = open_scene(item)
+        mask = scene_mask(source)
+        opts = FillOptions(engine="fillnodata", patch=64, overlap=8, batch_size=2)
+        plan = plan_from_mask(mask.state, mask.nvalid, mask.bands, opts, with_fallback=False)
+        store = PatchStore.open(tmp_path / "p.zarr", len(plan.windows), 3, opts.patch, "h")
+        index = {w.id: i for i, w in enumerate(plan.windows)}
+        tasks = [FitTask("s", source, store.path, b.index, False, b.windows,
+                         tuple(index[w.id] for w in b.windows), tuple(patch_seed(0, w) for w in b.windows))
+                 for b in plan.batches]
+        assert len(tasks) > 20
+
+        pool = EnginePool("fillnodata", {}, "none", grow_every=0.2)
+        assert len(pool.actors) == 1
+        seen: list[int] = []
+
+        def on_done(task, _):
+            seen.append(task.batch_index)
+            if len(seen) == 3:  # mid-run: a node with one more CPU joins
+                cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+                cluster.wait_for_nodes()
+
+        pool.run(tasks, on_done)
+        assert len(pool.actors) == 2
+        assert sorted(seen) == [t.batch_index for t in tasks]
+        assert store.done().all()
+        pool.close()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -61,11 +61,15 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> dic
     given an address does not send it unless told to). Raises :class:`ClusterError` when
     the cluster cannot be joined or started: no scene is to blame for that.
     """
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        # Read by Ray when it is first imported: its own IP lookups then answer 127.0.0.1, so
+        # no component of a local cluster listens beyond loopback. Never when joining: a
+        # driver on a cluster node must know the node's real address.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or None
         try:
             if address:
                 _check_reachable(address)
@@ -211,44 +215,75 @@ class LocalPool:
 
 
 class EnginePool:
-    """``size`` engine actors, one batch in flight per actor."""
+    """Engine actors, one batch in flight per actor: one per GPU of the cluster (CPU actors,
+    one per CPU, on a cluster without GPUs), growing when nodes join.
+
+    Why grow: spot workers come back, and an autoscaler or an operator adds nodes while a
+    long run is going; every ``grow_every`` seconds the pool adds an actor for each GPU (CPU)
+    the cluster has beyond the actors it holds. It never shrinks: an actor whose node is
+    gone is restarted by Ray (``max_restarts``) when capacity returns, and its call retried.
+    ``size`` fixes the pool instead.
+    """
 
     def __init__(self, engine: str, engine_options: dict[str, Any], fallback: str, *, size: int | None = None,
-                 gpus: bool | None = None) -> None:
+                 gpus: bool | None = None, grow_every: float = 10.0) -> None:
         import ray
 
         resources = ray.cluster_resources()
-        gpus = bool(resources.get("GPU", 0)) if gpus is None else gpus
-        if size is None:
-            size = int(resources.get("GPU", 0)) if gpus else max(1, int(resources.get("CPU", 1)))
+        self.gpus = bool(resources.get("GPU", 0)) if gpus is None else gpus
         opts: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 3}
-        opts.update({"num_gpus": 1} if gpus else {"num_cpus": 1})
+        opts.update({"num_gpus": 1} if self.gpus else {"num_cpus": 1})
         env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
         if env:
             opts["runtime_env"] = {"env_vars": env}
-        actor_cls = ray.remote(_EngineWorker)
-        threads = None if gpus else 1  # CPU actors share the cores: one torch thread each
-        self.actors = [actor_cls.options(**opts).remote(engine, dict(engine_options), fallback, threads)
-                       for _ in range(size)]
-        self.gpus = gpus
+        threads = None if self.gpus else 1  # CPU actors share the cores: one torch thread each
+        actor_cls = ray.remote(_EngineWorker).options(**opts)
+        self._new = lambda: actor_cls.remote(engine, dict(engine_options), fallback, threads)  # noqa: E731
+        self.fixed = size is not None
+        self.grow_every = grow_every
+        self.actors: list[Any] = []
+        self.grow(size)
+
+    def capacity(self) -> int:
+        """Actors the cluster has room for now (at least one)."""
+        import ray
+
+        resources = ray.cluster_resources()
+        return max(1, int(resources.get("GPU", 0)) if self.gpus else int(resources.get("CPU", 1)))
+
+    def grow(self, size: int | None = None) -> list[Any]:
+        """Add actors up to ``size`` (default: :meth:`capacity`); returns the new ones."""
+        target = self.capacity() if size is None else size
+        new = [self._new() for _ in range(max(0, target - len(self.actors)))]
+        if new and self.actors:
+            log.info("engine pool: %d actor(s) added (%d in all): the cluster grew", len(new), target)
+        self.actors += new
+        return new
 
     def run(self, tasks: Iterable[Any], on_done: Callable[[Any, Any], None], method: str = "fit") -> None:
         """Call ``method`` (``fit`` or ``blend``) on an actor for every task, one task in
         flight per actor; ``on_done(task, result)`` is called on the driver as each finishes."""
+        import time
+
         import ray
 
         queue = list(tasks)
         pending: dict[Any, tuple[Any, Any]] = {}
         free = list(self.actors)
+        checked = time.monotonic()
         while queue or pending:
             while queue and free:
                 actor = free.pop()
                 task = queue.pop(0)
                 pending[getattr(actor, method).remote(task)] = (task, actor)
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            task, actor = pending.pop(ready[0])
-            on_done(task, ray.get(ready[0]))
-            free.append(actor)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if self.fixed else self.grow_every)
+            if not self.fixed and time.monotonic() - checked >= self.grow_every:
+                free += self.grow()
+                checked = time.monotonic()
+            if ready:
+                task, actor = pending.pop(ready[0])
+                on_done(task, ray.get(ready[0]))
+                free.append(actor)
 
     def close(self) -> None:
         import ray
