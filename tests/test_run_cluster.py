@@ -188,18 +188,19 @@ def test_ray_address_joins_an_existing_cluster_on_loopback(tmp_path: Path) -> No
     early_exit = None
     try:
         # Token authentication, with a token of this test's own: `ray start` turns it on by
-        # itself when ~/.ray/auth_token exists (ray.init() writes one), and a driver given an
-        # explicit address then only gets in with RAY_AUTH_MODE=token. A private token makes
-        # the test independent of ~/.ray in both directions.
+        # itself when ~/.ray/auth_token exists (ray.init() writes one). A private token makes
+        # the test independent of ~/.ray in both directions. The driver gets only the token's
+        # path, not RAY_AUTH_MODE nor RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: dipfill must switch
+        # token mode on and keep the loopback address itself (Ray rewrites 127.0.0.1 to the
+        # machine's IP otherwise, where this head is not).
         token = temp / "auth_token"
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"})
+        driver_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        driver_env.update({"RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"})
+        env = {**driver_env, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         # Workers on ports the OS picks (--min/max-worker-port=0), not Ray's default range
         # 10002-19999 that every other local Ray on this machine (other tests) draws from too.
-        # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER only matters on Windows/macOS; set as dipfill does.
         with open(head_log, "wb") as log:
             head = subprocess.Popen(
                 [ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
@@ -225,7 +226,7 @@ def test_ray_address_joins_an_existing_cluster_on_loopback(tmp_path: Path) -> No
         driver = subprocess.Popen(
             [sys.executable, "-m", "dipfill.cli.main", "run", "--stac", str(CATALOG), "--out", str(out),
              "--engine", "fillnodata", "--ray-address", f"127.0.0.1:{port}", "--json"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            env=driver_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
         )
         try:
             while driver.poll() is None and time.perf_counter() - t0 < 120:

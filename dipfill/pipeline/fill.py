@@ -208,45 +208,48 @@ def assemble(
     nodata: float | None,
 ) -> tuple[NDArray, NDArray[np.uint8]]:
     """Blend per-window values (``results[window.id] = (values, from_fallback)``) over the
-    whole scene: :func:`compose_rows` with one strip."""
-    return compose_rows(data, valid, plan.state, 0, ((w, *results[w.id]) for w in plan.windows),
-                        plan.rows, plan.cols, nodata)
+    whole scene: :func:`compose_block` with one block."""
+    return compose_block(data, valid, plan.state, (0, 0), ((w, *results[w.id]) for w in plan.windows),
+                         plan.rows, plan.cols, nodata)
 
 
-def compose_rows(
+def compose_block(
     data: NDArray,
     valid: NDArray[np.bool_],
     state: NDArray[np.uint8],
-    row0: int,
+    origin: tuple[int, int],
     windows: Iterable[tuple[PatchWindow, NDArray, bool]],
     rows: Sequence[int],
     cols: Sequence[int],
     nodata: float | None,
 ) -> tuple[NDArray, NDArray[np.uint8]]:
-    """Blend and composite the full-width strip of rows ``row0 .. row0 + h`` of a scene.
+    """Blend and composite the block of a scene whose top-left pixel is ``origin`` (row, col).
 
-    ``data``/``valid``/``state`` are the strip; ``windows`` yields ``(window, values,
+    ``data``/``valid``/``state`` are the block; ``windows`` yields ``(window, values,
     from_fallback)`` in plan order for the windows that may touch it (scene coordinates;
-    parts outside the strip are ignored). Observed pixels come from ``data`` bit-exact,
+    parts outside the block are ignored). Observed pixels come from ``data`` bit-exact,
     filled gaps are cast to the input dtype, the rest is nodata; also the QA layer.
 
-    Why strips: a run blends each chunk-aligned strip in its own task, so each Zarr chunk
-    has exactly one writer and memory is bounded by the strip; per pixel the windows are
-    accumulated in the same order, so strips give the same bytes as one whole-scene pass.
+    Why blocks: a run blends each Zarr-chunk-sized block in its own task, so each chunk has
+    exactly one writer and memory is bounded by the block, whatever the scene's size; per
+    pixel the windows are accumulated in the same order, so blocks give the same bytes as
+    one whole-scene pass (tested).
     """
     count, height, width = data.shape
+    row0, col0 = origin
     blender = Blender((count, height, width))
     from_engine = np.zeros((height, width), dtype=np.float64)
     from_fallback = np.zeros((height, width), dtype=np.float64)
     row_list, col_list = list(rows), list(cols)
     for w, values, fallback in windows:
         r0, r1 = max(w.row_off, row0), min(w.row_off + w.height, row0 + height)
-        if r0 >= r1:
+        c0, c1 = max(w.col_off, col0), min(w.col_off + w.width, col0 + width)
+        if r0 >= r1 or c0 >= c1:
             continue
-        a, b = r0 - w.row_off, r1 - w.row_off
-        weights = window_weights(w, row_list, col_list)[a:b]
-        local = PatchWindow(r0 - row0, w.col_off, r1 - r0, w.width)
-        blender.add(local, values[:, a:b], weights)
+        ys, xs = slice(r0 - w.row_off, r1 - w.row_off), slice(c0 - w.col_off, c1 - w.col_off)
+        weights = window_weights(w, row_list, col_list)[ys, xs]
+        local = PatchWindow(r0 - row0, c0 - col0, r1 - r0, c1 - c0)
+        blender.add(local, values[:, ys, xs], weights)
         (from_fallback if fallback else from_engine)[local.slices] += weights
     blended, covered = blender.finalize()
 
@@ -391,8 +394,8 @@ def fill_files(
         bands=result.data,
         qa=result.qa,
         footprint=result.qa != QA_OUTSIDE,
-        preview=Preview.of_rows(scene.data, result.data, valid, after_valid, 0,
-                                Preview.step_for(scene.grid.shape)),
+        preview=Preview.of_block(scene.data, result.data, valid, after_valid, (0, 0),
+                                 Preview.step_for(scene.grid.shape)),
         counts=counts,
         diagnostics=result.diagnostics,
     )
@@ -460,7 +463,7 @@ def _write_outputs(
     *,
     mosaic_written: bool = False,
 ) -> dict[str, str]:
-    """Write COGs, Zarr (unless ``mosaic_written``: a run's strips wrote it), quicklook,
+    """Write COGs, Zarr (unless ``mosaic_written``: a run's block tasks wrote it), quicklook,
     then the STAC item; remove ``out_dir`` if we made it and failed."""
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -62,10 +62,14 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> dic
     the cluster cannot be joined or started: no scene is to blame for that.
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if not address:
-        # Read by Ray when it is first imported: its own IP lookups then answer 127.0.0.1, so
-        # no component of a local cluster listens beyond loopback. Never when joining: a
-        # driver on a cluster node must know the node's real address.
+    # Both settings are read when Ray is first imported.
+    if address:
+        _token_auth_as_ray_start()
+    if not address or _loopback(address):
+        # Ray's own IP lookups then answer 127.0.0.1: no component of a local cluster listens
+        # beyond loopback, and a loopback address is not rewritten to the machine's IP (Ray
+        # does that to 127.0.0.1 addresses, and a head bound to loopback is not there).
+        # Never for other addresses: a driver on a cluster node must know its real address.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
@@ -73,7 +77,6 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> dic
         try:
             if address:
                 _check_reachable(address)
-                _token_auth_as_ray_start()
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             else:
                 # address="local": a new cluster of this driver's own, never one found in /tmp/ray
@@ -83,6 +86,11 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> dic
             where = f"join the Ray cluster at {address}" if address else "start a local Ray cluster"
             raise ClusterError(f"cannot {where}: {type(exc).__name__}: {exc}") from exc
     return dict(ray.cluster_resources())
+
+
+def _loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _check_reachable(address: str) -> None:
@@ -164,26 +172,40 @@ class _EngineWorker:
         from dipfill.pipeline.patchstore import PatchStore
 
         _maybe_fail()
-        patches, observed = [], []
-        for w in task.windows:
-            data, valid = task.source.read_pixels(((w.row_off, w.row_off + w.height), (w.col_off, w.col_off + w.width)))
-            p, o, _ = batch_inputs(data, valid, [PatchWindow(0, 0, w.height, w.width)], 0)
-            patches.append(p[0])
-            observed.append(o[0])
+        inputs: dict[str, tuple[Any, Any]] = {}
+        for row_windows in _rows_of(task.windows):
+            # One read per row of windows in the batch: neighbours overlap, so their union
+            # is read (and decoded) once instead of once per window.
+            top, bottom = row_windows[0].row_off, max(w.row_off + w.height for w in row_windows)
+            left, right = min(w.col_off for w in row_windows), max(w.col_off + w.width for w in row_windows)
+            data, valid = task.source.read_pixels(((top, bottom), (left, right)))
+            local = [PatchWindow(w.row_off - top, w.col_off - left, w.height, w.width) for w in row_windows]
+            p, o, _ = batch_inputs(data, valid, local, 0)
+            inputs.update({w.id: (p[i], o[i]) for i, w in enumerate(row_windows)})
+        patches = np.stack([inputs[w.id][0] for w in task.windows])
+        observed = np.stack([inputs[w.id][1] for w in task.windows])
         engine = self.fallback if task.fallback else self.engine
-        result = engine.fill(np.stack(patches), np.stack(observed), seeds=list(task.seeds))
+        result = engine.fill(patches, observed, seeds=list(task.seeds))
         store = PatchStore(task.store_path)
         for index, values in zip(task.indices, result.values):
             store.write(index, values)
         return [(w.id, asdict(d)) for w, d in zip(task.windows, result.diagnostics)]
 
     def blend(self, task: Any) -> Any:
-        """Blend and write one strip of a scene (:mod:`dipfill.pipeline.strips`). On the
+        """Blend and write one block of a scene (:mod:`dipfill.pipeline.blocks`). On the
         engine actors because they hold the cluster's CPU slots: tasks asking for more
-        would wait for them forever; and a strip is CPU work a GPU node has to spare."""
-        from dipfill.pipeline.strips import blend_strip
+        would wait for them forever; and a block is CPU work a GPU node has to spare."""
+        from dipfill.pipeline.blocks import blend_block
 
-        return blend_strip(task)
+        return blend_block(task)
+
+
+def _rows_of(windows: Sequence[PatchWindow]) -> list[list[PatchWindow]]:
+    """Windows grouped by their first row (plan order kept within a group)."""
+    groups: dict[int, list[PatchWindow]] = {}
+    for w in windows:
+        groups.setdefault(w.row_off, []).append(w)
+    return list(groups.values())
 
 
 def _maybe_fail() -> None:

@@ -1,6 +1,6 @@
 """`dipfill run`: search scenes, fit their gap patches on engine actors, write outputs per scene.
 
-Per scene (DESIGN.md's one-way flow), with memory bounded by strips and batches, not by
+Per scene (DESIGN.md's one-way flow), with memory bounded by blocks and batches, not by
 the scene:
 
 1. the driver reads the scene in strips for its one-byte-per-pixel masks (three-state
@@ -8,10 +8,10 @@ the scene:
    :func:`~dipfill.pipeline.fill.plan_from_mask` as ``dipfill fill``);
 2. engine actors get *descriptions* of the batches, read their own windows, fit them and
    write the results into the scene's patch store (the checkpoint);
-3. the same actors blend chunk-aligned strips from the store and write them into the Zarr
-   mosaic (:mod:`~dipfill.pipeline.strips`: one writer per chunk);
+3. the same actors blend chunk-sized blocks from the store and write them into the Zarr
+   mosaic (:mod:`~dipfill.pipeline.blocks`: one writer per chunk);
 4. the driver streams the mosaic into the COG and QA COG, writes the quicklook from the
-   strips' preview rows, and, last, the STAC item.
+   blocks' preview pixels, and, last, the STAC item.
 
 Idempotent and resumable: a scene whose item records the same source version and config
 hash is skipped without engine work; a scene with a patch store resumes from its done
@@ -276,8 +276,8 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
     from dipfill.pipeline.publish import add_to_static_catalog
     from dipfill.pipeline.ray_exec import FitTask
     from dipfill.pipeline.scene import open_scene, scene_mask
-    from dipfill.pipeline.strips import merge_counts, strip_tasks
-    from dipfill.pipeline.write import MOSAIC_CHUNK, Preview, create_zarr_mosaic, staged
+    from dipfill.pipeline.blocks import block_tasks, merge_counts, preview_mosaic
+    from dipfill.pipeline.write import MOSAIC_CHUNK, create_zarr_mosaic, staged
     from dipfill.stac.item import sanitize_id
 
     opts = request.options
@@ -332,18 +332,17 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
     mosaic_path = scene_dir / names["mosaic"]
     for stale in scene_dir.glob(f".{names['mosaic']}.tmp-*"):  # left by a killed driver
         shutil.rmtree(stale, ignore_errors=True)
-    strips: dict[int, Any] = {}
+    blocks: list[Any] = []
     with staged(mosaic_path) as tmp:
         create_zarr_mosaic(tmp, plan.shape, dtype, source.grid, nodata=nodata,
                            band_names=list(source.band_names), attrs=mosaic_attrs(opts))
-        blend = strip_tasks(item_id, source, plan, store.path, str(tmp), nodata, MOSAIC_CHUNK)
-        pool.run(blend, lambda task, res: strips.__setitem__(task.row0, res), "blend")
+        blend = block_tasks(item_id, source, plan, store.path, str(tmp), nodata, MOSAIC_CHUNK)
+        pool.run(blend, lambda task, res: blocks.append(res), "blend")
     clock.lap("blend")
     import zarr
 
     mosaic = zarr.open_group(str(mosaic_path), mode="r")
-    parts = [strips[k] for k in sorted(strips)]
-    counts = merge_counts([p.counts for p in parts])
+    counts = merge_counts([b.counts for b in blocks])
     props = item.get("properties") or {}
     self_href = next((ln.get("href") for ln in item.get("links", []) if ln.get("rel") == "self"), None)
     extras = ItemExtras(
@@ -363,7 +362,7 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
         bands=mosaic["bands"],
         qa=mosaic["qa"],
         footprint=plan.state != OUTSIDE,
-        preview=Preview.concat([p.preview for p in parts]),
+        preview=preview_mosaic(blocks),
         counts=counts,
         diagnostics=diagnostics,
     )

@@ -31,7 +31,7 @@ __all__ = [
     "write_cog",
     "write_zarr_mosaic",
     "create_zarr_mosaic",
-    "write_mosaic_rows",
+    "write_mosaic_block",
     "Preview",
     "write_quicklook",
     "write_band_vrt",
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 COG_CACHE_MB = 64
 
 
-#: Rows (and columns) per Zarr mosaic chunk; also the height of a run's blending strips.
+#: Rows and columns of a Zarr mosaic chunk; also the block a run blends in one task.
 MOSAIC_CHUNK = 512
 
 
@@ -163,7 +163,7 @@ def write_zarr_mosaic(
     with staged(path) as tmp:
         create_zarr_mosaic(tmp, bands.shape, bands.dtype, grid, nodata=nodata, band_names=band_names,
                            attrs=attrs, chunk=chunk)
-        write_mosaic_rows(tmp, 0, bands, qa)
+        write_mosaic_block(tmp, (0, 0), bands, qa)
 
 
 def create_zarr_mosaic(
@@ -181,7 +181,7 @@ def create_zarr_mosaic(
 
     Dimension names and georeferencing attributes (CRS WKT, GDAL geotransform) let
     xarray and GDAL's Zarr driver place the arrays; chunks are one band by ``chunk``².
-    Filled by :func:`write_mosaic_rows`, one writer per chunk row.
+    Filled by :func:`write_mosaic_block`, one writer per chunk.
     """
     import zarr
 
@@ -216,24 +216,28 @@ def create_zarr_mosaic(
     )
 
 
-def write_mosaic_rows(path: str | os.PathLike[str], row0: int, bands: NDArray, qa: NDArray[np.uint8]) -> None:
-    """Write full-width rows ``row0 ..`` of a mosaic made by :func:`create_zarr_mosaic`.
-    ``row0`` must start a chunk row, and only one writer may own it: Zarr loses data when
-    writers share a chunk."""
+def write_mosaic_block(path: str | os.PathLike[str], origin: tuple[int, int], bands: NDArray,
+                       qa: NDArray[np.uint8]) -> None:
+    """Write a block of a mosaic made by :func:`create_zarr_mosaic` whose top-left pixel is
+    ``origin`` (row, col). The block must start on a chunk boundary and cover whole chunks
+    (or reach the edge), and only one writer may own it: Zarr loses data when writers
+    share a chunk."""
     import zarr
 
     root = zarr.open_group(str(path), mode="r+")
-    chunk = root["qa"].chunks[0]
-    if row0 % chunk:
-        raise ValueError(f"mosaic rows must start on a chunk boundary ({chunk}), got {row0}")
-    root["bands"][:, row0 : row0 + bands.shape[1]] = bands
-    root["qa"][row0 : row0 + qa.shape[0]] = qa
+    cy, cx = root["qa"].chunks
+    row0, col0 = origin
+    if row0 % cy or col0 % cx:
+        raise ValueError(f"mosaic blocks must start on a chunk boundary ({cy}x{cx}), got {origin}")
+    h, w = qa.shape
+    root["bands"][:, row0 : row0 + h, col0 : col0 + w] = bands
+    root["qa"][row0 : row0 + h, col0 : col0 + w] = qa
 
 
 @dataclass
 class Preview:
     """Every ``step``-th row and column of a scene before and after filling, with validity:
-    all a quicklook needs, small enough to collect from strips processed elsewhere."""
+    all a quicklook needs, small enough to collect from blocks processed elsewhere."""
 
     before: NDArray
     after: NDArray
@@ -245,17 +249,18 @@ class Preview:
         return max(1, int(np.ceil(max(shape) / max_size)))
 
     @classmethod
-    def of_rows(cls, before: NDArray, after: NDArray, before_valid: NDArray[np.bool_],
-                after_valid: NDArray[np.bool_], row0: int, step: int) -> "Preview":
-        """The preview rows of a strip whose first row is scene row ``row0``."""
-        sl = (slice(None), slice((-row0) % step, None, step), slice(None, None, step))
+    def of_block(cls, before: NDArray, after: NDArray, before_valid: NDArray[np.bool_],
+                 after_valid: NDArray[np.bool_], origin: tuple[int, int], step: int) -> "Preview":
+        """The preview pixels of a block whose top-left pixel is scene pixel ``origin``."""
+        sl = (slice(None), slice((-origin[0]) % step, None, step), slice((-origin[1]) % step, None, step))
         return cls(before[sl], after[sl], before_valid[sl], after_valid[sl])
 
     @classmethod
-    def concat(cls, parts: Sequence["Preview"]) -> "Preview":
-        """Join strip previews (in row order)."""
-        return cls(*(np.concatenate([getattr(p, f) for p in parts], axis=1)
-                     for f in ("before", "after", "before_valid", "after_valid")))
+    def mosaic(cls, rows: Sequence[Sequence["Preview"]]) -> "Preview":
+        """Join block previews: ``rows`` of blocks, each row in column order."""
+        fields = ("before", "after", "before_valid", "after_valid")
+        joined = [[np.concatenate([getattr(p, f) for p in row], axis=2) for f in fields] for row in rows]
+        return cls(*(np.concatenate([row[i] for row in joined], axis=1) for i in range(len(fields))))
 
 
 def write_quicklook(path: str | os.PathLike[str], preview: Preview, *, rgb: Sequence[int] = (0, 1, 2)) -> None:

@@ -1,5 +1,5 @@
-"""A run plans from a one-byte-per-pixel mask read in strips and blends in chunk-aligned
-strips; both must equal the whole-scene computation they replace, on real data."""
+"""A run plans from a one-byte-per-pixel mask read in strips and blends in chunk-sized
+blocks; both must equal the whole-scene computation they replace, on real data."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from dipfill.pipeline.fill import FillOptions, assemble, batch_inputs, plan_fill
 from dipfill.pipeline.patchstore import PatchStore
 from dipfill.pipeline.read import data_validity
 from dipfill.pipeline.scene import open_scene, read_item, scene_mask
-from dipfill.pipeline.strips import blend_strip, merge_counts, strip_tasks
-from dipfill.pipeline.write import Preview, create_zarr_mosaic, write_mosaic_rows
+from dipfill.pipeline.blocks import blend_block, block_tasks, merge_counts, preview_mosaic
+from dipfill.pipeline.write import Preview, create_zarr_mosaic, write_mosaic_block
 from tests._data import DATA
 from tests.test_profiles import s2_item_with_local_hrefs
 
@@ -60,9 +60,9 @@ def test_plan_from_mask_equals_plan_from_validity() -> None:
     assert a.batches == b.batches and any(x.fallback for x in a.batches) and any(not x.fallback for x in a.batches)
 
 
-def test_strips_blend_to_the_same_bytes_as_the_whole_scene(tmp_path: Path) -> None:
-    """Windows of 128 px crossing 96-row strips: the mosaic written strip by strip (one
-    writer per chunk row) equals one whole-scene ``assemble``, QA and counts included."""
+def test_blocks_blend_to_the_same_bytes_as_the_whole_scene(tmp_path: Path) -> None:
+    """Windows of 128 px crossing 96-px blocks: the mosaic written block by block (one
+    writer per chunk) equals one whole-scene ``assemble``, QA, counts and preview included."""
     item = arg25_item()
     source = open_scene(item)
     scene = source.read()
@@ -83,29 +83,50 @@ def test_strips_blend_to_the_same_bytes_as_the_whole_scene(tmp_path: Path) -> No
     mosaic = tmp_path / "mosaic.zarr"
     create_zarr_mosaic(mosaic, plan.shape, scene.data.dtype, source.grid, nodata=nodata,
                        band_names=list(source.band_names), attrs={}, chunk=96)
-    tasks = strip_tasks("s", source, plan, store.path, str(mosaic), nodata, 96)
-    assert len(tasks) == 6 and all(len(t.windows) < len(windows) for t in tasks)
-    parts = [blend_strip(t) for t in reversed(tasks)]  # order of completion does not matter
+    # previews of every 11th pixel: 96 is no multiple of 11, so offsets carry across blocks
+    tasks = block_tasks("s", source, plan, store.path, str(mosaic), nodata, 96, max_preview=50)
+    assert len(tasks) == 36 and all(len(t.windows) < len(windows) for t in tasks)
+    assert tasks[0].preview_step == 11
+    parts = [blend_block(t) for t in reversed(tasks)]  # order of completion does not matter
     root = zarr.open_group(str(mosaic), mode="r")
     np.testing.assert_array_equal(root["bands"][...], want)
     np.testing.assert_array_equal(root["qa"][...], want_qa)
     assert (want != nodata).sum() > scene.valid.sum()  # something was filled
     counts = merge_counts([p.counts for p in parts])
     assert counts["filled"] == int((want_qa == QA_ENGINE).sum()) > 0
-
-    # preview rows from strips of 96 rows, every 11th row: offsets carry across strips
-    tasks = strip_tasks("s", source, plan, store.path, str(mosaic), nodata, 96, max_preview=50)
-    assert tasks[0].preview_step == 11
-    got = Preview.concat([blend_strip(t).preview for t in tasks])
-    full = Preview.of_rows(scene.data, want, scene.valid, data_validity(want, nodata), 0, 11)
+    got = preview_mosaic(parts)
+    full = Preview.of_block(scene.data, want, scene.valid, data_validity(want, nodata), (0, 0), 11)
     for field in ("before", "after", "before_valid", "after_valid"):
         np.testing.assert_array_equal(getattr(got, field), getattr(full, field))
     assert got.before.shape == (3, 47, 47)
 
 
-def test_mosaic_rows_must_start_a_chunk(tmp_path: Path) -> None:
+def test_mosaic_blocks_must_start_on_a_chunk(tmp_path: Path) -> None:
     source = open_scene(arg25_item())
     create_zarr_mosaic(tmp_path / "m.zarr", (3, 512, 512), np.int16, source.grid, nodata=-999,
                        band_names=["a", "b", "c"], attrs={}, chunk=128)
     with pytest.raises(ValueError, match="chunk boundary"):
-        write_mosaic_rows(tmp_path / "m.zarr", 100, np.zeros((3, 28, 512), np.int16), np.zeros((28, 512), np.uint8))
+        write_mosaic_block(tmp_path / "m.zarr", (0, 100), np.zeros((3, 28, 128), np.int16),
+                           np.zeros((28, 128), np.uint8))
+
+
+def test_worker_reads_of_a_batch_equal_the_whole_scene_windows(tmp_path: Path) -> None:
+    """An engine worker reads each row of a batch's windows once (their union) and cuts the
+    windows from it: the patches it fits equal those cut from the whole scene."""
+    from dipfill.pipeline.fill import patch_seed
+    from dipfill.pipeline.ray_exec import FitTask, _EngineWorker
+
+    source = open_scene(arg25_item("20100201"))
+    scene = source.read()
+    opts = FillOptions(engine="fillnodata", patch=128, overlap=16, batch_size=6)
+    plan = plan_fill(scene.valid, scene.footprint, opts, with_fallback=False)
+    batch = next(b for b in plan.batches if len({w.row_off for w in b.windows}) == 2)  # spans two rows
+    store = PatchStore.open(tmp_path / "p.zarr", len(batch.windows), 3, opts.patch, "x")
+    worker = _EngineWorker("fillnodata", {}, "none", None)
+    task = FitTask("s", source, store.path, batch.index, False, batch.windows, tuple(range(len(batch.windows))),
+                   tuple(patch_seed(0, w) for w in batch.windows))
+    worker.fit(task)
+    patches, observed, seeds = batch_inputs(scene.data, scene.valid, batch.windows, 0)
+    want = make_engine("fillnodata").fill(patches, observed, seeds=seeds).values
+    for i, w in enumerate(batch.windows):
+        np.testing.assert_array_equal(store.read(i, w.height, w.width), want[i])
