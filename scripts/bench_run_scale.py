@@ -137,7 +137,7 @@ def run_pipeline(catalog: Path, out: Path, head: Head | None) -> dict:
         raise SystemExit(f"dipfill run failed ({proc.returncode}): {' '.join(cmd)}")
     scene = json.loads(stdout)["scenes"][0]
     return {"wall": time.perf_counter() - start, "scene": scene["seconds"], "timings": scene["timings"],
-            "driver_mb": driver, "actors_mb": actors}
+            "driver_mb": driver, "actors_mb": actors, "driver_stages": scene["driver_peak_mib"]}
 
 
 def main() -> None:
@@ -170,9 +170,10 @@ def main() -> None:
         print(f"{label:<6} {size:>9} | {f_s:>7.2f} {f_mb:>5.0f} | {cold['wall']:>6.1f} {cold['driver_mb']:>5.0f} | "
               f"{warm['wall']:>6.1f} {warm['scene']:>7.2f} {warm['scene'] / f_s:>6.1f}x | "
               f"{warm['driver_mb']:>10.0f} {warm['actors_mb']:>10.0f}")
-    print("\nstages of the warm scene (s):")
+    print("\nstages of the warm scene: seconds, and the driver's peak RSS (MiB) at the end of each")
     for label, _, _, warm, _, _ in rows:
-        print(f"  {label:<6} " + ", ".join(f"{k} {v:.2f}" for k, v in warm["timings"].items()))
+        print(f"  {label:<6} " + ", ".join(f"{k} {v:.2f} s / {warm['driver_stages'][k]:.0f}"
+                                          for k, v in warm["timings"].items()))
     print("\ncold = CLI with its own local Ray (process tree peak); warm = --ray-address to a running head: "
           "'scene s' is the scene's work after the engine actors are up, 'actors MiB' the head's tree above idle.")
 

@@ -175,7 +175,7 @@ def plan_from_mask(state: NDArray[np.uint8], nvalid: NDArray[np.uint8], bands: i
     windows = plan_windows(height, width, size=options.patch, overlap=options.overlap)
     primary: list[PatchWindow] = []
     weak: list[PatchWindow] = []
-    for w in windows_with_gaps(windows, state == GAP):
+    for w in windows_with_gaps(windows, _IsGap(state)):
         observed = nvalid[w.slices].sum(dtype=np.int64) / (bands * w.height * w.width)
         (primary if not with_fallback or observed >= options.min_observed_fraction else weak).append(w)
     batches = []
@@ -190,6 +190,16 @@ def plan_from_mask(state: NDArray[np.uint8], nvalid: NDArray[np.uint8], bands: i
         rows=tuple(axis_starts(height, options.patch, options.overlap)),
         cols=tuple(axis_starts(width, options.patch, options.overlap)),
     )
+
+
+class _IsGap:
+    """``state == GAP`` evaluated per window when sliced: no scene-sized boolean array."""
+
+    def __init__(self, state: NDArray[np.uint8]) -> None:
+        self.state = state
+
+    def __getitem__(self, key: Any) -> NDArray[np.bool_]:
+        return self.state[key] == GAP
 
 
 def batch_inputs(data: NDArray, valid: NDArray[np.bool_], windows: Sequence[PatchWindow], seed: int):

@@ -191,6 +191,10 @@ class _EngineWorker:
             store.write(index, values)
         return [(w.id, asdict(d)) for w, d in zip(task.windows, result.diagnostics)]
 
+    def ready(self) -> bool:
+        """Answers once the engines are built (torch imported): the pool's start-up is done."""
+        return True
+
     def blend(self, task: Any) -> Any:
         """Blend and write one block of a scene (:mod:`dipfill.pipeline.blocks`). On the
         engine actors because they hold the cluster's CPU slots: tasks asking for more
@@ -265,6 +269,9 @@ class EnginePool:
         self.grow_every = grow_every
         self.actors: list[Any] = []
         self.grow(size)
+        # Start-up (a Python process importing torch per actor) is paid here, not by the
+        # first scene's timings.
+        ray.get([a.ready.remote() for a in self.actors])
 
     def capacity(self) -> int:
         """Actors the cluster has room for now (at least one)."""

@@ -87,6 +87,7 @@ class SceneStatus:
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0  # this scene's work, after the engine pool is up
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: mask, fit, blend, write
+    driver_peak_mib: dict[str, float] = field(default_factory=dict)  # the driver's peak RSS after each stage
 
 
 @dataclass
@@ -378,19 +379,24 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
         clock.lap("publish")
     return SceneStatus(str(item["id"]), "done", output=outputs["item"], patches=len(windows),
                        patches_fitted=sum(len(t.windows) for t in tasks), patches_resumed=resumed, counts=counts,
-                       timings=clock.laps)
+                       timings=clock.laps, driver_peak_mib=clock.peaks)
 
 
 class _Stages:
-    """Seconds spent per stage of a scene, for the run record and ``make bench``."""
+    """Seconds spent per stage of a scene, and the driver's peak resident memory at the end
+    of each (MiB, since the process started), for the run record and ``make bench``."""
 
     def __init__(self) -> None:
         self.laps: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
         self._t = time.perf_counter()
 
     def lap(self, name: str) -> None:
+        import resource
+
         now = time.perf_counter()
         self.laps[name] = round(now - self._t, 3)
+        self.peaks[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         self._t = now
 
 

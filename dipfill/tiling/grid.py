@@ -78,11 +78,10 @@ def windows_with_gaps(
 ) -> Iterator[PatchWindow]:
     """The windows that contain at least one gap pixel: only those need an engine.
 
-    Uses a summed-area table so the test is O(1) per window whatever the patch size.
+    A plain ``any`` per window: windows overlap little, so each pixel is looked at about
+    1.3 times and nothing scene-sized is allocated (a summed-area table, O(1) per window,
+    cost 8 bytes per pixel of the whole scene in int64: 130 MB at 16 Mpx).
     """
-    sat = np.pad(np.asarray(gap, dtype=np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     for win in windows:
-        r0, c0 = win.row_off, win.col_off
-        r1, c1 = r0 + win.height, c0 + win.width
-        if sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0] > 0:
+        if gap[win.slices].any():
             yield win
