@@ -29,10 +29,12 @@ demo: install
 	bash scripts/demo.sh
 
 bench: install
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python scripts/bench_dip_cost.py
 	$(BIN)/python scripts/compare_engines.py
 	$(BIN)/python scripts/bench_run_overhead.py
 	$(BIN)/python scripts/bench_run_scale.py
+	$(BIN)/python scripts/bench_ray_data.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
