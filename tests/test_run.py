@@ -112,7 +112,27 @@ def test_resume_after_driver_kill_gives_identical_bytes(tmp_path: Path) -> None:
         a = filled_cog(tmp_path / "whole", scene).read_bytes()
         b = filled_cog(tmp_path / "resumed", scene).read_bytes()
         assert a == b
+        # the item too, but for when it was made and the per-patch timings (patches.json)
+        items = [stable_item(next((tmp_path / d).glob(f"*/{scene}-dipfill/{scene}-dipfill.json")))
+                 for d in ("whole", "resumed")]
+        assert items[0] == items[1]
+        # every patch is reported, resumed ones included, with the same fit
+        records = [json.loads(next((tmp_path / d).glob(f"*/{scene}-dipfill/*_patches.json")).read_text())
+                   for d in ("whole", "resumed")]
+        assert [(r["window"], r["steps"], r["final_loss"]) for r in records[0]] == \
+               [(r["window"], r["steps"], r["final_loss"]) for r in records[1]]
+        assert len(records[0]) == next(s for s in whole.scenes if s.id == scene).patches
     assert not list((tmp_path / "resumed").glob("*/*/patches.zarr"))  # checkpoints removed once done
+
+
+def stable_item(path: Path) -> dict:
+    """An output item without what differs between two runs of the same request: when it
+    was processed, and the file facts of the per-patch diagnostics (which hold timings)."""
+    item = json.loads(path.read_text())
+    item["properties"].pop("processing:datetime")
+    for key in ("file:checksum", "file:size"):
+        item["assets"]["patches"].pop(key, None)
+    return item
 
 
 def test_rerun_of_current_scenes_does_no_engine_work(tmp_path: Path, monkeypatch) -> None:

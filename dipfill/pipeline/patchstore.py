@@ -1,8 +1,10 @@
 """Per-scene checkpoint of fitted patches: the unit of resume.
 
 A zarr v3 group with ``values[n, bands, P, P]`` (float32, one chunk per patch) and
-``done[n]`` (uint8, one chunk per patch). A worker writes a patch's values, then its done
-flag; each chunk has exactly one writer (zarr loses data when writers share a chunk or a
+``done[n]`` (uint8, one chunk per patch), plus ``diagnostics/<n>.json`` (how the patch was
+fitted: kept so that a resumed scene reports every patch, not only the refitted ones). A
+worker writes a patch's values and diagnostics, then its done flag; each chunk has exactly
+one writer (zarr loses data when writers share a chunk or a
 shard). A rerun reads the flags and fits only what is missing. The group records the
 configuration hash it was made for: a store from another configuration is discarded, never
 mixed in.
@@ -10,6 +12,8 @@ mixed in.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,14 +57,26 @@ class PatchStore:
     def done(self) -> NDArray[np.bool_]:
         return zarr.open_group(self.path, mode="r")["done"][...].astype(bool)
 
-    def write(self, index: int, values: NDArray[np.float32]) -> None:
-        """Store patch ``index`` (values padded to the store's patch size), then flag it done."""
+    def write(self, index: int, values: NDArray[np.float32], diagnostics: dict | None = None) -> None:
+        """Store patch ``index`` (values padded to the store's patch size) and its
+        diagnostics, then flag it done."""
         root = zarr.open_group(self.path, mode="r+")
         arr = root["values"]
         full = np.full(arr.shape[1:], np.nan, dtype=np.float32)
         full[:, : values.shape[1], : values.shape[2]] = values
         arr[index] = full
+        if diagnostics is not None:
+            folder = Path(self.path) / "diagnostics"
+            folder.mkdir(exist_ok=True)
+            tmp = folder / f".{index}.json.tmp"
+            tmp.write_text(json.dumps(diagnostics))
+            os.replace(tmp, folder / f"{index}.json")
         root["done"][index] = 1
+
+    def diagnostics(self) -> dict[int, dict]:
+        """Diagnostics of every patch written with them, by index."""
+        folder = Path(self.path) / "diagnostics"
+        return {int(p.stem): json.loads(p.read_text()) for p in folder.glob("[0-9]*.json")} if folder.is_dir() else {}
 
     def read(self, index: int, height: int, width: int) -> NDArray[np.float32]:
         return zarr.open_group(self.path, mode="r")["values"][index, :, :height, :width]

@@ -187,9 +187,10 @@ class _EngineWorker:
         engine = self.fallback if task.fallback else self.engine
         result = engine.fill(patches, observed, seeds=list(task.seeds))
         store = PatchStore(task.store_path)
-        for index, values in zip(task.indices, result.values):
-            store.write(index, values)
-        return [(w.id, asdict(d)) for w, d in zip(task.windows, result.diagnostics)]
+        records = [(w.id, asdict(d)) for w, d in zip(task.windows, result.diagnostics)]
+        for index, values, (_, record) in zip(task.indices, result.values, records):
+            store.write(index, values, record)
+        return records
 
     def ready(self) -> bool:
         """Answers once the engines are built (torch imported): the pool's start-up is done."""

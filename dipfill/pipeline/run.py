@@ -201,7 +201,8 @@ def run(
     if request.max_scenes is not None:
         records = records[: request.max_scenes]
     say = Progress(run_id, len(records), progress)
-    say("run_start", f"run {run_id}: {len(records)} scene(s) from {redact_href(request.stac)}", stac=redact_href(request.stac))
+    stac = redact_href(request.stac)
+    say("run_start", f"run {run_id}: {len(records)} scene(s) from {stac}", stac=stac)
 
     statuses: list[SceneStatus] = []
     budget = [stop_after_batches]
@@ -272,12 +273,12 @@ def _scene_dir(out: Path, item: Mapping[str, Any], item_id: str) -> Path:
 
 def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str, pool: Any,
                    say: "Progress", budget: list[int | None]) -> SceneStatus:
+    from dipfill.pipeline.blocks import block_tasks, merge_counts, preview_mosaic
     from dipfill.pipeline.fill import SceneProduct, _write_outputs, mosaic_attrs, output_names
     from dipfill.pipeline.patchstore import PatchStore
     from dipfill.pipeline.publish import add_to_static_catalog
     from dipfill.pipeline.ray_exec import FitTask
     from dipfill.pipeline.scene import open_scene, scene_mask
-    from dipfill.pipeline.blocks import block_tasks, merge_counts, preview_mosaic
     from dipfill.pipeline.write import MOSAIC_CHUNK, create_zarr_mosaic, staged
     from dipfill.stac.item import sanitize_id
 
@@ -303,14 +304,11 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
         if not all(done[index[w.id]] for w in b.windows)
     ]
     resumed = int(done.sum()) - sum(int(done[i]) for t in tasks for i in t.indices)
-    diagnostics: dict[str, PatchDiagnostics] = {}
     fitted = [0]
     t0 = time.perf_counter()
     total = sum(len(t.windows) for t in tasks)
 
     def on_fitted(task: FitTask, diags: list[tuple[str, dict]]) -> None:
-        for wid, d in diags:
-            diagnostics[wid] = PatchDiagnostics(**d)
         fitted[0] += len(task.windows)
         rate = fitted[0] / max(time.perf_counter() - t0, 1e-9)
         eta = (total - fitted[0]) / rate if rate else float("nan")
@@ -324,6 +322,8 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
 
     clock.lap("mask")
     pool.run(tasks, on_fitted)
+    # every patch's diagnostics, those of a run this one resumed included
+    diagnostics = {windows[i].id: PatchDiagnostics(**d) for i, d in sorted(store.diagnostics().items())}
     clock.lap("fit")
 
     # The item is the commit marker: a stale one goes first, so a crash below leaves a
