@@ -515,9 +515,12 @@ def scene_mask(source: SceneSource, *, rows: int = 512, closing: int | None = No
     """The three-state mask of the whole scene, read ``rows`` rows at a time.
 
     Why strips: the bands of a full scene are several bytes per pixel per band; the plan
-    needs one byte per pixel. Memory is the strip plus the two one-byte masks (and, for
-    collections whose footprint comes from the data, the one-byte any-valid mask that the
-    footprint closing needs). Equal to ``source.read().state`` (tested).
+    needs one byte per pixel. Memory is the strip plus the two one-byte masks. Collections
+    whose footprint comes from the data (no QA band, no geometry footprint) also need the
+    any-valid mask of the whole scene and, for a moment, the closing and labelling of
+    :func:`~dipfill.masks.footprint_from_validity` (about 11 bytes per pixel, measured).
+    ``closing``: its square's width (default ``DEFAULT_COLLAR_CLOSING``). Equal to
+    ``source.read().state`` (tested).
     """
     from rasterio.windows import Window
 
