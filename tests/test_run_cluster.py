@@ -369,6 +369,8 @@ def test_engine_pool_grows_when_a_node_joins(tmp_path: Path) -> None:
         assert len(pool.actors) == 2
         assert sorted(seen) == [t.batch_index for t in tasks]
         assert store.done().all()
+        found = listeners(descendants(os.getpid()))  # both nodes are this process's children
+        assert found and all(loopback(local) for local, _ in found), found
         pool.close()
     finally:
         ray.shutdown()
