@@ -27,8 +27,8 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def descendants(root: int) -> set[int]:
-    """``root`` and every live process below it."""
+def descendants(*roots: int) -> set[int]:
+    """``roots`` and every live process below them."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -36,7 +36,7 @@ def descendants(root: int) -> set[int]:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(stat.parent.name))
-    out, todo = set(), [root]
+    out, todo = set(), list(roots)
     while todo:
         pid = todo.pop()
         if pid not in out:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._procs import descendants
 from tests.stac_server import collection_for, fixture_item_files, require
 
 try:
@@ -229,26 +230,9 @@ def test_transactions_post_then_get(stac_api, client):
         assert http.get(f"/collections/{collection['id']}/items/{item['id']}").status_code == 404
 
 
-def _descendants(pids: set[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = set(), list(pids)
-    while todo:
-        pid = todo.pop()
-        if pid not in out:
-            out.add(pid)
-            todo.extend(children.get(pid, []))
-    return out
-
-
 def test_servers_listen_on_loopback_only(stac_api):
     require("`ss` (iproute2)", [] if shutil.which("ss") else ["ss not found"])
-    ours = _descendants({os.getpid(), *stac_api.pids})
+    ours = descendants(os.getpid(), *stac_api.pids)
     out = subprocess.run(["ss", "-H", "-tlnp"], capture_output=True, text=True, check=True).stdout
     listening: dict[int, set[str]] = {}  # port -> local addresses, for our processes only
     for line in out.splitlines():

@@ -436,7 +436,7 @@ class SceneProduct:
     sources: list[str]
     bands: Any  # [band, y, x]: numpy or Zarr array
     qa: Any  # [y, x]
-    footprint: NDArray[np.bool_]  # for the item geometry when the source gives none
+    footprint: NDArray[np.bool_] | None  # for the item geometry; None when the source item gives one
     preview: Preview
     counts: dict[str, int]
     diagnostics: Mapping[str, PatchDiagnostics]

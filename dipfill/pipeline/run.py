@@ -273,6 +273,8 @@ def _scene_dir(out: Path, item: Mapping[str, Any], item_id: str) -> Path:
 
 def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str, pool: Any,
                    say: "Progress", budget: list[int | None]) -> SceneStatus:
+    import zarr
+
     from dipfill.pipeline.blocks import block_tasks, merge_counts, preview_mosaic
     from dipfill.pipeline.fill import SceneProduct, _write_outputs, mosaic_attrs, output_names
     from dipfill.pipeline.patchstore import PatchStore
@@ -340,8 +342,6 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
         blend = block_tasks(item_id, source, plan, store.path, str(tmp), nodata, MOSAIC_CHUNK)
         pool.run(blend, lambda task, res: blocks.append(res), "blend")
     clock.lap("blend")
-    import zarr
-
     mosaic = zarr.open_group(str(mosaic_path), mode="r")
     counts = merge_counts([b.counts for b in blocks])
     props = item.get("properties") or {}
@@ -362,7 +362,7 @@ def _process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chas
         sources=[self_href or str(item["id"])],
         bands=mosaic["bands"],
         qa=mosaic["qa"],
-        footprint=plan.state != OUTSIDE,
+        footprint=None if extras.geometry is not None and extras.bbox is not None else plan.state != OUTSIDE,
         preview=preview_mosaic(blocks),
         counts=counts,
         diagnostics=diagnostics,

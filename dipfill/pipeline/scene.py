@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dipfill.errors import InputError, SceneReadError
-from dipfill.masks import GAP, OBSERVED, OUTSIDE, footprint_from_validity, three_state
+from dipfill.masks import DEFAULT_COLLAR_CLOSING, GAP, OBSERVED, OUTSIDE, footprint_from_validity, three_state
 from dipfill.pipeline.read import Grid
 from dipfill.stac.profiles import CollectionProfile, MaskMode, profile_for
 
@@ -511,7 +511,7 @@ class SceneMask:
     dtype: np.dtype  # of the bands as read (after dB conversion where asked)
 
 
-def scene_mask(source: SceneSource, *, rows: int = 512, closing: int | None = None) -> SceneMask:
+def scene_mask(source: SceneSource, *, rows: int = 512, closing: int = DEFAULT_COLLAR_CLOSING) -> SceneMask:
     """The three-state mask of the whole scene, read ``rows`` rows at a time.
 
     Why strips: the bands of a full scene are several bytes per pixel per band; the plan
@@ -519,12 +519,12 @@ def scene_mask(source: SceneSource, *, rows: int = 512, closing: int | None = No
     whose footprint comes from the data (no QA band, no geometry footprint) also need the
     any-valid mask of the whole scene and, for a moment, the closing and labelling of
     :func:`~dipfill.masks.footprint_from_validity` (about 11 bytes per pixel, measured).
-    ``closing``: its square's width (default ``DEFAULT_COLLAR_CLOSING``). Equal to
+    ``closing``: the width of that closing's square. Equal to
     ``source.read().state`` (tested).
     """
     from rasterio.windows import Window
 
-    from dipfill.masks import DEFAULT_COLLAR_CLOSING, state_from_all_valid
+    from dipfill.masks import state_from_all_valid
 
     height, width = source.shape
     count = len(source.band_names)
@@ -550,7 +550,7 @@ def scene_mask(source: SceneSource, *, rows: int = 512, closing: int | None = No
             any_valid[y0:y1] = nvalid[y0:y1] > 0
     if footprint is None:
         assert any_valid is not None
-        footprint = footprint_from_validity(any_valid, closing=DEFAULT_COLLAR_CLOSING if closing is None else closing)
+        footprint = footprint_from_validity(any_valid, closing=closing)
         del any_valid
     state = state_from_all_valid(nvalid == count, footprint)
     return SceneMask(state=state, nvalid=nvalid, bands=count, dtype=np.dtype(dtype))
