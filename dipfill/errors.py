@@ -8,7 +8,16 @@ one, the fix.
 
 from __future__ import annotations
 
-__all__ = ["DipfillError", "InputError", "SceneReadError", "GridMismatchError", "EngineError", "StacError"]
+__all__ = [
+    "DipfillError",
+    "InputError",
+    "SceneReadError",
+    "GridMismatchError",
+    "EngineError",
+    "StacError",
+    "ClusterError",
+    "RunInterrupted",
+]
 
 
 class DipfillError(Exception):
@@ -32,8 +41,21 @@ class EngineError(DipfillError, RuntimeError):
 
 
 class StacError(DipfillError, OSError):
-    """A STAC API or catalog could not be reached, or answered with an error (after retries)."""
+    """A STAC API or catalog could not be reached, or answered with an error (after retries).
+
+    ``status`` is the HTTP status of the last answer, or None when there was none (no
+    connection, a timeout, a file that cannot be read).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ClusterError(DipfillError, RuntimeError):
     """The Ray cluster cannot be joined or started: the whole run stops (no scene is to blame)."""
+
+
+class RunInterrupted(DipfillError, RuntimeError):
+    """A run stopped on purpose mid-scene (the ``stop_after_batches`` hook simulates a driver
+    killed there); rerunning the same request resumes it."""

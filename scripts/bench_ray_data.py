@@ -3,11 +3,11 @@
 The same FitTasks, built as ``dipfill run`` builds them (the committed demo catalog: two
 512x512 ARG25 Landsat-7 SLC-off crops, 18 patches of 256x256 in batches of 4), go through
 
-* ``pool``: :class:`dipfill.pipeline.ray_exec.EnginePool` (one batch in flight per actor,
+* ``pool``: :class:`dipfill.pipeline.ray_executor.EnginePool` (one batch in flight per actor,
   ``ray.wait``), and
 * ``data``: ``ray.data.from_items([{"task_id": i, "task": FitTask}, ...])`` (one block per
   task) ``.map_batches(FitBatch, compute=ActorPoolStrategy(size=2), batch_size=1,
-  num_cpus=1)`` (``FitBatch`` wraps ``_EngineWorker``; ``concurrency=`` is deprecated in
+  num_cpus=1)`` (``FitBatch`` wraps ``EngineWorker``; ``concurrency=`` is deprecated in
   Ray 2.60 in favour of ``compute=``), consumed with ``iter_rows()``,
 
 for engine ``fillnodata`` (cheap, so overhead shows; the task list is replicated
@@ -75,10 +75,10 @@ def build_tasks(values: dict[str, Any], out: Path, copies: int) -> tuple[list, A
     """FitTasks for every scene of the demo catalog, as ``run._process_scene`` builds them,
     each scene ``copies`` times into its own patch store (distinct stores: one writer per chunk)."""
     from dipfill.cli.run import build_request
-    from dipfill.pipeline.fill import patch_seed, plan_fill
+    from dipfill.pipeline.plan import patch_seed, plan_fill
     from dipfill.pipeline.patchstore import PatchStore
-    from dipfill.pipeline.ray_exec import FitTask
-    from dipfill.pipeline.scene import open_scene
+    from dipfill.pipeline.executor import FitTask
+    from dipfill.raster.scene import open_scene
     from dipfill.stac.item import config_hash, sanitize_id
     from dipfill.stac.search import SearchQuery, search
 
@@ -103,12 +103,12 @@ def build_tasks(values: dict[str, Any], out: Path, copies: int) -> tuple[list, A
 
 
 class FitBatch:
-    """Ray Data UDF: one :class:`_EngineWorker` per actor, as EnginePool's actors hold one."""
+    """Ray Data UDF: one :class:`EngineWorker` per actor, as EnginePool's actors hold one."""
 
     def __init__(self, engine: str, engine_options: dict[str, Any], fallback: str, threads: int | None) -> None:
-        from dipfill.pipeline.ray_exec import _EngineWorker
+        from dipfill.pipeline.executor import EngineWorker
 
-        self.worker = _EngineWorker(engine, engine_options, fallback, threads)
+        self.worker = EngineWorker(engine, engine_options, fallback, threads)
         self.ready_at = time.time()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +175,7 @@ def child(case: str, engine: str, out: Path) -> dict[str, Any]:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
-    from dipfill.pipeline.ray_exec import EnginePool
+    from dipfill.pipeline.ray_executor import EnginePool
 
     t = time.perf_counter()
     # As start_ray(num_cpus=2), but address="local": always a new cluster of our own, never one

@@ -21,7 +21,8 @@ sys.path.insert(0, str(REPO))
 
 from dipfill.cli.run import build_request  # noqa: E402
 from dipfill.pipeline import run as run_mod  # noqa: E402
-from dipfill.pipeline.ray_exec import LocalPool, start_ray, stop_ray  # noqa: E402
+from dipfill.pipeline.executor import LocalPool  # noqa: E402
+from dipfill.pipeline.ray_executor import start_ray, stop_ray  # noqa: E402
 
 CATALOG = REPO / "data" / "arg25_menindee" / "stac" / "catalog.json"
 

@@ -49,8 +49,8 @@ CROP = REPO / "data" / "arg25_menindee" / "LS7_ETM_095_082_20100116_B3B4B5_crop5
 BIN = REPO / ".venv" / "bin"
 FLOOR = """
 import sys, time, rasterio, resource
-from dipfill.pipeline.read import Grid
-from dipfill.pipeline.write import write_cog
+from dipfill.raster.read import Grid
+from dipfill.raster.write import write_cog
 t = time.perf_counter()
 with rasterio.open(sys.argv[1]) as ds:
     data = ds.read(); grid = Grid(ds.crs, ds.transform, ds.width, ds.height); nodata = ds.nodata

@@ -18,8 +18,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dipfill.engines import make_engine  # noqa: E402
-from dipfill.evaluation import score_engine  # noqa: E402
-from dipfill.metrics import mean_fill, r2, rmse  # noqa: E402
+from dipfill.eval.cases import score_engine  # noqa: E402
+from dipfill.eval.metrics import mean_fill, r2, rmse  # noqa: E402
+from dipfill.storage import JsonFileCache, default_strategy_cache_path  # noqa: E402
 from tests._data import arg25_transplant  # noqa: E402
 
 BANDS = ("B3", "B4", "B5")
@@ -29,7 +30,8 @@ def main() -> None:
     steps = int(os.environ.get("BENCH_DIP_STEPS", "250"))
     preset = os.environ.get("BENCH_DIP_PRESET", "mcpn-core")
     methods = {
-        f"dip {preset} {steps} steps": make_engine("dip", preset=preset, steps=steps, reg_noise_std=0.03),
+        f"dip {preset} {steps} steps": make_engine("dip", preset=preset, steps=steps, reg_noise_std=0.03,
+                                                   strategy_cache=JsonFileCache(default_strategy_cache_path())),
         "fillnodata": make_engine("fillnodata"),
         "telea": make_engine("telea"),
         "ns": make_engine("ns"),

@@ -32,7 +32,8 @@ from dipfill.engines.dip import preset  # noqa: E402
 from dipfill.engines.dipnet import pack_members  # noqa: E402
 from dipfill.engines.fit import fit_members  # noqa: E402
 from dipfill.engines.strategy import Plan, _time_candidate, resolve_plan  # noqa: E402
-from dipfill.metrics import r2  # noqa: E402
+from dipfill.storage import JsonFileCache, default_strategy_cache_path  # noqa: E402
+from dipfill.eval.metrics import r2  # noqa: E402
 
 CASES = REPO / ".gpu" / "cases.npz"
 T0 = time.time()
@@ -167,7 +168,8 @@ def main() -> None:
         quality(dev)
     if left() > 60:
         start = time.time()
-        plan = resolve_plan(preset("landsat2020", compile="off"), dev, (3, 256, 256), 8)
+        plan = resolve_plan(preset("landsat2020", compile="off"), dev, (3, 256, 256), 8,
+                            cache=JsonFileCache(default_strategy_cache_path()))
         results["auto_plan_landsat2020_8"] = {"plan": plan.__dict__, "measure_s": time.time() - start}
         print("auto plan", results["auto_plan_landsat2020_8"], flush=True)
     save()

@@ -18,8 +18,8 @@ from rasterio.warp import transform_bounds
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dipfill.pipeline.read import Grid  # noqa: E402
-from dipfill.pipeline.write import write_band_vrt  # noqa: E402
+from dipfill.raster.read import Grid  # noqa: E402
+from dipfill.raster.write import write_band_vrt  # noqa: E402
 from dipfill.stac.catalog import (  # noqa: E402
     catalog_with_collection,
     collection_with_item,

@@ -31,7 +31,7 @@ def arg25_transplant(rows: slice = slice(128, 384), cols: slice = slice(128, 384
     ``reverse``, January with February's gaps and cloud shadows): truth known under the gaps."""
     import rasterio
 
-    from dipfill.evaluation import transplant_gaps
+    from dipfill.eval.cases import transplant_gaps
 
     stacks = []
     for path in (ARG25_JAN, ARG25_FEB):

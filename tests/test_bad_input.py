@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import rasterio
 
 from dipfill.cli.main import main
+from dipfill.raster.masks import QA_ENGINE, QA_OBSERVED
 from tests._data import ARG25_JAN
 
 
@@ -63,7 +65,8 @@ def test_mismatched_grids_name_the_file_and_the_difference(tmp_path: Path, capsy
     assert "b4.tif: transform differs" in err and "b3.tif" in err
     rc, out = fill(tmp_path, a, c)
     err = capsys.readouterr().err
-    assert rc == 1 and "b5.tif: size differs: 512x500 vs 512x512" in err
+    assert rc == 1 and not out.exists()
+    assert "b5.tif: size differs: 512x500 vs 512x512" in err
 
 
 def test_existing_output_dir_is_left_as_it_was_on_error(tmp_path: Path, capsys) -> None:
@@ -72,6 +75,8 @@ def test_existing_output_dir_is_left_as_it_was_on_error(tmp_path: Path, capsys) 
     (out / "keep.txt").write_text("x")
     rc, _ = fill(tmp_path, tmp_path / "nope.tif")
     assert rc == 1 and [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "x"
+    assert "nope.tif: no such file" in capsys.readouterr().err
 
 
 def test_raster_without_gaps_comes_back_unchanged(tmp_path: Path) -> None:
@@ -84,7 +89,11 @@ def test_raster_without_gaps_comes_back_unchanged(tmp_path: Path) -> None:
     with rasterio.open(next(out.glob("*_filled.tif"))) as f:
         assert np.array_equal(f.read(), data)
     with rasterio.open(next(out.glob("*_qa.tif"))) as q:
-        assert (q.read(1) == 1).all()
+        assert (q.read(1) == QA_OBSERVED).all()
+    # nothing to fill: no window went to an engine
+    assert json.loads(next(out.glob("*_patches.json")).read_text()) == []
+    counts = json.loads((out / "full-dipfill.json").read_text())["properties"]["dipfill:counts"]
+    assert counts["observed"] == 512 * 512 and counts["filled"] == counts["outside"] == 0
 
 
 def test_multi_file_input_stacks_single_band_files(tmp_path: Path) -> None:
@@ -99,13 +108,17 @@ def test_multi_file_input_stacks_single_band_files(tmp_path: Path) -> None:
     valid = data != -999
     assert np.array_equal(res[valid], data[valid]) and (res != -999).all()
     assert (out / "scene_B-dipfill.json").exists()
+    # the same three-state mask as the multi-band file: each file's nodata is its band's
+    with rasterio.open(next(out.glob("*_qa.tif"))) as q:
+        np.testing.assert_array_equal(q.read(1), np.where(valid.all(axis=0), QA_OBSERVED, QA_ENGINE))
 
 
 @pytest.mark.parametrize("flags", [("--overlap", "300"), ("--patch", "0")])
 def test_bad_options(tmp_path: Path, flags: tuple[str, str], capsys) -> None:
     rc, out = fill(tmp_path, ARG25_JAN, extra=flags)
     assert rc == 1 and not out.exists()
-    assert flags[0] in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{flags[0]} must be" in err and f"got {flags[1]}" in err  # names the flag and the value
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,16 @@ import pytest
 import zarr
 
 from dipfill.engines import make_engine
-from dipfill.masks import QA_ENGINE
-from dipfill.pipeline.fill import FillOptions, assemble, batch_inputs, plan_fill, plan_from_mask
+from dipfill.raster.masks import QA_ENGINE
+from dipfill.pipeline.compose import assemble
+from dipfill.pipeline.plan import batch_inputs, plan_fill, plan_from_mask
+from dipfill.specs import FillOptions
 from dipfill.pipeline.patchstore import PatchStore
-from dipfill.pipeline.read import data_validity
-from dipfill.pipeline.scene import open_scene, read_item, scene_mask
+from dipfill.raster.read import data_validity
+from dipfill.raster.scene import open_scene, read_item
+from dipfill.raster.scene_mask import scene_mask
 from dipfill.pipeline.blocks import blend_block, block_tasks, merge_counts, preview_mosaic
-from dipfill.pipeline.write import Preview, create_zarr_mosaic, write_mosaic_block
+from dipfill.raster.write import Preview, create_zarr_mosaic, write_mosaic_block
 from tests._data import DATA
 from tests.test_profiles import s2_item_with_local_hrefs
 
@@ -50,6 +53,8 @@ def test_strip_mask_equals_whole_scene_state_footprint_from_qa(tmp_path: Path) -
     mask = scene_mask(source, rows=300)
     np.testing.assert_array_equal(mask.state, whole.state)
     np.testing.assert_array_equal(mask.nvalid, whole.valid.sum(axis=0))
+    # not trivial: the SCL clouds are gaps (4 % of the scene), the rest observed
+    assert 0.03 < (mask.state == 2).mean() < 0.05 and (mask.state == 1).any()
 
 
 def test_plan_from_mask_equals_plan_from_validity() -> None:
@@ -113,8 +118,8 @@ def test_mosaic_blocks_must_start_on_a_chunk(tmp_path: Path) -> None:
 def test_worker_reads_of_a_batch_equal_the_whole_scene_windows(tmp_path: Path) -> None:
     """An engine worker reads each row of a batch's windows once (their union) and cuts the
     windows from it: the patches it fits equal those cut from the whole scene."""
-    from dipfill.pipeline.fill import patch_seed
-    from dipfill.pipeline.ray_exec import FitTask, _EngineWorker
+    from dipfill.pipeline.plan import patch_seed
+    from dipfill.pipeline.executor import EngineWorker, FitTask
 
     source = open_scene(arg25_item("20100201"))
     scene = source.read()
@@ -122,11 +127,12 @@ def test_worker_reads_of_a_batch_equal_the_whole_scene_windows(tmp_path: Path) -
     plan = plan_fill(scene.valid, scene.footprint, opts, with_fallback=False)
     batch = next(b for b in plan.batches if len({w.row_off for w in b.windows}) == 2)  # spans two rows
     store = PatchStore.open(tmp_path / "p.zarr", len(batch.windows), 3, opts.patch, "x")
-    worker = _EngineWorker("fillnodata", {}, "none", None)
+    worker = EngineWorker("fillnodata", {}, "none", None)
     task = FitTask("s", source, store.path, batch.index, False, batch.windows, tuple(range(len(batch.windows))),
                    tuple(patch_seed(0, w) for w in batch.windows))
     worker.fit(task)
     patches, observed, seeds = batch_inputs(scene.data, scene.valid, batch.windows, 0)
     want = make_engine("fillnodata").fill(patches, observed, seeds=seeds).values
+    assert np.isfinite(want).all() and (~observed).any()  # gaps, and all of them filled
     for i, w in enumerate(batch.windows):
         np.testing.assert_array_equal(store.read(i, w.height, w.width), want[i])

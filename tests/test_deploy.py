@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import datetime as dt
 import importlib.util
 import io
 import json
+import logging
 import re
 import runpy
 import shlex
@@ -24,8 +27,11 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 
+from dipfill.cli import logs  # noqa: E402
 from dipfill.cli.main import build_parser  # noqa: E402
 from dipfill.cli.run import CONFIG_KEYS, build_request, merged  # noqa: E402
+from dipfill.pipeline.run import parse_since  # noqa: E402
+from dipfill.specs import FillOptions, RunRequest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -34,6 +40,11 @@ YAML_FILES = sorted(DEPLOY.glob("*.yaml"))
 K8S_FILES = ("rayjob.yaml", "raycronjob.yaml", "raycluster.yaml", "cronjob.yaml")
 CRON_RE = re.compile(r"^(\S+\s+){4}\S+$")
 OPERATORS = {"&&", "||", ";", "|", "&", ";;", "(", ")", ">", "<", ">>"}
+API_VERSIONS = {"RayJob": "ray.io/v1", "RayCronJob": "ray.io/v1", "RayCluster": "ray.io/v1",
+                "CronJob": "batch/v1", "ConfigMap": "v1", "PersistentVolumeClaim": "v1"}
+FILL_KEYS = {f.name for f in dataclasses.fields(FillOptions)} - {"engine_options"}
+DIP_KEYS = ("preset", "steps", "lr", "stopping", "patience", "strategy", "device")
+REQUEST_KEYS = {f.name for f in dataclasses.fields(RunRequest)}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -87,15 +98,92 @@ def parse_run(args: list[str], where: str) -> argparse.Namespace:
         raise AssertionError(f"{where}: dipfill run {' '.join(args)}: {err.getvalue().strip()}") from None
 
 
-def check_against_run_yaml(args: list[str], where: str) -> dict[str, Any]:
+def check_against_run_yaml(args: list[str], where: str) -> tuple[dict[str, Any], RunRequest]:
     """Parse the command with its --config pointed at deploy/run.yaml; merged + build_request
-    must accept the result (flags over the config), as the deployed command would."""
+    must accept the result (flags over the config), as the deployed command would. Returns
+    the merged values and the RunRequest the command would run."""
     args = list(args)
     assert "--config" in args, f"{where}: no --config"
     args[args.index("--config") + 1] = str(RUN_YAML)
     values = merged(parse_run(args, where))
-    build_request(values)
-    return values
+    return values, build_request(values)
+
+
+def run_yaml_request(*flags: str) -> RunRequest:
+    """The RunRequest of ``dipfill run --config deploy/run.yaml FLAGS``."""
+    return build_request(merged(parse_run(["--config", str(RUN_YAML), *flags], "deploy/run.yaml")))
+
+
+def request_value(request: RunRequest, values: dict[str, Any], key: str) -> Any:
+    """What ``build_request`` made of run-config key ``key``, read back from the RunRequest
+    in the YAML's own terms (so that it can be compared with the YAML value)."""
+    if key in FILL_KEYS:
+        return getattr(request.options, key)
+    if key in DIP_KEYS:
+        return request.options.engine_options.get(key)
+    if key == "collection":
+        return list(request.collections)
+    if key == "bbox":
+        return list(request.bbox) if request.bbox else None
+    if key == "mask":
+        return {"fill": "gaps", "clouds": "clouds"}[request.mask]
+    if key == "ray_address":  # not part of the request: `dipfill run` hands it to Ray
+        return values.get("ray_address")
+    if key in REQUEST_KEYS:
+        return getattr(request, key)
+    raise AssertionError(f"run config key {key!r}: this test does not know where build_request puts it")
+
+
+def entry_env(tokens: list[str]) -> dict[str, str]:
+    """The ``NAME=value`` assignments right before ``dipfill run`` (the shell sets them for it)."""
+    i = next(i for i in range(len(tokens) - 1) if tokens[i:i + 2] == ["dipfill", "run"])
+    env = {}
+    while i > 0 and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", tokens[i - 1]):
+        i -= 1
+        key, value = tokens[i].split("=", 1)
+        env[key] = value
+    return env
+
+
+def check_env(env: dict[str, str], where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command asks for JSON logs (one object per line, for the cluster's log shipper) the
+    way dipfill reads them: ``dipfill.cli.logs.configure`` picks that format from the
+    environment (an unknown variable is ignored, an unknown value falls back to text)."""
+    assert env == {"DIPFILL_LOG_FORMAT": "json"}, f"{where}: environment {env}"
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)  # resolve the format, configure nothing
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert logs.configure(logging.WARNING) == "json", f"{where}: log format"
+
+
+def cron_period(schedule: str) -> dt.timedelta:
+    """The period of a daily (``M H * * *``) or weekly (``M H * * D``) cron schedule."""
+    minute, hour, dom, month, dow = schedule.split()
+    assert minute.isdigit() and hour.isdigit() and dom == "*" and month == "*", f"{schedule}: not daily or weekly"
+    assert dow == "*" or dow.isdigit(), f"{schedule}: not daily or weekly"
+    return dt.timedelta(days=1 if dow == "*" else 7)
+
+
+def command_args(tokens: list[str], name: str) -> list[str]:
+    """The arguments of the first ``name`` command in a shell token list, up to an operator."""
+    assert name in tokens, f"no {name} command"
+    args = []
+    for tok in tokens[tokens.index(name) + 1:]:
+        if tok in OPERATORS:
+            break
+        args.append(tok)
+    return args
+
+
+def walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every mapping in a parsed YAML document, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
 
 
 def containers(pod_template: dict[str, Any]) -> list[dict[str, Any]]:
@@ -143,18 +231,12 @@ def test_every_yaml_parses(path):
 
 @pytest.mark.parametrize("name", K8S_FILES)
 def test_kubernetes_objects_have_kind_api_version_and_name(name):
-    for doc in load(name):
-        assert doc.get("apiVersion") and doc.get("kind"), f"{name}: object without apiVersion/kind"
+    docs = load(name)
+    assert docs, f"{name}: no objects"
+    for doc in docs:
+        assert doc.get("kind") in API_VERSIONS, f"{name}: unexpected kind {doc.get('kind')!r}"
+        assert doc.get("apiVersion") == API_VERSIONS[doc["kind"]], f"{name}: {doc['kind']} apiVersion"
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"]), doc["metadata"]["name"]
-    api = {d["kind"]: d["apiVersion"] for d in load(name)}
-    for kind in ("RayJob", "RayCronJob", "RayCluster"):
-        if kind in api:
-            assert api[kind] == "ray.io/v1"
-    if "CronJob" in api:
-        assert api["CronJob"] == "batch/v1"
-    for kind in ("ConfigMap", "PersistentVolumeClaim"):
-        if kind in api:
-            assert api[kind] == "v1"
 
 
 # ---------------------------------------------------------------------------- KubeRay
@@ -183,40 +265,69 @@ def test_ray_cluster_spec_cpu_head_gpu_workers(name, spec):
     assert Path(out).is_relative_to(head_out["mountPath"]), f"{name}: run.yaml out {out} is not on the shared volume"
 
 
-def _check_rayjob_spec(name: str, spec: dict[str, Any], *, cron: bool) -> dict[str, Any]:
+def mounted_run_config(name: str, pod_template: dict[str, Any], config: str) -> dict[str, Any]:
+    """The run config a pod sees at ``config``: the key of the ConfigMap (of file ``name``)
+    mounted at its directory, parsed. Fails when nothing is mounted there."""
+    path = Path(config)
+    mounted = [m for m in mounts(pod_template).values() if m["mountPath"] == str(path.parent)]
+    assert len(mounted) == 1 and "configMap" in mounted[0], f"{name}: nothing mounted at {path.parent}"
+    assert "items" not in mounted[0]["configMap"], f"{name}: the ConfigMap's keys are its file names"
+    configmap = one(name, "ConfigMap")
+    assert mounted[0]["configMap"]["name"] == configmap["metadata"]["name"] == "dipfill-run-config"
+    assert path.name in configmap["data"], f"{name}: the ConfigMap has no {path.name}"
+    return yaml.safe_load(configmap["data"][path.name])
+
+
+def _check_rayjob_spec(name: str, spec: dict[str, Any], *, cron: bool,
+                       monkeypatch: pytest.MonkeyPatch) -> RunRequest:
+    """The RayJob's entrypoint is `dipfill run` on the job's own cluster with the mounted
+    run config: returns the RunRequest it runs."""
     assert isinstance(spec["entrypoint"], str) and spec["entrypoint"].strip()
     assert spec["shutdownAfterJobFinishes"] is True
     assert isinstance(spec["ttlSecondsAfterFinished"], int) and spec["ttlSecondsAfterFinished"] >= 0
     assert "headGroupSpec" in spec["rayClusterSpec"] and spec["rayClusterSpec"]["workerGroupSpecs"]
-    args = dipfill_run_args(shlex.split(spec["entrypoint"]))
+    tokens = shlex.split(spec["entrypoint"])
+    check_env(entry_env(tokens), f"{name} entrypoint", monkeypatch)
+    args = dipfill_run_args(tokens)
     ns = parse_run(args, f"{name} entrypoint")
     assert ns.ray_address == "auto", f"{name}: join the job's cluster with --ray-address auto"
     assert ns.since == ("7d" if cron else None), f"{name}: --since"
-    # the config the entrypoint names is the ConfigMap mounted on the head (the driver runs there)
-    head_mounts = mounts(spec["rayClusterSpec"]["headGroupSpec"]["template"])
-    config_dir = str(Path(ns.config).parent)
-    mounted = [m for m in head_mounts.values() if m["mountPath"] == config_dir]
-    assert mounted and mounted[0]["configMap"]["name"] == "dipfill-run-config", f"{name}: {ns.config} not mounted"
-    assert Path(ns.config).name in {"run.yaml"}
-    values = check_against_run_yaml(args, f"{name} entrypoint")
-    return values
+    # the config the entrypoint names is deploy/run.yaml, mounted on the head (the driver runs there)
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]
+    assert mounted_run_config(name, head, ns.config) == yaml.safe_load(RUN_YAML.read_text())
+    values, request = check_against_run_yaml(args, f"{name} entrypoint")
+    assert values["ray_address"] == "auto"
+    # the entrypoint adds the cluster address and (cron) the update window to run.yaml, nothing else
+    assert dataclasses.replace(request, since=None) == run_yaml_request()
+    assert request.since == ("7d" if cron else None)
+    return request
 
 
-def test_rayjob():
+def test_rayjob(monkeypatch):
     job = one("rayjob.yaml", "RayJob")
-    values = _check_rayjob_spec("rayjob.yaml", job["spec"], cron=False)
-    assert "since" not in values
+    request = _check_rayjob_spec("rayjob.yaml", job["spec"], cron=False, monkeypatch=monkeypatch)
+    assert request.since is None
+    assert request.options.engine == "dip" and request.options.engine_options["preset"] == "landsat2020"
+    # the driver (head) and the workers write under --out: it is on the shared volume of both
+    cluster = job["spec"]["rayClusterSpec"]
+    for template in [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]:
+        assert Path(request.out).is_relative_to(mounts(template)["out"]["mountPath"])
 
 
-def test_raycronjob():
+def test_raycronjob(monkeypatch):
     cron = one("raycronjob.yaml", "RayCronJob")
-    assert CRON_RE.match(cron["spec"]["schedule"]), cron["spec"]["schedule"]
-    template = cron["spec"]["jobTemplate"]
+    spec = cron["spec"]
+    assert CRON_RE.match(spec["schedule"]), spec["schedule"]
+    # only the fields of KubeRay v1.6's alpha RayCronJob (spec.timeZone needs v1.7)
+    assert set(spec) <= {"schedule", "jobTemplate", "suspend"}, sorted(spec)
+    template = spec["jobTemplate"]
     assert "spec" not in template, "RayCronJob.jobTemplate is a RayJob spec itself (no spec: wrapper)"
-    values = _check_rayjob_spec("raycronjob.yaml", template, cron=True)
-    assert values["since"] == "7d"
-    text = (DEPLOY / "raycronjob.yaml").read_text().lower()
-    assert "alpha" in text and "feature" in text
+    request = _check_rayjob_spec("raycronjob.yaml", template, cron=True, monkeypatch=monkeypatch)
+    assert request.since == "7d"
+    # one run ends before the next starts, and each run's window covers the time since the last
+    period = cron_period(spec["schedule"])
+    assert dt.timedelta(seconds=template["activeDeadlineSeconds"]) < period
+    assert parse_since(request.since) > period
 
 
 def test_raycluster_is_the_cronjob_target():
@@ -227,7 +338,7 @@ def test_raycluster_is_the_cronjob_target():
 
 
 # ------------------------------------------------------------------------ plain CronJob
-def test_cronjob_submits_with_ray_job_submit():
+def test_cronjob_submits_with_ray_job_submit(monkeypatch):
     cronjob = one("cronjob.yaml", "CronJob")
     spec = cronjob["spec"]
     assert CRON_RE.match(spec["schedule"]), spec["schedule"]
@@ -245,27 +356,39 @@ def test_cronjob_submits_with_ray_job_submit():
     address = submit[submit.index("--address") + 1]
     assert re.fullmatch(r"http://[a-z0-9.-]+:8265", address), address
     assert submit[submit.index("--working-dir") + 1] == "."
+    check_env(entry_env(tokens), "cronjob.yaml command", monkeypatch)
     args = dipfill_run_args(tokens)
     ns = parse_run(args, "cronjob.yaml command")
     assert ns.since == "7d" and ns.ray_address == "auto"
-    # the config travels in the working directory: the script copies the mounted ConfigMap there
-    assert f"/config/{ns.config}" in script and "cp /config/" in script
-    config_mounts = [m for m in mounts(pod).values() if m["mountPath"] == "/config"]
-    assert config_mounts and config_mounts[0]["configMap"]["name"] == "dipfill-run-config"
-    values = check_against_run_yaml(args, "cronjob.yaml command")
-    assert values["since"] == "7d"
+    # the config travels in the working directory: the script copies the mounted ConfigMap's
+    # run.yaml to DIR/<--config>, changes to DIR, and submits "." as the job's working directory
+    all_tokens = [tok for line in script.splitlines() for tok in (*shell_tokens(line), ";")]  # newline ends a command
+    src, dst = command_args(all_tokens, "cp")
+    (workdir,) = command_args(all_tokens, "cd")
+    assert all_tokens.index("cp") < all_tokens.index("cd") < all_tokens.index("ray")
+    assert not Path(ns.config).is_absolute() and Path(dst) == Path(workdir) / ns.config
+    assert mounted_run_config("cronjob.yaml", pod, src) == yaml.safe_load(RUN_YAML.read_text())
+    values, request = check_against_run_yaml(args, "cronjob.yaml command")
+    assert values["ray_address"] == "auto" and request.since == "7d"
+    assert dataclasses.replace(request, since=None) == run_yaml_request()
+    # one run ends before the next starts, and each run's window covers the time since the last
+    period = cron_period(spec["schedule"])
+    assert dt.timedelta(seconds=spec["jobTemplate"]["spec"]["activeDeadlineSeconds"]) < period
+    assert parse_since(request.since) > period
 
 
 # ------------------------------------------------------------------- shared K8s objects
 def test_configmaps_are_copies_of_run_yaml():
     text = RUN_YAML.read_text()
-    found = 0
+    found = []
     for name in K8S_FILES:
         for doc in load(name):
-            if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "dipfill-run-config":
-                assert doc["data"]["run.yaml"] == text, f"{name}: ConfigMap differs from deploy/run.yaml"
-                found += 1
-    assert found >= 3
+            if doc["kind"] == "ConfigMap":
+                assert doc["metadata"]["name"] == "dipfill-run-config", f"{name}: {doc['metadata']['name']}"
+                assert doc["data"] == {"run.yaml": text}, f"{name}: ConfigMap differs from deploy/run.yaml"
+                found.append(name)
+    # every manifest that runs `dipfill run --config` ships the config; the bare cluster does not
+    assert sorted(found) == ["cronjob.yaml", "raycronjob.yaml", "rayjob.yaml"]
 
 
 def test_output_claims_agree_and_are_read_write_many():
@@ -276,11 +399,14 @@ def test_output_claims_agree_and_are_read_write_many():
 
 
 def test_one_image_everywhere():
-    images = {yaml.safe_load((DEPLOY / "cluster.yaml").read_text())["docker"]["image"]}
+    image = yaml.safe_load((DEPLOY / "cluster.yaml").read_text())["docker"]["image"]
+    assert image
     for name in K8S_FILES:
-        text = (DEPLOY / name).read_text()
-        images |= set(re.findall(r"^\s*image:\s*(\S+)", text, re.M))
-    assert len(images) == 1, images
+        pods = [n for doc in load(name) for n in walk(doc) if "containers" in n]
+        assert pods, f"{name}: no pod template"
+        for pod in pods:
+            for container in pod["containers"]:
+                assert container.get("image") == image, f"{name}: container {container['name']}"
 
 
 def test_credentials_come_from_secrets_not_literals():
@@ -315,8 +441,26 @@ def test_cluster_yaml_shape():
     for key in ("setup_commands", "head_setup_commands", "worker_setup_commands"):
         assert c[key] == [], key
     assert c["file_mounts"] == {}
-    text = (DEPLOY / "cluster.yaml").read_text()
-    assert "gcp" in text.lower() and "nvidia-tesla-t4" in text and "L4" in text
+
+
+def test_cluster_yaml_shares_out_and_joins_workers_to_the_head():
+    """What the launcher config does: the container's /data is a host directory on the shared
+    NFS mount (run.yaml's --out is under it), and the workers join the head's GCS port."""
+    c = yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
+    binds = [shlex.split(o)[1] for o in c["docker"]["run_options"] if shlex.split(o)[0] == "-v"]
+    assert len(binds) == 1, binds
+    host, container = binds[0].split(":")[:2]
+    assert Path(run_yaml_request().out).is_relative_to(container), "run.yaml out is not on the shared mount"
+    init = [shell_tokens(cmd) for cmd in c["initialization_commands"]]
+    mount_points = [command_args(toks, "mount")[-1] for toks in init if "mount" in toks]
+    assert len(mount_points) == 1 and Path(host).is_relative_to(mount_points[0]), (host, mount_points)
+    assert any(host in command_args(toks, "mkdir") for toks in init if "mkdir" in toks), f"no mkdir of {host}"
+    head = [t for cmd in c["head_start_ray_commands"] for t in shell_tokens(cmd)]
+    worker = [t for cmd in c["worker_start_ray_commands"] for t in shell_tokens(cmd)]
+    assert command_args(head, "start")[0] == "--head"
+    port = next(a.split("=", 1)[1] for a in command_args(head, "start") if a.startswith("--port="))
+    address = next(a.split("=", 1)[1] for a in command_args(worker, "start") if a.startswith("--address="))
+    assert address == f"$RAY_HEAD_IP:{port}", address
 
 
 def test_cluster_yaml_matches_rays_schema():
@@ -341,29 +485,60 @@ def test_run_yaml_keys_are_config_keys():
 
 
 def test_run_yaml_goes_through_merged_and_build_request():
-    args = build_parser().parse_args(["run", "--config", str(RUN_YAML)])
-    values = merged(args)
+    """Every key of run.yaml reaches the RunRequest `dipfill run --config` builds, with its value."""
+    doc = yaml.safe_load(RUN_YAML.read_text())
+    values = merged(parse_run(["--config", str(RUN_YAML)], "deploy/run.yaml"))
     request = build_request(values)
-    doc = yaml.safe_load(RUN_YAML.read_text())
-    assert request.stac == doc["stac"] and request.out == doc["out"]
-    assert request.options.engine == doc.get("engine", "dip")
-    assert request.options.batch_size == doc.get("batch_size", 4)
-    if doc.get("bbox"):
-        assert request.bbox == tuple(doc["bbox"])
-    # cron's override on top of the same config
-    args = build_parser().parse_args(["run", "--config", str(RUN_YAML), "--since", "7d"])
-    assert build_request(merged(args)).since == "7d"
+    for key, value in doc.items():
+        assert request_value(request, values, key.replace("-", "_")) == value, f"run.yaml {key}: {value!r}"
+    # what the deployment relies on, spelled out
+    assert (request.stac, request.out, request.sign) == (doc["stac"], doc["out"], "planetary-computer")
+    assert request.collections == ("landsat-c2-l2",) and request.mask == "clouds"
+    assert request.options.engine == "dip" and request.options.batch_size == 8
+    opts = request.options.engine_options
+    assert (opts["preset"], opts["stopping"], opts["strategy"]) == ("landsat2020", "holdout", "auto")
+    # what run.yaml leaves out takes the option records' defaults
+    assert (request.options.patch, request.options.overlap) == (FillOptions.patch, FillOptions.overlap)
+    assert request.since is None and request.force is False and request.publish is None
+    # flags on the command line win over the config, and only for what they name
+    over = run_yaml_request("--since", "7d", "--batch-size", "2", "--preset", "mcpn-core", "--patch", "128")
+    assert over.since == "7d" and over.options.batch_size == 2 and over.options.patch == 128
+    assert over.options.engine_options["preset"] == "mcpn-core"
+    assert over.options.engine_options["stopping"] == "holdout" and over.bbox == request.bbox
 
 
-def test_run_yaml_datetime_leaves_room_for_cron():
-    """`--since 7d` intersects the config's datetime range: it must reach the present."""
-    from dipfill.stac.search import SearchQuery
+def test_cron_run_finds_recently_updated_scenes_only(monkeypatch):
+    """The search a cron run (`--config run.yaml --since 7d`) sends matches a scene acquired or
+    reprocessed yesterday in the run's area, and not one last changed a month ago: the
+    config's datetime range must reach the present (open-ended, or none)."""
+    import dipfill.pipeline.run as pipeline_run
+    from dipfill.stac.query import item_matches
 
-    doc = yaml.safe_load(RUN_YAML.read_text())
-    if doc.get("datetime") is None:
-        return
-    start, end = SearchQuery(datetime=str(doc["datetime"])).datetime
-    assert end is None, "an open-ended datetime range (START/..), or none, so cron runs find new scenes"
+    request = run_yaml_request("--since", "7d")
+    queries = []
+    monkeypatch.setattr(pipeline_run, "search", lambda stac, query: queries.append((stac, query)) or [])
+    assert pipeline_run.find_scenes(request) == []
+    ((stac, query),) = queries
+    assert stac == request.stac
+
+    now = dt.datetime.now(dt.timezone.utc)
+    w, s, e, n = request.bbox
+    cx, cy = (w + e) / 2, (s + n) / 2
+
+    def item(acquired: dt.datetime, updated: dt.datetime) -> dict[str, Any]:
+        return {
+            "type": "Feature", "stac_version": "1.0.0", "id": "x", "collection": request.collections[0],
+            "bbox": [cx - 0.1, cy - 0.1, cx + 0.1, cy + 0.1],
+            "geometry": {"type": "Polygon", "coordinates": [[[cx - 0.1, cy - 0.1], [cx + 0.1, cy - 0.1],
+                                                             [cx + 0.1, cy + 0.1], [cx - 0.1, cy + 0.1],
+                                                             [cx - 0.1, cy - 0.1]]]},
+            "properties": {"datetime": acquired.isoformat(), "updated": updated.isoformat(), "eo:cloud_cover": 1.0},
+        }
+
+    day, month = dt.timedelta(days=1), dt.timedelta(days=30)
+    assert item_matches(item(now - day, now - day), query), "a scene acquired yesterday is not found"
+    assert item_matches(item(now - month, now - day), query), "a scene reprocessed yesterday is not found"
+    assert not item_matches(item(now - month, now - month), query), "--since 7d let a month-old scene through"
 
 
 # ---------------------------------------------------------------------------- Dockerfile
@@ -384,13 +559,32 @@ def test_dockerfile():
 
 
 # -------------------------------------------------------------------- ray submit script
+class _Submitted(Exception):
+    """Raised by the stand-in for the pipeline: what `dipfill run` would have run."""
+
+
 def test_ray_submit_script_runs_dipfill_run(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["dipfill_run.py", "--help"])
-    with pytest.raises(SystemExit) as exc:
+    """`ray submit ... dipfill_run.py -- ARGS` is `dipfill run ARGS`: the script's arguments
+    reach the run pipeline as the RunRequest and Ray address the CLI would build."""
+    import dipfill.pipeline.run as pipeline_run
+
+    def submitted(request, *, ray_address=None, **kwargs):
+        raise _Submitted(request, ray_address)
+
+    monkeypatch.setattr(pipeline_run, "run", submitted)
+    monkeypatch.setattr(sys, "argv", ["dipfill_run.py", "--config", str(RUN_YAML), "--ray-address", "auto",
+                                      "--since", "7d"])
+    with pytest.raises(_Submitted) as exc:
         runpy.run_path(str(DEPLOY / "dipfill_run.py"), run_name="__main__")
-    assert exc.value.code == 0
-    out = capsys.readouterr().out
-    assert "usage: dipfill run" in out and "--ray-address" in out
+    request, ray_address = exc.value.args
+    assert ray_address == "auto"
+    assert request == run_yaml_request("--since", "7d")
+    # and its --help is `dipfill run`'s
+    monkeypatch.setattr(sys, "argv", ["dipfill_run.py", "--help"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(DEPLOY / "dipfill_run.py"), run_name="__main__")
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: dipfill run")
 
 
 # ------------------------------------------------------------------ commands in the docs
@@ -431,8 +625,11 @@ def _doc_lines() -> Iterator[tuple[str, str]]:
 
 
 def test_documented_commands_use_real_flags():
+    """Every `dipfill run` in deploy/ and the README uses flags the CLI has; every complete one
+    (with a --config FILE) parses with the real parser and, its config pointed at
+    deploy/run.yaml, builds a RunRequest in which each flag it gives wins over the config."""
     options = run_options()
-    checked = 0
+    checked = complete = 0
     for where, line in _doc_lines():
         for marker in ("dipfill run ", "dipfill_run.py -- "):
             args = _command_args_in_line(line, marker)
@@ -442,7 +639,16 @@ def test_documented_commands_use_real_flags():
             unknown = sorted(flags - options)
             assert not unknown, f"{where}: `dipfill run` has no {', '.join(unknown)}: {line.strip()}"
             checked += bool(flags)
-    assert checked >= 8
+            if "--config" in args[:-1] and "..." not in args:
+                ns = parse_run(args, where)
+                assert Path(ns.config).name == "run.yaml", f"{where}: --config {ns.config}"
+                values, request = check_against_run_yaml(args, where)
+                for flag in sorted(flags - {"--config"}):
+                    dest = run_parser()._option_string_actions[flag].dest
+                    assert request_value(request, values, dest) == getattr(ns, dest), f"{where}: {flag}"
+                assert request.since is None or parse_since(request.since) > dt.timedelta(0), where
+                complete += 1
+    assert checked >= 8 and complete >= 12, (checked, complete)
 
 
 def test_readme_section_comes_before_layout():

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from dipfill.engines.dip import DIPConfig, padded_size, preset
+from dipfill.engines.config import DIPConfig, padded_size, preset
 from dipfill.engines.dipnet import build_skip_net
 from dipfill.engines.losses import masked_loss, ssim_map
 
@@ -81,6 +80,13 @@ def test_masked_losses_ignore_what_the_mask_hides(kind):
     assert torch.equal(loss, masked_loss(kind, out, other, mask))
     perfect = torch.where(mask > 0, target, out)
     assert float(masked_loss(kind, perfect, target, mask)) < float(loss)
-    if kind == "mse":
-        expected = float((((out - target) ** 2) * mask).sum() / mask.sum())
-        assert float(loss) == pytest.approx(expected)
+    # the value, written out: MSE over the masked pixels; paper 004's SSIM term is the masked
+    # mean of the SSIM map of both images multiplied by the mask
+    mse = float((((out - target) ** 2) * mask).sum() / mask.sum())
+    ssim = float((ssim_map(out * mask, target * mask) * mask).sum() / mask.sum())
+    expected = {"mse": mse, "ssim": -ssim, "mse+ssim": mse + 1 - ssim}[kind]
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    # a perfect fit on the mask reaches each loss's minimum
+    best = {"mse": 0.0, "ssim": -1.0, "mse+ssim": 0.0}[kind]
+    on_mask = masked_loss(kind, target * mask, target, mask)
+    assert float(on_mask) == pytest.approx(best, abs=1e-5)

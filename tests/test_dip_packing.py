@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from dipfill.engines import make_engine
-from dipfill.engines.dip import preset
+from dipfill.engines.config import preset
 from dipfill.engines.dipnet import member_rows, pack_members
 from dipfill.engines.fit import fit_members
+from dipfill.engines.losses import masked_loss
 from dipfill.engines.strategy import Plan, prepare_net
-from dipfill.metrics import r2
+from dipfill.eval.metrics import r2
 from tests._data import arg25_transplant
 
 SEEDS = [5, 17, 99]
@@ -52,8 +53,6 @@ def test_packed_members_equal_separate_networks_in_float64(overrides):
     for j, net in enumerate(singles):
         assert torch.max(torch.abs(out[j] - net(z[j : j + 1])[0])) <= 1e-9
     # ... and the same gradients of the summed loss, parameter by parameter
-    from dipfill.engines.losses import masked_loss
-
     packed.zero_grad()
     masked_loss(cfg.loss, packed(z), target, mask).sum().backward()
     for j, net in enumerate(singles):

@@ -7,15 +7,25 @@ it (tests/_data.py): the truth under the hidden stripes is known.
 from __future__ import annotations
 
 import json
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dipfill.engines import make_engine
+import dipfill.engines
+from dipfill.engines import MemoryStrategyCache, StrategyCache, make_engine, strategy
 from dipfill.engines.base import EngineResult
+from dipfill.engines.config import preset
+from dipfill.engines.dipnet import pack_members
+from dipfill.engines.strategy import Plan, prepare_net
 from dipfill.errors import InputError
-from dipfill.metrics import mean_fill, r2, rmse
+from dipfill.storage import JsonFileCache, default_strategy_cache_path
+from dipfill.eval.metrics import mean_fill, r2, rmse
 from tests._data import arg25_transplant
 
 
@@ -117,33 +127,146 @@ def test_make_engine_rejects_unknown_names_and_options():
         make_engine("ns", radius=0)
 
 
-def test_auto_strategy_is_measured_once_and_cached(small_case, monkeypatch, tmp_path):
-    from dipfill.engines import strategy
-
-    monkeypatch.setenv("DIPFILL_CACHE_DIR", str(tmp_path))
-    calls = []
+@pytest.fixture
+def timed(monkeypatch):
+    """The strategy candidates measured so far (``_time_candidate`` still runs for real)."""
+    calls: list[str] = []
     real = strategy._time_candidate
     monkeypatch.setattr(strategy, "_time_candidate", lambda *a: calls.append(a[5]) or real(*a))
+    return calls
+
+
+def test_auto_strategy_is_measured_once_and_cached_in_the_callers_file(small_case, timed, tmp_path):
     t = small_case
-    eng = make_engine("dip", preset="mcpn-core", steps=2)  # strategy and compile "auto"
+    path = tmp_path / "cache" / "strategy.json"  # the directory does not exist yet
+    eng = make_engine("dip", preset="mcpn-core", steps=2, strategy_cache=JsonFileCache(path))  # "auto"
     values, observed = np.stack([t.values] * 2), np.stack([t.observed] * 2)
     first = eng.fill(values, observed, seeds=[1, 2])
-    assert sorted(calls) == ["loop", "packed"]  # compile is not a CPU candidate
-    cached = json.loads((tmp_path / "strategy.json").read_text())
+    assert sorted(timed) == ["loop", "packed"]  # compile is not a CPU candidate
+    cached = json.loads(path.read_text())
     (entry,) = cached.values()
     assert entry["strategy"] in ("loop", "packed") and set(entry["seconds_per_patch_step"]) == {"loop", "packed"}
     second = eng.fill(values, observed, seeds=[1, 2])
-    assert len(calls) == 2  # read from the cache, not measured again
+    assert len(timed) == 2  # read from the cache, not measured again
     assert first.values.tobytes() == second.values.tobytes()
     assert first.diagnostics[0].extra["plan"]["strategy"] == entry["strategy"]
+    # another engine (another run, another worker) on the same file measures nothing
+    other = make_engine("dip", preset="mcpn-core", steps=3, strategy_cache=JsonFileCache(path))
+    other.fill(values, observed, seeds=[3, 4])
+    assert len(timed) == 2
+
+
+def test_without_a_cache_an_engine_measures_once_in_memory(small_case, timed):
+    t = small_case
+    values, observed = np.stack([t.values] * 2), np.stack([t.observed] * 2)
+    eng = make_engine("dip", preset="mcpn-core", steps=1)
+    assert isinstance(eng.strategy_cache, MemoryStrategyCache)
+    eng.fill(values, observed, seeds=[1, 2])
+    eng.fill(values, observed, seeds=[1, 2])
+    assert sorted(timed) == ["loop", "packed"]
+    make_engine("dip", preset="mcpn-core", steps=1).fill(values, observed, seeds=[1, 2])
+    assert len(timed) == 4  # a new engine has a new memory
+    assert make_engine("dip", preset="mcpn-core") == make_engine("dip", preset="mcpn-core")
+
+
+def test_an_unwritable_cache_is_logged_not_fatal(small_case, timed, caplog):
+    class ReadOnly(MemoryStrategyCache):
+        def put(self, key, value):
+            raise PermissionError(13, "Permission denied", "/nowhere/strategy.json")
+
+    t = small_case
+    eng = make_engine("dip", preset="mcpn-core", steps=1, strategy_cache=ReadOnly())
+    with caplog.at_level(logging.WARNING, logger="dipfill.engines.strategy"):
+        out = eng.fill(np.stack([t.values] * 2), np.stack([t.observed] * 2), seeds=[1, 2])
+    assert np.isfinite(out.values).all()
+    assert "could not cache the dip strategy" in caplog.text and "/nowhere/strategy.json" in caplog.text
+
+
+def test_a_malformed_cached_entry_is_measured_again(small_case, timed):
+    t = small_case
+    cache = MemoryStrategyCache()
+    eng = make_engine("dip", preset="mcpn-core", steps=1, strategy_cache=cache)
+    values, observed = np.stack([t.values] * 2), np.stack([t.observed] * 2)
+    eng.fill(values, observed, seeds=[1, 2])
+    (key,) = cache._entries
+    cache.put(key, {"strategy": "loop"})  # written by some other version
+    eng.fill(values, observed, seeds=[1, 2])
+    assert len(timed) == 4 and set(cache.get(key)) == {"strategy", "compiled", "bf16", "seconds_per_patch_step"}
+
+
+def test_json_file_cache_round_trip_and_damage(tmp_path):
+    path = tmp_path / "a" / "b" / "strategy.json"
+    cache = JsonFileCache(path)
+    assert isinstance(cache, StrategyCache)
+    assert cache.get("k") is None  # no file yet
+    cache.put("k", {"strategy": "loop", "seconds_per_patch_step": {"loop": 0.5}})
+    cache.put("j", {"strategy": "packed"})
+    again = JsonFileCache(path)  # what the next run sees
+    assert again.get("k") == {"strategy": "loop", "seconds_per_patch_step": {"loop": 0.5}}
+    assert json.loads(path.read_text()) == {"j": {"strategy": "packed"}, "k": again.get("k")}
+    assert [p.name for p in path.parent.iterdir()] == ["strategy.json"]  # no temporary left
+    for damage in ("{not json", "[1, 2]", ""):
+        path.write_text(damage)
+        assert again.get("k") is None
+    path.write_text('{"k": "not an object"}')
+    assert again.get("k") is None
+    again.put("k", {"strategy": "loop"})  # a damaged file is replaced, not fatal
+    assert json.loads(path.read_text()) == {"k": {"strategy": "loop"}}
+    blocked = JsonFileCache(tmp_path / "file" / "strategy.json")
+    (tmp_path / "file").write_text("a file where the directory should be")
+    assert blocked.get("k") is None
+    with pytest.raises(OSError):
+        blocked.put("k", {})
+
+
+def test_default_strategy_cache_path_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIPFILL_CACHE_DIR", str(tmp_path))
+    assert default_strategy_cache_path() == tmp_path / "strategy.json"
+    monkeypatch.delenv("DIPFILL_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_strategy_cache_path() == tmp_path / "home" / ".cache" / "dipfill" / "strategy.json"
+
+
+def test_memory_cache_copies_values():
+    cache = MemoryStrategyCache()
+    value = {"seconds_per_patch_step": {"loop": 1.0}}
+    cache.put("k", value)
+    value["seconds_per_patch_step"]["loop"] = 9.0
+    cache.get("k")["seconds_per_patch_step"]["loop"] = 7.0
+    assert cache.get("k") == {"seconds_per_patch_step": {"loop": 1.0}}
+
+
+DIP_MODULES = ["dipnet", "fit", "strategy", "dip"]
+
+
+@pytest.mark.parametrize("order", [DIP_MODULES, DIP_MODULES[::-1], ["fit", "dip", "dipnet", "strategy"]])
+def test_dip_modules_import_in_any_order(order):
+    """No import circle: each module imports whatever it needs at module level."""
+    code = "; ".join(f"import dipfill.engines.{m}" for m in order)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_config_and_cache_load_without_torch():
+    code = ("import sys, dipfill.engines, dipfill.engines.config, dipfill.engines.cache; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_engines_open_no_files_and_start_no_ray():
+    """The room's rule, checked on the source: arrays in, arrays out."""
+    forbidden = re.compile(r"\bopen\(|read_text|write_text|read_bytes|write_bytes|os\.replace|mkdir"
+                           r"|import ray|from ray|(?:from|import) dipfill\.storage|environ")
+    for path in Path(dipfill.engines.__file__).parent.glob("*.py"):
+        code = path.read_text()
+        assert not forbidden.search(code), (path.name, forbidden.search(code).group())
+        rasterio = {m.group() for m in re.finditer(r"(?:from|import) rasterio[\w.]*", code)}
+        assert rasterio <= {"from rasterio.fill"}, (path.name, rasterio)
+        # engine modules import each other at module level, not inside functions
+        assert not re.search(r"^[ \t]+(?:from|import) dipfill\.engines\.(?!dip\b|classical\b)", code, re.M), path.name
 
 
 def test_gpu_path_options_run_on_cpu(small_case):
     """bf16 autocast and channels_last are the CUDA defaults; the same code runs on CPU."""
-    from dipfill.engines.dip import preset
-    from dipfill.engines.strategy import Plan, prepare_net
-    from dipfill.engines.dipnet import pack_members
-
     t = small_case
     out = make_engine("dip", preset="mcpn-core", steps=3, precision="bf16", strategy="packed").fill(
         np.stack([t.values] * 2), np.stack([t.observed] * 2), seeds=[1, 2])

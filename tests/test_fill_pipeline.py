@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import zarr
 from rio_cogeo.cogeo import cog_validate
 
 from dipfill.cli.main import main
-from dipfill.masks import QA_ENGINE, QA_FALLBACK, QA_OBSERVED, QA_OUTSIDE, QA_UNFILLED
+from dipfill.raster.masks import QA_ENGINE, QA_FALLBACK, QA_OBSERVED, QA_OUTSIDE, QA_UNFILLED
 from tests._data import ARG25_JAN
 
 
@@ -63,6 +64,34 @@ def test_all_outputs_exist_and_nothing_temporary_is_left(filled: Path) -> None:
     for path in files.values():
         assert path.exists(), path
     assert not [p for p in filled.iterdir() if p.name.startswith(".")]
+    assert sorted(p.name for p in filled.iterdir()) == sorted(p.name for p in files.values())  # nothing else
+    # the item is written last: an item on disk means its outputs are complete
+    def mtime(path: Path) -> int:
+        if path.is_dir():
+            return max(p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file())
+        return path.stat().st_mtime_ns
+
+    assert all(mtime(files["item"]) >= mtime(p) for p in files.values())
+
+
+def test_patch_records_are_the_windows_with_gaps(filled: Path) -> None:
+    """Only windows that contain gap pixels are fitted, and together they cover every gap."""
+    files = outputs(filled)
+    records = json.loads(files["patches"].read_text())
+    with rasterio.open(files["qa"]) as q:
+        qa = q.read(1)
+    gap = (qa == QA_ENGINE) | (qa == QA_FALLBACK) | (qa == QA_UNFILLED)
+    covered = np.zeros(qa.shape, dtype=bool)
+    ids = []
+    for rec in records:
+        r, c, h, w = (int(v) for v in re.fullmatch(r"r(\d+)_c(\d+)_h(\d+)_w(\d+)", rec["window"]).groups())
+        assert (h, w) == (256, 256) and r in (0, 224, 256) and c in (0, 224, 256), rec["window"]
+        assert gap[r:r + h, c:c + w].any(), f"{rec['window']} has no gap but was fitted"
+        assert rec["engine"] == "fillnodata"
+        covered[r:r + h, c:c + w] = True
+        ids.append(rec["window"])
+    assert len(ids) == len(set(ids)) == 9  # the 3 x 3 lattice: stripes cross every window
+    assert covered[gap].all()
 
 
 def test_cogs_validate_and_keep_georeferencing(filled: Path) -> None:
@@ -129,6 +158,13 @@ def test_zarr_mosaic_matches_cog(filled: Path) -> None:
         assert np.array_equal(root["qa"][...], q.read(1))
     assert root["bands"].metadata.dimension_names == ("band", "y", "x")
     assert root.attrs["proj:epsg"] == 3577
+    # georeferenced like the COG, with its nodata and the QA classes
+    with rasterio.open(files["filled"]) as f:
+        assert root.attrs["geotransform"] == list(f.transform.to_gdal())
+        assert rasterio.crs.CRS.from_wkt(root.attrs["crs_wkt"]) == f.crs
+        assert root["bands"].attrs["nodata"] == f.nodata == -999
+        assert root.attrs["band_names"] == list(f.descriptions)
+    assert root["qa"].attrs["flag_values"] == [QA_OUTSIDE, QA_OBSERVED, QA_ENGINE, QA_FALLBACK, QA_UNFILLED]
 
 
 def test_stac_item_describes_outputs(filled: Path) -> None:
@@ -148,13 +184,41 @@ def test_stac_item_describes_outputs(filled: Path) -> None:
     # lon/lat footprint lies around Menindee (32.3 S, 142.4 E)
     w, s, e, n = item.bbox
     assert 141.9 < w < e < 142.8 and -32.5 < s < n < -32.1
-    assert item.properties["dipfill:counts"]["filled"] > 0
+    # the counts are the QA layer's, class by class
+    with rasterio.open(files["qa"]) as q:
+        qa = q.read(1)
+    counts = item.properties["dipfill:counts"]
+    assert counts == {"outside": int((qa == QA_OUTSIDE).sum()), "observed": int((qa == QA_OBSERVED).sum()),
+                      "filled": int((qa == QA_ENGINE).sum()), "filled_fallback": int((qa == QA_FALLBACK).sum()),
+                      "unfilled": int((qa == QA_UNFILLED).sum())}
+    assert counts["filled"] > 0 and counts["outside"] > 0 and sum(counts.values()) == 512 * 512
+    # the config recorded is the one asked for
+    cfg = item.properties["dipfill:config"]
+    assert (cfg["engine"], cfg["patch"], cfg["overlap"], cfg["footprint"]) == ("fillnodata", 256, 32, "auto")
 
 
 def test_quicklook_is_a_before_after_png(filled: Path) -> None:
-    with rasterio.open(outputs(filled)["quicklook"]) as ql:
+    files = outputs(filled)
+    with rasterio.open(files["quicklook"]) as ql:
         assert ql.driver == "PNG" and ql.count == 3
         assert ql.width == 2 * 512 + 8 and ql.height == 512
+        img = ql.read()
+    with rasterio.open(next(filled.parent.glob("*_collar.tif"))) as s:
+        valid = (s.read() != -999).all(axis=0)
+    with rasterio.open(files["qa"]) as q:
+        qa = q.read(1)
+    before, gutter, after = img[:, :, :512], img[:, :, 512:520], img[:, :, 520:]
+    assert (gutter == 255).all()
+
+    def magenta(panel: np.ndarray) -> np.ndarray:
+        return (panel[0] == 255) & (panel[1] == 0) & (panel[2] == 255)
+
+    # missing pixels are magenta: before, every gap and the collar; after, only the collar
+    np.testing.assert_array_equal(magenta(before), ~valid)
+    np.testing.assert_array_equal(magenta(after), qa == QA_OUTSIDE)
+    assert (after[:, ~magenta(after)] > 0).all()  # every filled or observed pixel drawn
+    # one stretch for both panels: observed pixels look the same before and after
+    np.testing.assert_array_equal(before[:, valid], after[:, valid])
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
@@ -189,6 +253,11 @@ def test_external_mask_adds_gaps_and_tiny_patches_work(tmp_path: Path) -> None:
     valid = (data != -999).all(0)
     keep = valid & (mask == 0)
     assert np.array_equal(res[:, keep], data[:, keep])
+    # QA pixel by pixel: the masked pixels and the nodata stripes are gaps, all else observed
+    assert valid[5:9, 20:30].all() and not valid.all()  # the "cloud" hides observed pixels
+    np.testing.assert_array_equal(qa, np.where(keep, QA_OBSERVED, QA_ENGINE))
+    # the engine filled them from around: the pixels under the mask were not copied
+    assert not np.array_equal(res[:, 5:9, 20:30], data[:, 5:9, 20:30])
 
 
 def test_fallback_engine_for_patches_with_too_few_observed_pixels(tmp_path: Path) -> None:
@@ -210,8 +279,13 @@ def test_fallback_engine_for_patches_with_too_few_observed_pixels(tmp_path: Path
     assert (qa[60:140, 60:140][qa[60:140, 60:140] != QA_OBSERVED] == QA_FALLBACK).all()
     # ... beyond its reach and away from other patches: left unfilled, and still nodata
     assert (qa[:5, :5] == QA_UNFILLED).all() and (res[:, :5, :5] == -999).all()
-    assert (qa == QA_ENGINE).any()
     assert (res[:, qa == QA_FALLBACK] != -999).all()
+    # only the top-left window went to the fallback: beyond it every gap is the engine's
+    assert set(np.unique(qa[256:, :])) == set(np.unique(qa[:, 256:])) == {QA_OBSERVED, QA_ENGINE}
+    engines = {r["window"]: r["engine"] for r in json.loads(outputs(out)["patches"].read_text())}
+    assert engines.pop("r0_c0_h256_w256") == "fillnodata" and set(engines.values()) == {"telea"}
+    # unfilled pixels are nodata, filled ones are not
+    assert (res[:, qa == QA_UNFILLED] == -999).all() and (res[:, qa == QA_ENGINE] != -999).all()
 
 
 def test_dip_engine_end_to_end_is_exact_and_reproducible(tmp_path: Path) -> None:
@@ -242,13 +316,15 @@ def test_per_patch_diagnostics_are_written_and_referenced(tmp_path: Path, capsys
                    "--footprint", "all", inputs=(path,))
     files = outputs(out)
     records = json.loads(files["patches"].read_text())
-    assert len(records) == 1 and records[0]["window"]
+    assert len(records) == 1 and records[0]["window"] == "r0_c0_h64_w64"
     rec = records[0]
     assert rec["engine"] == "dip" and 0 < rec["steps"] <= 60 and rec["extra"]["stopped_by"] in ("holdout", "steps")
     assert rec["extra"]["best_step"] <= rec["steps"] and rec["extra"]["best_holdout_rmse"] > 0
     assert rec["extra"]["plan"]["strategy"] == "loop"
     item = json.loads(files["item"].read_text())
     assert item["assets"]["patches"]["href"] == files["patches"].name
+    opts = item["properties"]["dipfill:config"]["engine_options"]
+    assert (opts["stopping"], opts["patience"], opts["check_every"], opts["steps"]) == ("holdout", 1, 5, 60)
     assert "steps     per patch" in capsys.readouterr().out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import rasterio
 from scipy import ndimage
 
-from dipfill.masks import DEFAULT_COLLAR_CLOSING, GAP, OBSERVED, OUTSIDE, footprint_from_validity, three_state
+from dipfill.raster.masks import DEFAULT_COLLAR_CLOSING, GAP, OBSERVED, OUTSIDE, footprint_from_validity, three_state
 from tests._data import ARG25_JAN, shared_file
 
 WAGL = "landsat7_slcoff/wagl_p092r084_reduced_res/"
@@ -29,8 +29,9 @@ def test_stripes_touching_every_raster_edge_are_gaps_not_outside() -> None:
     footprint = footprint_from_validity(any_valid)
     assert footprint.all()
     state = three_state(valid, footprint)
-    assert (state == GAP).sum() == (~valid).any(axis=0).sum()
-    assert not (state == OUTSIDE).any()
+    # pixel by pixel: a pixel missing in any band is a gap, every other pixel is observed
+    np.testing.assert_array_equal(state, np.where(valid.all(axis=0), OBSERVED, GAP))
+    assert (state == GAP).any() and (state == OBSERVED).any()
 
 
 def test_tilted_collar_is_outside_and_stripes_reaching_it_stay_gaps() -> None:
@@ -41,6 +42,7 @@ def test_tilted_collar_is_outside_and_stripes_reaching_it_stay_gaps() -> None:
     valid[:, collar] = False
     footprint = footprint_from_validity(valid.any(axis=0))
     outside = ~footprint
+    assert not (valid.any(axis=0) & outside).any(), "a pixel with data was called outside"
     assert (collar & ~outside).sum() <= 0.01 * collar.sum()
     stripes = (data == -999).all(axis=0) & ~collar
     # A closing rounds off the corner where a stripe meets the collar: the only stripe
@@ -49,6 +51,10 @@ def test_tilted_collar_is_outside_and_stripes_reaching_it_stay_gaps() -> None:
     wrong = stripes & outside
     assert not (wrong & ~near_collar).any(), "a stripe pixel away from the collar was called outside"
     assert wrong.sum() <= 0.01 * stripes.sum()
+    state = three_state(valid, footprint)
+    np.testing.assert_array_equal(state == OUTSIDE, outside)  # nodata outside the footprint
+    np.testing.assert_array_equal(state == OBSERVED, valid.all(axis=0))
+    assert (state[stripes & ~wrong] == GAP).all()
 
 
 def test_real_slc_off_scene_collar_matches_the_slc_on_footprint() -> None:
@@ -64,6 +70,7 @@ def test_real_slc_off_scene_collar_matches_the_slc_on_footprint() -> None:
     assert (~valid).mean() > outside_fraction + 0.1  # there are many gaps inside
     assert abs(outside_fraction - slc_on_outside) < 0.01
     assert footprint[usgs_gap_mask == 1].all()
+    assert footprint[valid].all(), "a pixel with data was called outside"
 
 
 def test_real_collar_without_stripes_is_all_outside() -> None:
@@ -71,7 +78,9 @@ def test_real_collar_without_stripes_is_all_outside() -> None:
     valid = data != 0
     footprint = footprint_from_validity(valid.any(axis=0))
     invalid = ~valid.all(axis=0)
+    assert invalid.sum() > 0.2 * invalid.size  # the collar is large
     assert (~footprint[invalid]).mean() > 0.99
+    assert footprint[valid.any(axis=0)].all(), "a pixel with data was called outside"
 
 
 def test_three_state_keeps_partially_valid_pixels_and_respects_footprint() -> None:
@@ -81,5 +90,10 @@ def test_three_state_keeps_partially_valid_pixels_and_respects_footprint() -> No
     footprint = np.ones((3, 3), dtype=bool)
     footprint[0, 0] = False
     state = three_state(valid, footprint)
-    assert state[1, 1] == GAP and state[0, 0] == OUTSIDE and state[2, 2] == OBSERVED
+    want = np.full((3, 3), OBSERVED, dtype=np.uint8)
+    want[1, 1], want[0, 0] = GAP, OUTSIDE
+    np.testing.assert_array_equal(state, want)
+    # a pixel whose every band is valid stays observed even outside a given footprint
+    footprint[2, 2] = False
+    assert three_state(valid, footprint)[2, 2] == OBSERVED
     assert not footprint_from_validity(np.zeros((4, 4), dtype=bool)).any()

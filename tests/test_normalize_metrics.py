@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import rasterio
 
 from dipfill.engines.normalize import denormalize, normalize
-from dipfill.evaluation import transplant_gaps
-from dipfill.metrics import mean_fill, psnr, r2, rmse
-from tests._data import arg25_transplant
+from dipfill.eval.cases import transplant_gaps
+from dipfill.eval.metrics import mean_fill, psnr, r2, rmse
+from tests._data import ARG25_FEB, ARG25_JAN, arg25_transplant
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +61,25 @@ def test_metrics_match_their_definitions(case):
     assert np.isnan(rmse(t, pred, empty)).all() and np.isnan(r2(t, pred, empty)).all()
 
 
+def _valid(path):
+    with rasterio.open(path) as src:
+        data = src.read(window=((128, 384), (128, 384)))
+        return data, data != src.nodata
+
+
 def test_transplant_hides_real_gap_pixels_only(case):
+    feb, feb_valid = _valid(ARG25_FEB)
+    jan, jan_valid = _valid(ARG25_JAN)
+    # hidden = observed in February, missing in January; seen = observed on both dates
+    np.testing.assert_array_equal(case.hidden, feb_valid & ~jan_valid)
+    np.testing.assert_array_equal(case.observed, feb_valid & jan_valid)
+    np.testing.assert_array_equal(case.truth, feb)
     assert case.hidden.mean() > 0.1  # January's stripes over observed February pixels
-    assert not (case.hidden & case.observed).any()
     assert np.array_equal(case.values[case.observed], case.truth[case.observed])
-    assert (case.values[~case.observed] == 0).all()
+    assert (case.values[~case.observed] == 0).all() and case.values.dtype == np.float32
     with pytest.raises(ValueError, match="differ in shape"):
         transplant_gaps(case.truth, case.observed[0], case.observed)
+    # reversed: January is the truth, February's gaps and cloud shadows are hidden
     reverse = arg25_transplant(reverse=True)
-    assert reverse.hidden.any() and not np.array_equal(reverse.hidden, case.hidden)
+    np.testing.assert_array_equal(reverse.hidden, jan_valid & ~feb_valid)
+    np.testing.assert_array_equal(reverse.truth, jan)

@@ -18,17 +18,21 @@ from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 
 from dipfill.errors import InputError
-from dipfill.masks import GAP, OBSERVED, OUTSIDE
-from dipfill.pipeline.scene import open_scene, read_item, read_window, resolve_href
+from dipfill.raster.masks import (
+    GAP,
+    OBSERVED,
+    OUTSIDE,
+    decode_landsat_qa_pixel,
+    decode_modis_reliability,
+    decode_s2_scl,
+)
+from dipfill.raster.scene import open_scene, read_item, read_window, resolve_href
 from dipfill.stac.profiles import (
     LANDSAT_C2_L2,
     MODIS_13Q1,
     PROFILES,
     SENTINEL_1_RTC,
     SENTINEL_2_L2A,
-    decode_landsat_qa_pixel,
-    decode_modis_reliability,
-    decode_s2_scl,
     get_profile,
     profile_for,
 )
@@ -122,8 +126,8 @@ def test_profile_records() -> None:
     assert MODIS_13Q1.band("ndvi").keys.planetary_computer == "250m_16_days_NDVI"
     assert MODIS_13Q1.qa.keys.planetary_computer == "250m_16_days_pixel_reliability"
     for profile in PROFILES.values():
-        hash(profile)  # frozen, hashable, picklable: sent to workers
-        assert pickle.loads(pickle.dumps(profile)) == profile
+        again = pickle.loads(pickle.dumps(profile))  # frozen, hashable, picklable: sent to workers
+        assert again == profile and hash(again) == hash(profile)
         assert set(profile.default_bands) <= set(profile.band_names)
 
 
@@ -250,8 +254,8 @@ def test_resolve_href() -> None:
 def test_s2_scene_on_one_grid_at_finest_resolution(tmp_path: Path, relative: bool) -> None:
     item_path = s2_item_with_local_hrefs(tmp_path, relative=relative)
     raster_dir = shared_file(f"{S2_DIR}/B04.tif").parent
-    b04, b11, scl = (read1(raster_dir / f"{n}.tif") for n in ("B04", "B11", "SCL"))
-    assert b04.shape == (1098, 1098) and b11.shape == (549, 549)  # 10 m- and 20 m-class
+    b04, b08, b11, scl = (read1(raster_dir / f"{n}.tif") for n in ("B04", "B08", "B11", "SCL"))
+    assert b04.shape == b08.shape == (1098, 1098) and b11.shape == (549, 549)  # 10 m- and 20 m-class
 
     import pystac
 
@@ -260,6 +264,7 @@ def test_s2_scene_on_one_grid_at_finest_resolution(tmp_path: Path, relative: boo
     assert scene.data.shape == (3, 1098, 1098) and scene.band_names == ("red", "nir", "swir16")
     assert scene.grid.transform.a == 100.0 and scene.grid.crs.to_epsg() == 32629
     np.testing.assert_array_equal(scene.data[0], b04)  # on the grid already: bit-exact
+    np.testing.assert_array_equal(scene.data[1], b08)
     up = np.repeat(np.repeat(b11, 2, axis=0), 2, axis=1)  # nearest 200 m → 100 m
     np.testing.assert_array_equal(scene.data[2], up)
     assert scene.scale == (1e-4,) * 3 and scene.nodata == (0.0,) * 3

@@ -19,7 +19,8 @@ from dipfill.cli.logs import JsonFormatter
 from dipfill.cli.main import main
 from dipfill.cli.run import build_request
 from dipfill.pipeline import run as run_mod
-from dipfill.pipeline.ray_exec import FAULT_ENV, stop_ray
+from dipfill.pipeline.executor import FAULT_ENV
+from dipfill.pipeline.ray_executor import stop_ray
 from tests._data import DATA
 from tests._procs import cmdline, descendants, listeners, loopback
 
@@ -94,7 +95,7 @@ def test_run_fills_every_scene_and_listens_on_loopback_only(tmp_path: Path) -> N
     # listens on 127.0.0.1 only
     tree = descendants(os.getpid())
     names = " ".join(cmdline(p) for p in tree)
-    assert "gcs_server" in names and "raylet" in names and "_EngineWorker" in names
+    assert "gcs_server" in names and "raylet" in names and "EngineWorker" in names
     found = listeners(tree)
     assert len(found) >= 3, found
     assert all(loopback(local) for local, _ in found), [ln for local, ln in found if not loopback(local)]
@@ -142,7 +143,7 @@ def test_rerun_of_current_scenes_does_no_engine_work(tmp_path: Path, monkeypatch
     def no_engine(*a, **k):
         raise AssertionError("engine work on a current scene")
 
-    monkeypatch.setattr("dipfill.pipeline.ray_exec.engine_pool", no_engine)
+    monkeypatch.setattr("dipfill.pipeline.ray_executor.engine_pool", no_engine)
     again = run_mod.run(request(out, engine="fillnodata"), num_cpus=2)
     assert [s.status for s in again.scenes] == ["current", "current"]
     assert "no engine work" in again.scenes[0].message

@@ -23,8 +23,8 @@ import pytest
 import rasterio
 
 from dipfill.cli.main import main
-from dipfill.pipeline.publish import absolute_item
-from dipfill.pipeline.ray_exec import stop_ray
+from dipfill.stac.publish import absolute_item
+from dipfill.pipeline.ray_executor import stop_ray
 from tests._data import DATA
 from tests._procs import alive, cmdline, descendants, listeners, loopback, start_time
 from tests.stac_server import free_port, require
@@ -250,10 +250,10 @@ def test_ray_address_joins_an_existing_cluster_on_loopback(tmp_path: Path) -> No
 
         # it ran on that cluster: the engine actors were processes of the head's raylet,
         # and the driver started no Ray of its own (no GCS or raylet below it) ...
-        actors = watch.named(watch.head, "_EngineWorker")
+        actors = watch.named(watch.head, "EngineWorker")
         assert actors, f"no engine actor ran under the head: {sorted(c[:60] for _, c in watch.head.values())}"
         assert not watch.named(watch.driver, "gcs_server") and not watch.named(watch.driver, "raylet"), watch.driver
-        assert not watch.named(watch.driver, "_EngineWorker"), watch.driver
+        assert not watch.named(watch.driver, "EngineWorker"), watch.driver
         # ... the same GCS throughout, which recorded the driver's job
         watch.sample(head.pid)
         assert watch.named(watch.head, "gcs_server") == gcs_before
@@ -332,10 +332,13 @@ def test_engine_pool_grows_when_a_node_joins(tmp_path: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from dipfill.pipeline.fill import FillOptions, patch_seed, plan_from_mask
+    from dipfill.pipeline.plan import patch_seed, plan_from_mask
+    from dipfill.specs import FillOptions
     from dipfill.pipeline.patchstore import PatchStore
-    from dipfill.pipeline.ray_exec import EnginePool, FitTask
-    from dipfill.pipeline.scene import open_scene, scene_mask
+    from dipfill.pipeline.executor import FitTask
+    from dipfill.pipeline.ray_executor import EnginePool
+    from dipfill.raster.scene import open_scene
+    from dipfill.raster.scene_mask import scene_mask
 
     stop_ray()  # this test's own two-node cluster, not the module's local Ray
     cluster = Cluster(initialize_head=True, connect=True,

@@ -26,7 +26,7 @@ from dipfill.stac.search import (
     ApiSource,
     SearchQuery,
     StaticSource,
-    cql2_matches,
+    item_matches,
     open_source,
     search,
 )
@@ -202,20 +202,33 @@ def test_static_catalog_cql2_filter(catalog, raw_items, name) -> None:
 
 
 def test_cql2_three_valued_logic_and_unsupported_operators() -> None:
-    item = {"id": "x", "collection": "c", "properties": {"datetime": "2020-01-01T00:00:00Z", "a": 1}}
+    item = {"id": "x", "collection": "c", "properties": {"datetime": "2020-01-01T00:00:00Z", "a": 1},
+            "geometry": {"type": "LineString", "coordinates": [[-1, 0.5], [2, 0.5]]}}
+
+    def matches(expr: dict) -> bool:
+        return item_matches(item, SearchQuery(filter=expr))
+
     missing = {"op": "<", "args": [{"property": "nope"}, 5]}
-    assert not cql2_matches(missing, item)
-    assert not cql2_matches({"op": "not", "args": [missing]}, item)  # NOT unknown is unknown
-    assert cql2_matches({"op": "or", "args": [missing, {"op": "=", "args": [{"property": "a"}, 1]}]}, item)
-    assert cql2_matches({"op": "isNull", "args": [{"property": "nope"}]}, item)
-    assert cql2_matches({"op": "in", "args": [{"property": "collection"}, ["b", "c"]]}, item)
-    assert cql2_matches({"op": "between", "args": [{"property": "a"}, 0, 2]}, item)
-    assert cql2_matches({"op": "like", "args": [{"property": "id"}, "x%"]}, item)
-    assert cql2_matches(
-        {"op": ">=", "args": [{"property": "datetime"}, {"timestamp": "2019-12-31T00:00:00Z"}]}, item
-    )
-    with pytest.raises(InputError, match="'s_crosses' is not supported"):
-        cql2_matches({"op": "s_crosses", "args": [{"property": "geometry"}, {"bbox": [0, 0, 1, 1]}]}, item)
+    assert not matches(missing)
+    assert not matches({"op": "not", "args": [missing]})  # NOT unknown is unknown
+    assert matches({"op": "or", "args": [missing, {"op": "=", "args": [{"property": "a"}, 1]}]})
+    assert not matches({"op": "or", "args": [missing, {"op": "=", "args": [{"property": "a"}, 2]}]})
+    assert not matches({"op": "and", "args": [missing, {"op": "=", "args": [{"property": "a"}, 1]}]})
+    assert matches({"op": "not", "args": [{"op": "and", "args": [missing, {"op": "=", "args": [{"property": "a"}, 2]}]}]})
+    assert matches({"op": "isNull", "args": [{"property": "nope"}]})
+    assert not matches({"op": "isNull", "args": [{"property": "a"}]})
+    assert matches({"op": "in", "args": [{"property": "collection"}, ["b", "c"]]})
+    assert not matches({"op": "in", "args": [{"property": "collection"}, ["b", "d"]]})
+    assert matches({"op": "between", "args": [{"property": "a"}, 0, 2]})
+    assert not matches({"op": "between", "args": [{"property": "a"}, 2, 3]})
+    assert matches({"op": "like", "args": [{"property": "id"}, "x%"]})
+    assert not matches({"op": "like", "args": [{"property": "id"}, "y%"]})
+    assert matches({"op": ">=", "args": [{"property": "datetime"}, {"timestamp": "2019-12-31T00:00:00Z"}]})
+    assert not matches({"op": ">", "args": [{"property": "datetime"}, {"timestamp": "2020-01-01T00:00:00Z"}]})
+    assert matches({"op": "s_crosses", "args": [{"property": "geometry"}, {"bbox": [0, 0, 1, 1]}]})
+    assert not matches({"op": "s_crosses", "args": [{"property": "geometry"}, {"bbox": [0, 1, 1, 2]}]})
+    with pytest.raises(InputError, match="'s_frobnicates' is not supported"):
+        matches({"op": "s_frobnicates", "args": [{"property": "geometry"}, {"bbox": [0, 0, 1, 1]}]})
 
 
 def test_bad_queries_are_input_errors() -> None:
@@ -410,6 +423,47 @@ def test_api_without_filter_extension_uses_query(fake_api) -> None:
         list(search(api.url, filter={"op": "=", "args": [{"property": "id"}, "x"]}, **FAST))
 
 
+def changed_since(items, cutoff: str) -> set:
+    """`dipfill run --since`'s rule: `updated`, else `datetime`, else `start_datetime` >= cutoff."""
+    out = set()
+    for d in items:
+        p = d["properties"]
+        if utc(p.get("updated") or p.get("datetime") or p.get("start_datetime")) >= utc(cutoff):
+            out.add(d["id"])
+    return out
+
+
+@pytest.mark.parametrize("cutoff", ["2020-08-01T00:00:00Z", "2021-01-01T00:00:00Z", "2021-07-23T22:39:42.963Z"])
+def test_static_catalog_updated_since(catalog, raw_items, cutoff) -> None:
+    want = changed_since(raw_items, cutoff)
+    assert want and len(want) < len(raw_items)
+    assert ids(search(catalog, updated_since=cutoff)) == want
+    naive = utc(cutoff).replace(tzinfo=None)  # a naive datetime is UTC
+    assert ids(search(catalog, SearchQuery(updated_since=naive))) == want
+
+
+def test_api_gets_updated_since_as_cql2_or_applies_it_here(fake_api, raw_items) -> None:
+    cutoff = "2021-01-01T00:00:00Z"
+    want = changed_since(raw_items, cutoff)
+    api = fake_api()
+    list(search(api.url, updated_since=dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc), max_cloud=10, **FAST))
+    updated = {"op": "or", "args": [
+        {"op": "t_intersects", "args": [{"property": "updated"}, {"interval": [cutoff, ".."]}]},
+        {"op": "and", "args": [
+            {"op": "isNull", "args": [{"property": "updated"}]},
+            {"op": ">=", "args": [{"property": "datetime"}, {"timestamp": cutoff}]},
+        ]},
+    ]}
+    cloud = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, 10.0]}
+    assert searches(api)[0]["filter"] == {"op": "and", "args": [cloud, updated]}
+
+    api = fake_api(conforms=(CORE, ITEM_SEARCH, QUERY))  # no filter extension: tested here
+    assert ids(search(api.url, updated_since=cutoff, **FAST)) == want
+    got = list(search(api.url, updated_since=cutoff, limit=1, **FAST))
+    assert len(got) == 1 and got[0]["id"] in want
+    assert all("filter" not in body for body in searches(api))
+
+
 def test_api_slow_answer_is_retried(fake_api, raw_items) -> None:
     api = fake_api(slow_first=1.5)
     t = time.perf_counter()
@@ -494,6 +548,7 @@ def test_same_ids_from_the_real_api_and_the_static_catalog(request, tmp_path) ->
         SearchQuery(filter={"op": "s_intersects", "args": [{"property": "geometry"}, {"type": "Polygon",
             "coordinates": [[[-11.5, 24.7], [-11.4, 24.7], [-11.4, 24.8], [-11.5, 24.7]]]}]}),
         SearchQuery(datetime="2020-02-19", max_cloud=4.06, limit=1),
+        SearchQuery(updated_since="2021-01-01T00:00:00Z", max_cloud=10),  # `updated`, else `datetime`
     ]
     source = open_source(api.url, **FAST)
     assert isinstance(source, ApiSource) and source.supports_filter

@@ -247,3 +247,51 @@ def test_servers_listen_on_loopback_only(stac_api):
     assert stac_api.pg_port in listening and stac_api.api_port in listening, (listening, out)
     for port, addrs in listening.items():
         assert addrs == {"127.0.0.1"}, f"port {port} listens on {addrs}, not only 127.0.0.1"
+
+
+# `dipfill run --since`: the bound as a CQL2 filter on the server, and the same rule here.
+SINCE_CUTOFFS = [
+    "2019-01-01T00:00:00Z",  # everything
+    "2020-08-01T00:00:00Z",  # S2A_28QCH (no `updated`, datetime 2020-07-14) drops out
+    "2020-10-31T00:00:00Z",  # LC08 001062's bare-date datetime, bounds inclusive
+    "2021-01-01T00:00:00Z",  # LC08 028030 stays: acquired in 2020, `updated` in 2021
+    "2021-07-23T22:39:42.962Z",  # exactly LC08 028030's `updated`: kept
+    "2021-07-23T22:39:42.963Z",  # a millisecond later: gone
+    "2022-11-06T09:32:34.081878Z",  # a microsecond after the newest `updated`: nothing
+]
+
+
+def _changed_since(cutoff: str, pred=None) -> set[str]:
+    """The rule of `dipfill run --since`: `updated`, else `datetime`, else `start_datetime`."""
+    out = set()
+    for item in RAW:
+        p = item["properties"]
+        when = p.get("updated") or p.get("datetime") or p.get("start_datetime")
+        if _utc(when) >= _utc(cutoff) and (pred is None or pred(item)):
+            out.add(item["id"])
+    return out
+
+
+def test_updated_since_server_side_equals_client_side(stac_api):
+    from dipfill.stac.search import ApiSource, SearchQuery, open_source
+
+    on_server = open_source(stac_api.url, retries=1, backoff_factor=0.01)
+    here = open_source(stac_api.url, retries=1, backoff_factor=0.01)
+    assert isinstance(on_server, ApiSource) and on_server.supports_filter
+    here.supports_filter = False  # as an API without the filter extension: tested in dipfill
+    counts = []
+    for cutoff in SINCE_CUTOFFS:
+        query = SearchQuery(collections=FIXTURE_COLLECTIONS, updated_since=cutoff)
+        want = _changed_since(cutoff)
+        assert {i["id"] for i in on_server.search(query, page_size=2)} == want, cutoff
+        assert {i["id"] for i in here.search(query, page_size=2)} == want, cutoff
+        counts.append(len(want))
+    assert counts[0] == len(RAW) and counts[-1] == 0 and len(set(counts)) >= 5  # the cutoffs discriminate
+
+    # ANDed with the cloud limit and a user filter, and still within the limit
+    query = SearchQuery(collections=FIXTURE_COLLECTIONS, updated_since="2020-08-01T00:00:00Z", max_cloud=10,
+                        filter={"op": "<>", "args": [{"property": "collection"}, "sentinel-2-l2a"]}, limit=5)
+    want = _changed_since("2020-08-01T00:00:00Z", lambda i: i["properties"]["eo:cloud_cover"] <= 10
+                          and collection_for(i["id"]) != "sentinel-2-l2a")
+    assert want == {"LC08_L2SP_028030_20200114_20200824_02_T1_SR", "LE07_L2SP_044033_20210329_20210424_02_T1_SR"}
+    assert {i["id"] for i in on_server.search(query)} == want

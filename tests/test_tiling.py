@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from dipfill.tiling import (
-    Blender,
+    InMemoryMerger,
     PatchWindow,
+    ZarrMerger,
     axis_starts,
     cast_to_dtype,
+    crop,
     hann_ramp,
     plan_windows,
     window_weights,
@@ -100,12 +102,12 @@ def blend_tiles(field: np.ndarray, per_tile) -> np.ndarray:
     bands, height, width = field.shape
     windows = plan_windows(height, width, size=64, overlap=16)
     rows, cols = axis_starts(height, 64, 16), axis_starts(width, 64, 16)
-    blender = Blender(field.shape)
+    merger = InMemoryMerger(bands, PatchWindow(0, 0, height, width), rows=rows, cols=cols)
     for i, w in enumerate(windows):
-        blender.add(w, per_tile(i, field[(slice(None), *w.slices)]), window_weights(w, rows, cols))
-    out, covered = blender.finalize()
-    assert covered.all()
-    return out
+        merger.aggregate(per_tile(i, field[(slice(None), *w.slices)]), w)
+    merged = merger.finalize()
+    assert merged.covered.all()
+    return merged.values
 
 
 def test_constant_field_stays_exactly_constant() -> None:
@@ -135,17 +137,84 @@ def test_feathering_leaves_no_seam_step_between_disagreeing_tiles() -> None:
     assert step < 0.25 * jump
 
 
-def test_blender_gives_nan_results_no_weight_and_refuses_after_finalize() -> None:
-    blender = Blender((1, 4, 4))
+def test_merger_gives_nan_results_no_weight_and_refuses_after_finalize() -> None:
     w = PatchWindow(0, 0, 4, 4)
+    merger = InMemoryMerger(1, w, rows=[0], cols=[0])
     vals = np.full((1, 4, 4), 5.0)
     vals[0, 0, 0] = np.nan
-    blender.add(w, vals, np.ones((4, 4)))
-    out, covered = blender.finalize()
-    assert not covered[0, 0, 0] and np.isnan(out[0, 0, 0])
-    assert covered.sum() == 15 and (out[covered] == 5.0).all()
+    merger.aggregate(vals, w)
+    merged = merger.finalize()
+    assert not merged.covered[0, 0, 0] and np.isnan(merged.values[0, 0, 0])
+    assert merged.covered.sum() == 15 and (merged.values[merged.covered] == 5.0).all()
+    # the taper weight is counted per source whether or not the value was finite
+    assert (merged.weight[0] == 1.0).all()
     with pytest.raises(RuntimeError):
-        blender.add(w, vals, np.ones((4, 4)))
+        merger.aggregate(vals, w)
+    with pytest.raises(ValueError, match="does not match window"):
+        InMemoryMerger(2, w, rows=[0], cols=[0]).aggregate(vals, w)
+
+
+def test_crop_clips_a_window_onto_a_region() -> None:
+    region = PatchWindow(100, 200, 50, 60)
+    assert crop(PatchWindow(0, 0, 100, 200), region) is None  # touches the corner only
+    part = crop(PatchWindow(90, 250, 20, 20), region)
+    assert part is not None
+    assert part.source == (slice(10, 20), slice(0, 10))
+    assert part.target == PatchWindow(0, 50, 10, 10)
+    inside = PatchWindow(110, 210, 5, 5)
+    assert crop(inside, region).target == PatchWindow(10, 10, 5, 5)
+    assert crop(inside, region).source == (slice(0, 5), slice(0, 5))
+    assert inside.intersects(region) and not PatchWindow(0, 0, 100, 200).intersects(region)
+
+
+def test_blocks_merge_to_the_same_bytes_as_one_region() -> None:
+    # Merging a scene block by block (each merger crops the windows onto its block) gives
+    # exactly the whole-scene merge: what lets a run blend blocks in separate tasks.
+    rng = np.random.default_rng(3)
+    height, width = 150, 190
+    windows = plan_windows(height, width, size=64, overlap=16)
+    rows, cols = axis_starts(height, 64, 16), axis_starts(width, 64, 16)
+    values = {w: rng.normal(size=(2, 64, 64)) for w in windows}
+    values[windows[0]][:, :5, :5] = np.nan  # the scene corner: no other window covers it
+    whole = InMemoryMerger(2, PatchWindow(0, 0, height, width), rows=rows, cols=cols, sources=2)
+    for i, w in enumerate(windows):
+        whole.aggregate(values[w], w, source=i % 2)
+    want = whole.finalize()
+    got = np.full((2, height, width), -1.0)
+    tally = np.zeros((2, height, width))
+    for r0 in range(0, height, 40):
+        for c0 in range(0, width, 50):
+            block = PatchWindow(r0, c0, min(40, height - r0), min(50, width - c0))
+            m = InMemoryMerger(2, block, rows=rows, cols=cols, sources=2)
+            for i, w in enumerate(windows):
+                m.aggregate(values[w], w, source=i % 2)
+            part = m.finalize()
+            got[(slice(None), *block.slices)] = part.values
+            tally[(slice(None), *block.slices)] = part.weight
+    assert np.array_equal(got, want.values, equal_nan=True)
+    assert np.array_equal(tally, want.weight)
+    assert np.isnan(want.values).sum() == 2 * 25
+
+
+def test_zarr_merger_gives_the_same_bytes_as_the_in_memory_one(tmp_path) -> None:
+    rng = np.random.default_rng(4)
+    height, width = 150, 190
+    windows = plan_windows(height, width, size=64, overlap=16)
+    rows, cols = axis_starts(height, 64, 16), axis_starts(width, 64, 16)
+    region = PatchWindow(0, 0, height, width)
+    mem = InMemoryMerger(3, region, rows=rows, cols=cols)
+    disk = ZarrMerger(tmp_path / "merge.zarr", 3, region, rows=rows, cols=cols, chunk=64)
+    for w in reversed(windows):  # any order
+        vals = rng.normal(size=(3, 64, 64))
+        vals[1, 10:12, :] = np.nan
+        mem.aggregate(vals, w)
+        disk.aggregate(vals, w)
+    a, b = mem.finalize(), disk.finalize()
+    assert np.array_equal(a.values, b.values[:], equal_nan=True)
+    assert np.array_equal(a.covered, b.covered[:])
+    assert np.array_equal(a.weight, b.weight[:])
+    with pytest.raises(RuntimeError):
+        disk.aggregate(np.zeros((3, 64, 64)), windows[0])
 
 
 def test_tiling_imports_neither_torch_nor_ray() -> None:

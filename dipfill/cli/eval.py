@@ -6,20 +6,21 @@ import argparse
 import json
 import logging
 import sys
-
+from typing import Any
 
 log = logging.getLogger("dipfill")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dipfill.pipeline.evaluate import DEFAULT_METHODS
+    from dipfill.eval.methods import DEFAULT_METHODS
 
     p = sub.add_parser(
         "eval",
         help="score fill methods on real gaps with known truth (two dates of one place)",
         description="Lay the donor date's real gaps (its nodata) over the truth date's valid pixels, fill a "
         "few tiles with each method and score them per band over the hidden pixels only (RMSE, r2, PSNR, "
-        "SSIM); write report.md, report.json, quicklooks and DIP convergence plots into --out.",
+        "SSIM); write report.md, report.json, quicklooks and DIP convergence plots into --out (the plots need "
+        "matplotlib: pip install dipfill[plots]).",
     )
     p.add_argument("truth", metavar="TRUTH_DATE_RASTER", help="the date whose pixels are the truth")
     p.add_argument("donor", metavar="DONOR_RASTER", help="the date whose gap mask (nodata) is transplanted; same grid")
@@ -48,9 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dipfill.pipeline.evaluate import FLOOR, EvalOptions, evaluate_files, parse_tiles
-
     from dipfill.cli.fill import parse_rgb
+    from dipfill.eval.experiments import EvalOptions, evaluate_files
+    from dipfill.eval.inputs import parse_tiles
 
     rgb = parse_rgb(args.rgb)
     options = EvalOptions(
@@ -77,6 +78,21 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
+    _print_summary(doc)
+    print(f"\nreport    {args.out}/report.md  (means over bands above; per band in the report)")
+    return 0
+
+
+def _band_mean(values: list[float | None], fmt: str) -> str:
+    """The mean over bands, right-aligned in 7 characters; ``nan`` when a band has no value."""
+    vals = [v for v in values if v is not None]
+    return format(sum(vals) / len(vals), fmt) if len(vals) == len(values) else f"{'nan':>7}"
+
+
+def _print_summary(doc: dict[str, Any]) -> None:
+    """The tiles, then per direction one line per method: metrics as means over bands."""
+    from dipfill.eval.report import FLOOR
+
     for t in doc["tiles"]:
         print(f"tile {t['row']},{t['col']} ({t['size']} px): {t['why']}")
     for d in doc["directions"]:
@@ -84,15 +100,7 @@ def run(args: argparse.Namespace) -> int:
         width = max([len("method"), *map(len, d["summary"])])
         print(f"{'method':<{width}} {'RMSE':>7} {'r2':>7} {'PSNR':>7} {'SSIM':>7} {'steps':>6} {'CPU s':>8}")
         for label, s in d["summary"].items():
-
-            def mean(key: str) -> str:
-                vals = [v for v in s[key] if v is not None]
-                return f"{sum(vals) / len(vals):7.3f}" if len(vals) == len(s[key]) else f"{'nan':>7}"
-
-            rmse = [v for v in s["rmse"] if v is not None]
             steps = f"{s['steps_per_patch']:6.0f}" if s.get("steps_per_patch") else f"{'-':>6}"
             cpu = f"{s['cpu_seconds_per_patch']:8.2f}" if label != FLOOR else f"{'-':>8}"
-            rm = f"{sum(rmse) / len(rmse):7.1f}" if len(rmse) == len(s["rmse"]) else f"{'nan':>7}"
-            print(f"{label:<{width}} {rm} {mean('r2')} {mean('psnr')} {mean('ssim')} {steps} {cpu}")
-    print(f"\nreport    {args.out}/report.md  (means over bands above; per band in the report)")
-    return 0
+            print(f"{label:<{width}} {_band_mean(s['rmse'], '7.1f')} {_band_mean(s['r2'], '7.3f')} "
+                  f"{_band_mean(s['psnr'], '7.3f')} {_band_mean(s['ssim'], '7.3f')} {steps} {cpu}")

@@ -8,18 +8,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dipfill.engines import ENGINES
+from dipfill.cli.options import add_dip_flags, add_fill_flags, fill_options
 from dipfill.errors import InputError
 
 log = logging.getLogger("dipfill")
 
-# Keys a --config YAML may hold: the flags' destinations (flags given on the command line win).
-CONFIG_KEYS = (
-    "stac", "collection", "bbox", "datetime", "max_cloud", "filter", "mask", "bands", "engine", "preset",
-    "steps", "stopping", "strategy", "dip", "fallback", "patch", "overlap", "seed", "batch_size", "out",
-    "publish", "ray_address", "max_scenes", "since", "force", "sign",
-)
-
+#: The FillOptions a run takes from flags (the footprint comes from the items).
+RUN_FILL_FIELDS = ("engine", "fallback", "patch", "overlap", "seed", "batch_size")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,6 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and write COG, QA COG, zarr mosaic and STAC item per scene plus OUT/runs/<run-id>.json. Scenes whose "
         "output is current are skipped; interrupted scenes resume from their patch store.",
     )
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `dipfill run`. None has a default here: a flag given wins over the
+    --config YAML, and what neither gives takes the option records' defaults."""
     p.add_argument("--config", metavar="YAML", help="read options from a YAML file (keys as the flags, e.g. max_cloud)")
     p.add_argument("--stac", help="STAC API URL, or a static catalog (catalog.json path or URL)")
     p.add_argument("--collection", action="append", help="collection id (repeatable)")
@@ -38,17 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filter", help="CQL2-JSON filter")
     p.add_argument("--mask", choices=("gaps", "clouds"), help="what to fill: missing data only (gaps), or clouds too")
     p.add_argument("--bands", help="comma-separated band names (default: the collection profile's)")
-    p.add_argument("--engine", choices=ENGINES, help="fill engine (default: dip)")
-    p.add_argument("--preset", help="dip preset (default: landsat2020)")
-    p.add_argument("--steps", type=int, help="dip Adam steps per patch")
-    p.add_argument("--stopping", choices=("fixed", "holdout", "emv"), help="dip early stopping")
-    p.add_argument("--strategy", choices=("auto", "loop", "packed"), help="dip execution strategy")
-    p.add_argument("--dip", action="append", metavar="KEY=VALUE", help="any DIPConfig field (repeatable)")
-    p.add_argument("--fallback", choices=(*ENGINES[1:], "none"), help="engine for weak patches (default: fillnodata)")
-    p.add_argument("--patch", type=int, help="patch size (default: 256)")
-    p.add_argument("--overlap", type=int, help="patch overlap (default: 32)")
-    p.add_argument("--seed", type=int, help="run seed (default: 0)")
-    p.add_argument("--batch-size", type=int, help="patches per engine call (default: 4)")
+    add_fill_flags(p, names=RUN_FILL_FIELDS, defaults=False)
+    add_dip_flags(p.add_argument_group("dip engine"), defaults=False)
     p.add_argument("--out", help="output directory")
     p.add_argument("--publish", metavar="URL", help="upsert each output item into this STAC API (Transactions)")
     p.add_argument("--sign", choices=("planetary-computer",),
@@ -58,7 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", metavar="DURATION", help="only scenes updated within DURATION (7d, 12h): for cron")
     p.add_argument("--force", action="store_true", default=None, help="reprocess scenes whose output is current")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    p.set_defaults(func=run)
+
+
+def _config_keys() -> tuple[str, ...]:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return tuple(a.dest for a in parser._actions if a.dest not in ("config", "json"))
+
+
+#: Keys a --config YAML may hold: the flags' destinations (flags given on the command line win).
+CONFIG_KEYS = _config_keys()
 
 
 def merged(args: argparse.Namespace) -> dict[str, Any]:
@@ -88,25 +90,9 @@ def merged(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_request(values: dict[str, Any]):
-    from dipfill.cli.fill import dip_options
-    from dipfill.pipeline.fill import FillOptions
-    from dipfill.pipeline.run import RunRequest
+    from dipfill.specs import RunRequest
 
-    engine = values.get("engine", "dip")
-    dip_args = argparse.Namespace(
-        preset=values.get("preset", "landsat2020"), device="auto", steps=values.get("steps"), lr=None,
-        stopping=values.get("stopping"), patience=None, strategy=values.get("strategy"), channels=None,
-        skip_channels=None, depth=None, dip=list(values.get("dip") or []),
-    )
-    options = FillOptions(
-        engine=engine,
-        engine_options=dip_options(dip_args) if engine == "dip" else {},
-        fallback=values.get("fallback", "fillnodata"),
-        patch=int(values.get("patch", 256)),
-        overlap=int(values.get("overlap", 32)),
-        seed=int(values.get("seed", 0)),
-        batch_size=int(values.get("batch_size", 4)),
-    )
+    options = fill_options(values)
     collections = values.get("collection") or ()
     if isinstance(collections, str):
         collections = (collections,)

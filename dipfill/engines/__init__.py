@@ -1,5 +1,25 @@
 """Fill engines behind one protocol (:mod:`dipfill.engines.base`): arrays in, arrays out.
 
+This package is the numerical room of dipfill: torch and math on in-memory arrays. It opens
+no files, starts no Ray, and reads no rasters; the pipeline brings pixels in and takes
+them out. The one rasterio import is ``rasterio.fill.fillnodata`` in
+:mod:`~dipfill.engines.classical`: GDAL's inverse-distance interpolation run on a NumPy
+array (no dataset, no file), kept because it *is* the ``fillnodata`` baseline and its
+results must stay bit-identical. Anything that must outlive a call (the measured DIP
+execution plans) goes through an object the caller passes in
+(:class:`~dipfill.engines.cache.StrategyCache`; the file-backed one lives in
+:mod:`dipfill.storage`).
+
+Modules, each importing only those listed before it:
+
+- ``base``: the :class:`Engine` protocol and its result types;
+- ``classical``: ``fillnodata`` (GDAL via rasterio.fill), ``telea``/``ns`` (OpenCV);
+- ``normalize``, ``losses``, ``stopping``: per-band scaling, masked losses, early stopping;
+- ``cache``: where measured DIP plans are kept (:class:`StrategyCache`);
+- ``config``: :class:`~dipfill.engines.config.DIPConfig` and the papers' presets (no torch);
+- ``dipnet`` → ``fit`` → ``strategy`` → ``dip``: the network, its fitting loop, how to
+  run it on the device at hand, and the DIP engine that wires them.
+
 ``make_engine(name, **options)`` is the one way the pipeline gets an engine, so engine
 modules (and their heavy imports: torch for ``dip``, OpenCV for ``telea``/``ns``) load only
 when that engine is chosen.
@@ -10,25 +30,41 @@ from __future__ import annotations
 from typing import Any
 
 from dipfill.engines.base import Engine, EngineResult, PatchDiagnostics
+from dipfill.engines.cache import MemoryStrategyCache, StrategyCache
+from dipfill.engines.config import DEFAULT_PRESET
 from dipfill.errors import InputError
 
-__all__ = ["ENGINES", "Engine", "EngineResult", "PatchDiagnostics", "make_engine"]
+__all__ = [
+    "ENGINES", "Engine", "EngineResult", "MemoryStrategyCache", "PatchDiagnostics", "StrategyCache", "make_engine",
+    "set_threads",
+]
 
 ENGINES = ("dip", "fillnodata", "telea", "ns")
 
 
-def make_engine(name: str, **options: Any) -> Engine:
+def make_engine(name: str, *, strategy_cache: StrategyCache | None = None, **options: Any) -> Engine:
     """The engine called ``name`` configured by ``options``.
 
     For ``dip``, ``preset`` names a paper configuration (default ``landsat2020``) and the
-    other options override its fields (see :class:`dipfill.engines.dip.DIPConfig`). For the
-    classical engines, options are their dataclass fields (e.g. ``radius``).
+    other options override its fields (see :class:`dipfill.engines.config.DIPConfig`). For
+    the classical engines, options are their dataclass fields (e.g. ``radius``).
+
+    ``strategy_cache`` is where ``dip`` keeps the execution plans it measures when its
+    ``strategy``/``precision`` are ``auto`` (measuring costs a few fitting steps per
+    candidate, once per device, network, patch shape and batch size). Pass
+    ``dipfill.storage.JsonFileCache(dipfill.storage.default_strategy_cache_path())`` to keep
+    them across runs in ``$DIPFILL_CACHE_DIR/strategy.json``; the default, None, keeps them
+    in memory for the engine's lifetime. The classical engines measure nothing and ignore it.
     """
     if name == "dip":
+        # torch loads here, not when the package is imported
         from dipfill.engines.dip import DIPEngine, preset
 
         opts = dict(options)
-        return DIPEngine(preset(opts.pop("preset", "landsat2020"), **opts))
+        config = preset(opts.pop("preset", DEFAULT_PRESET), **opts)
+        if strategy_cache is None:
+            return DIPEngine(config)
+        return DIPEngine(config, strategy_cache=strategy_cache)
     from dipfill.engines.classical import FillnodataEngine, NSEngine, TeleaEngine
 
     classes = {"fillnodata": FillnodataEngine, "telea": TeleaEngine, "ns": NSEngine}
@@ -38,3 +74,11 @@ def make_engine(name: str, **options: Any) -> Engine:
         return classes[name](**options)
     except TypeError as exc:
         raise InputError(f"bad options for engine {name!r}: {exc}") from None
+
+
+def set_threads(threads: int) -> None:
+    """Limit the engines of this process to ``threads`` CPU threads (torch's intra-op pool):
+    CPU workers that share a machine's cores each take one, instead of all of them each."""
+    import torch
+
+    torch.set_num_threads(threads)

@@ -10,7 +10,8 @@ interpolate from: the protocol's "unfilled"), never a made-up constant. Observed
 returned unchanged. Pixels flagged observed but not finite are treated as gaps.
 
 cv2 and rasterio are imported where used, so importing this module (or choosing
-``fillnodata``) does not pull in OpenCV.
+``fillnodata``) does not pull in OpenCV. rasterio is used only for ``rasterio.fill``:
+GDAL's algorithm on an in-memory array, no dataset and no file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,52 +31,60 @@ __all__ = ["FillnodataEngine", "TeleaEngine", "NSEngine"]
 
 log = logging.getLogger(__name__)
 
-BandFiller = Callable[[NDArray[np.float64], NDArray[np.bool_]], NDArray[np.float64]]
 
+class _BandwiseEngine:
+    """The loop every classical engine shares: one band of one patch at a time.
 
-def _fill_bands(
-    engine: str,
-    patches: np.ndarray,
-    observed: np.ndarray,
-    seeds: Sequence[int],
-    fill_band: BandFiller,
-) -> EngineResult:
-    """Apply ``fill_band(values, observed) -> values`` to every band of every patch.
-
-    ``fill_band`` only sees bands with at least one observed pixel and one gap (the other
-    cases are decided here), gets float64 values with gaps set to NaN, and returns float64
-    values with NaN where it could not reach.
+    Subclasses implement only ``_fill_band(values, observed) -> values``. It sees only bands
+    with at least one observed pixel and one gap (the other cases are decided here), gets
+    float64 values with gaps set to NaN, and returns float64 values with NaN where it could
+    not reach. Why one loop: what counts as unfilled, that observed pixels pass through and
+    what the diagnostics say must not drift apart between engines that are compared.
     """
-    check_batch(patches, observed, seeds)
-    values = np.asarray(patches, dtype=np.float64)
-    usable = np.asarray(observed, dtype=bool) & np.isfinite(values)
-    out = np.full(values.shape, np.nan, dtype=np.float32)
-    diagnostics = []
-    for b in range(values.shape[0]):
-        start = time.perf_counter()
-        for c in range(values.shape[1]):
-            obs = usable[b, c]
-            if not obs.any():
-                continue  # nothing to interpolate from: stays NaN (unfilled)
-            band = np.where(obs, values[b, c], np.nan)
-            filled = band if obs.all() else fill_band(band, obs)
-            filled = np.where(obs, values[b, c], filled)  # observed pixels pass through
-            out[b, c] = np.where(np.isfinite(filled), filled, np.nan)
-        unfilled = int(np.isnan(out[b]).sum())
-        diagnostics.append(
-            PatchDiagnostics(
-                engine=engine,
-                seconds=time.perf_counter() - start,
-                extra={"unfilled_pixels": unfilled},
+
+    name: ClassVar[str] = ""
+
+    def fill(
+        self,
+        patches: NDArray[np.float32],
+        observed: NDArray[np.bool_],
+        *,
+        seeds: Sequence[int],
+    ) -> EngineResult:
+        """Fill every band of every patch; the methods are deterministic, seeds are unused."""
+        check_batch(patches, observed, seeds)
+        values = np.asarray(patches, dtype=np.float64)
+        usable = np.asarray(observed, dtype=bool) & np.isfinite(values)
+        out = np.full(values.shape, np.nan, dtype=np.float32)
+        diagnostics = []
+        for b in range(values.shape[0]):
+            start = time.perf_counter()
+            for c in range(values.shape[1]):
+                obs = usable[b, c]
+                if not obs.any():
+                    continue  # nothing to interpolate from: stays NaN (unfilled)
+                band = np.where(obs, values[b, c], np.nan)
+                filled = band if obs.all() else self._fill_band(band, obs)
+                filled = np.where(obs, values[b, c], filled)  # observed pixels pass through
+                out[b, c] = np.where(np.isfinite(filled), filled, np.nan)
+            unfilled = int(np.isnan(out[b]).sum())
+            diagnostics.append(
+                PatchDiagnostics(
+                    engine=self.name,
+                    seconds=time.perf_counter() - start,
+                    extra={"unfilled_pixels": unfilled},
+                )
             )
-        )
-        if unfilled:
-            log.debug("%s: patch %d left %d band-pixels unfilled", engine, b, unfilled)
-    return EngineResult(values=out, diagnostics=diagnostics)
+            if unfilled:
+                log.debug("%s: patch %d left %d band-pixels unfilled", self.name, b, unfilled)
+        return EngineResult(values=out, diagnostics=diagnostics)
+
+    def _fill_band(self, band: NDArray[np.float64], obs: NDArray[np.bool_]) -> NDArray[np.float64]:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class FillnodataEngine:
+class FillnodataEngine(_BandwiseEngine):
     """GDAL inverse-distance fill (``rasterio.fill.fillnodata``) per band.
 
     ``max_search_distance`` (pixels) bounds how far GDAL looks for observed pixels; gap
@@ -98,17 +107,9 @@ class FillnodataEngine:
                 f"smoothing_iterations must be >= 0, got {self.smoothing_iterations!r}"
             )
 
-    def fill(
-        self,
-        patches: NDArray[np.float32],
-        observed: NDArray[np.bool_],
-        *,
-        seeds: Sequence[int],
-    ) -> EngineResult:
-        """Fill every band of every patch; the method is deterministic, seeds are unused."""
-        return _fill_bands(self.name, patches, observed, seeds, self._fill_band)
-
     def _fill_band(self, band: NDArray[np.float64], obs: NDArray[np.bool_]) -> NDArray[np.float64]:
+        # Imported here: GDAL loads only when this engine runs. This is the one rasterio use
+        # the engines allow, an array algorithm (no dataset, no file).
         from rasterio.fill import fillnodata
 
         # fillnodata writes into its argument and returns it: pass a copy. Gaps hold NaN,
@@ -136,7 +137,7 @@ _WORK_RANGE = 65535.0
 
 
 @dataclass(frozen=True)
-class _OpenCVInpaintEngine:
+class _OpenCVInpaintEngine(_BandwiseEngine):
     """Shared body of the OpenCV engines: ``cv2.inpaint`` per band in float32."""
 
     radius: float = 5.0
@@ -148,18 +149,8 @@ class _OpenCVInpaintEngine:
         if not self.radius > 0:
             raise InputError(f"radius must be > 0 pixels, got {self.radius!r}")
 
-    def fill(
-        self,
-        patches: NDArray[np.float32],
-        observed: NDArray[np.bool_],
-        *,
-        seeds: Sequence[int],
-    ) -> EngineResult:
-        """Fill every band of every patch; the method is deterministic, seeds are unused."""
-        return _fill_bands(self.name, patches, observed, seeds, self._fill_band)
-
     def _fill_band(self, band: NDArray[np.float64], obs: NDArray[np.bool_]) -> NDArray[np.float64]:
-        import cv2
+        import cv2  # here: OpenCV loads only when telea/ns run
 
         vmin = float(np.min(band[obs]))
         span = float(np.max(band[obs])) - vmin

@@ -18,15 +18,14 @@ from its own patch's seed: a patch's initial weights do not depend on its batch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # pragma: no cover
-    from dipfill.engines.dip import DIPConfig
+from dipfill.engines.config import DIPConfig
 
-__all__ = ["build_skip_net", "pack_members", "member_rows", "SkipNet"]
+__all__ = ["SkipNet", "build_skip_net", "member_rows", "pack_members", "restore_members"]
 
 
 class _Level(nn.Module):
@@ -67,7 +66,7 @@ class SkipNet(nn.Module):
         return self.body(x).reshape(m, -1, h, w)
 
 
-def build_skip_net(config: "DIPConfig", out_channels: int, members: int = 1) -> SkipNet:
+def build_skip_net(config: DIPConfig, out_channels: int, members: int = 1) -> SkipNet:
     """The skip network of ``config`` mapping ``net_input_channels`` to ``out_channels``.
 
     Built with the global torch RNG; use :func:`pack_members` to get seeded members.
@@ -131,7 +130,7 @@ def build_skip_net(config: "DIPConfig", out_channels: int, members: int = 1) -> 
     return SkipNet(nn.Sequential(*body), m)
 
 
-def pack_members(config: "DIPConfig", out_channels: int, seeds: Sequence[int]) -> SkipNet:
+def pack_members(config: DIPConfig, out_channels: int, seeds: Sequence[int]) -> SkipNet:
     """A network of ``len(seeds)`` members whose member j starts as a single network built
     with ``torch.manual_seed(seeds[j])``. The global RNG state is left as it was."""
     singles = []

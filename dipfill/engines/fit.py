@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from dipfill.engines.config import DIPConfig
 from dipfill.engines.dipnet import SkipNet, restore_members
 from dipfill.engines.losses import masked_loss
 from dipfill.engines.stopping import MovingVariance
 
-if TYPE_CHECKING:  # pragma: no cover
-    from dipfill.engines.dip import DIPConfig
+__all__ = ["FitMonitor", "FitOutcome", "fit_members"]
 
-__all__ = ["FitOutcome", "fit_members", "Monitor"]
-
-# monitor(step, prediction[M, C, H, W] in the normalised space, held-out RMSE per member)
-Monitor = Callable[[int, torch.Tensor, np.ndarray], None]
+# monitor(step, prediction[M, C, H, W] in the normalised space, held-out RMSE per member).
+# The engine's relay turns it into config.Monitor (data units, one row per patch).
+FitMonitor = Callable[[int, torch.Tensor, np.ndarray], None]
 
 
 @dataclass
@@ -41,7 +40,7 @@ class FitOutcome:
 
 
 def fit_members(
-    config: "DIPConfig",
+    config: DIPConfig,
     net: SkipNet,
     z: torch.Tensor,
     target: torch.Tensor,
@@ -51,7 +50,7 @@ def fit_members(
     *,
     bf16: bool = False,
     fused_adam: bool = False,
-    monitor: Monitor | None = None,
+    monitor: FitMonitor | None = None,
 ) -> FitOutcome:
     """Fit ``net`` (M members) so that ``net(z)`` matches ``target`` on ``train_mask``.
 

@@ -6,8 +6,10 @@ convolutions run at about half the speed of dense ones), while on a GPU one patc
 light presets leaves most of the device idle and packing is the point. ``torch.compile`` is
 off unless asked for (:data:`COMPILE_AUTO` has the figures). So the engine times the
 candidates once per (device, network, patch shape, batch size) on a few steps of synthetic
-data and caches the winner in ``$DIPFILL_CACHE_DIR/strategy.json`` (default
-``~/.cache/dipfill``).
+data and keeps the winner in the :class:`~dipfill.engines.cache.StrategyCache` the caller
+passes: the pipeline's is the file ``$DIPFILL_CACHE_DIR/strategy.json`` (default
+``~/.cache/dipfill``, :class:`dipfill.storage.JsonFileCache`), so later runs on the same
+machine skip the measurement. This module only asks the cache; it opens no file.
 
 On CUDA, fp32 vs bf16 autocast is measured too; channels_last and fused Adam are always on
 there. All of it runs unchanged on CPU when forced, which is how the tests cover it.
@@ -26,15 +28,16 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from dipfill.engines.dip import DIPConfig
+from dipfill.engines.cache import MemoryStrategyCache, StrategyCache
+from dipfill.engines.config import DIPConfig, padded_size
+from dipfill.engines.dipnet import pack_members
+from dipfill.engines.fit import fit_members
 
-__all__ = ["Plan", "resolve_plan", "cache_path"]
+__all__ = ["COMPILE_AUTO", "Plan", "describe", "prepare_net", "resolve_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +57,8 @@ class Plan:
     seconds_per_patch_step: dict[str, float] = field(default_factory=dict)  # what was measured
 
 
-def cache_path() -> Path:
-    root = os.environ.get("DIPFILL_CACHE_DIR") or Path.home() / ".cache" / "dipfill"
-    return Path(root) / "strategy.json"
-
-
 def _device_name(device: torch.device) -> str:
+    """The part of the cache key that names the hardware (and, on CPU, the torch build and threads)."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"cpu:{os.cpu_count()}cores:torch{torch.__version__}:threads{torch.get_num_threads()}"
@@ -77,13 +76,21 @@ def _label(strategy: str, compiled: bool, bf16: bool) -> str:
     return strategy + ("+compile" if compiled else "") + ("+bf16" if bf16 else "")
 
 
-def resolve_plan(config: "DIPConfig", device: torch.device, shape: tuple[int, int, int], members: int) -> Plan:
+def resolve_plan(
+    config: DIPConfig,
+    device: torch.device,
+    shape: tuple[int, int, int],
+    members: int,
+    *,
+    cache: StrategyCache | None = None,
+) -> Plan:
     """The execution plan for fitting ``members`` patches of ``shape`` (C, H, W) on ``device``.
 
     Measured candidates: loop vs packed (when more than one patch), and on CUDA fp32 vs bf16
     autocast (H100: bf16 was no faster, because these fits are bound by kernel launches,
     not arithmetic, and its quality matched fp32 within the seed spread; so it is chosen
-    only where a device shows it faster).
+    only where a device shows it faster). A measured winner is looked up in and stored to
+    ``cache`` (None: a fresh in-memory one, i.e. measure every time there is a choice).
     """
     cuda = device.type == "cuda"
     base = Plan("loop", False, False, channels_last=cuda, fused_adam=cuda)
@@ -97,22 +104,26 @@ def resolve_plan(config: "DIPConfig", device: torch.device, shape: tuple[int, in
         s, c, b = candidates[0]
         return replace(base, strategy=s, compiled=c, bf16=b)
 
+    cache = MemoryStrategyCache() if cache is None else cache
     key = _cache_key(config, device, shape, members, base)
-    cached = _read_cache().get(key)
-    if cached:
-        return replace(base, strategy=cached["strategy"], compiled=cached["compiled"], bf16=cached["bf16"],
-                       seconds_per_patch_step=cached["seconds_per_patch_step"])
+    cached = _cached_plan(base, cache.get(key))
+    if cached is not None:
+        return cached
     timings = {_label(s, c, b): _time_candidate(config, device, shape, members, replace(base, bf16=b), s, c)
                for s, c, b in candidates}
     best = min(timings, key=timings.__getitem__)
     strategy, compiled, bf16 = next(x for x in candidates if _label(*x) == best)
     log.info("dip strategy for %s: %s (seconds per patch-step: %s)", key, best,
              {k: round(v, 4) for k, v in timings.items()})
-    _write_cache(key, {"strategy": strategy, "compiled": compiled, "bf16": bf16, "seconds_per_patch_step": timings})
+    try:
+        cache.put(key, {"strategy": strategy, "compiled": compiled, "bf16": bf16,
+                        "seconds_per_patch_step": dict(timings)})
+    except OSError as exc:  # e.g. a read-only home: the plan is still good for this run
+        log.warning("could not cache the dip strategy for %s: %s", key, exc)
     return replace(base, strategy=strategy, compiled=compiled, bf16=bf16, seconds_per_patch_step=timings)
 
 
-def _cache_key(config: "DIPConfig", device: torch.device, shape: tuple[int, int, int], members: int, base: Plan) -> str:
+def _cache_key(config: DIPConfig, device: torch.device, shape: tuple[int, int, int], members: int, base: Plan) -> str:
     # Only what changes the cost: the network and loss, not steps/lr/stopping/seeds.
     net = {k: v for k, v in config.to_dict().items()
            if k not in {"steps", "lr", "stopping", "check_every", "patience", "holdout_fraction",
@@ -123,33 +134,22 @@ def _cache_key(config: "DIPConfig", device: torch.device, shape: tuple[int, int,
     return f"{_device_name(device)}|net-{digest}|{c}x{h}x{w}|members{members}|{config.precision}|{config.compile}"
 
 
-def _read_cache() -> dict[str, Any]:
+def _cached_plan(base: Plan, entry: dict[str, Any] | None) -> Plan | None:
+    """``base`` with a cached winner applied; None when there is none or it is malformed
+    (an entry written by another version must cost a measurement, not the run)."""
+    if not entry:
+        return None
     try:
-        return json.loads(cache_path().read_text())
-    except (OSError, ValueError):
-        return {}
+        return replace(base, strategy=entry["strategy"], compiled=entry["compiled"], bf16=entry["bf16"],
+                       seconds_per_patch_step=dict(entry["seconds_per_patch_step"]))
+    except (KeyError, TypeError, ValueError):
+        log.warning("ignoring a malformed cached dip strategy: %r", entry)
+        return None
 
 
-def _write_cache(key: str, value: dict[str, Any]) -> None:
-    path = cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_cache()
-        data[key] = value
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only home must not stop a run
-        log.warning("could not cache the dip strategy in %s: %s", path, exc)
-
-
-def _time_candidate(config: "DIPConfig", device: torch.device, shape: tuple[int, int, int], members: int,
+def _time_candidate(config: DIPConfig, device: torch.device, shape: tuple[int, int, int], members: int,
                     base: Plan, strategy: str, compiled: bool) -> float:
     """Seconds per patch per Adam step for one candidate, on synthetic data of ``shape``."""
-    from dipfill.engines.dip import padded_size
-    from dipfill.engines.dipnet import pack_members
-    from dipfill.engines.fit import fit_members
-
     c, h, w = shape
     ph, pw = padded_size(h, config.depth), padded_size(w, config.depth)
     m = members if strategy == "packed" else 1

@@ -1,10 +1,10 @@
 """Blending a run's scene in Zarr-chunk-sized blocks, each in its own task.
 
 After the engine workers have filled the scene's patch store, the scene is cut into blocks
-of :data:`~dipfill.pipeline.write.MOSAIC_CHUNK` × ``MOSAIC_CHUNK`` pixels, one Zarr chunk
+of :data:`~dipfill.raster.write.MOSAIC_CHUNK` × ``MOSAIC_CHUNK`` pixels, one Zarr chunk
 per band each. A block task reads its pixels of the source and the fitted values of the
 windows that touch it, blends and composites
-(:func:`~dipfill.pipeline.fill.compose_block`), and writes its chunks of the Zarr mosaic:
+(:func:`~dipfill.pipeline.compose.compose_block`), and writes its chunks of the Zarr mosaic:
 every chunk has exactly one writer, and no process holds more than a block, whatever the
 scene's size. The driver only collects QA counts and preview pixels for the quicklook.
 
@@ -19,10 +19,11 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from dipfill.pipeline.fill import FillPlan, compose_block, qa_counts
+from dipfill.pipeline.compose import compose_block, qa_counts
+from dipfill.pipeline.plan import FillPlan
 from dipfill.pipeline.patchstore import PatchStore
-from dipfill.pipeline.read import data_validity
-from dipfill.pipeline.write import Preview, write_mosaic_block
+from dipfill.raster.read import data_validity
+from dipfill.raster.write import Preview, write_mosaic_block
 from dipfill.tiling import PatchWindow
 
 __all__ = ["BlockTask", "BlockResult", "block_tasks", "blend_block", "merge_counts", "preview_mosaic"]
@@ -33,7 +34,7 @@ class BlockTask:
     """One block of one scene: what to blend and where to write it."""
 
     scene_key: str
-    source: Any  # dipfill.pipeline.scene.SceneSource
+    source: Any  # dipfill.raster.scene.SceneSource
     store_path: str
     mosaic_path: str
     origin: tuple[int, int]  # top-left pixel (row, col)
@@ -62,13 +63,13 @@ def block_tasks(scene_key: str, source: Any, plan: FillPlan, store_path: str, mo
     step = Preview.step_for(plan.state.shape, max_preview)
     tasks = []
     for row0 in range(0, height, block):
-        row1 = min(row0 + block, height)
-        in_rows = [p for p in placed if p[0].row_off < row1 and p[0].row_off + p[0].height > row0]
+        band = PatchWindow(row0, 0, min(block, height - row0), width)
+        in_rows = [p for p in placed if p[0].intersects(band)]
         for col0 in range(0, width, block):
-            col1 = min(col0 + block, width)
-            touching = tuple(p for p in in_rows if p[0].col_off < col1 and p[0].col_off + p[0].width > col0)
+            region = PatchWindow(row0, col0, band.height, min(block, width - col0))
+            touching = tuple(p for p in in_rows if p[0].intersects(region))
             tasks.append(BlockTask(scene_key, source, store_path, mosaic_path, (row0, col0),
-                                   np.ascontiguousarray(plan.state[row0:row1, col0:col1]), touching,
+                                   np.ascontiguousarray(plan.state[region.slices]), touching,
                                    plan.rows, plan.cols, nodata, step))
     return tasks
 

@@ -9,7 +9,7 @@ Layout (DESIGN.md), all hrefs relative so the tree can be copied or served anywh
 Adding an item changes only the new item's links, its collection's links and extent, and
 (for a new collection) the root catalog: other items are never rewritten, so concurrent
 scene writers only contend on the small collection document. These functions build the
-documents as dicts; :mod:`dipfill.pipeline.publish` writes them atomically.
+documents as dicts; :mod:`dipfill.stac.publish` writes them atomically.
 """
 
 from __future__ import annotations

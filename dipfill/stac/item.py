@@ -10,16 +10,32 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import pystac
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterExtension
 
-__all__ = ["AssetSpec", "ItemSpec", "build_item", "sanitize_id", "config_hash", "file_checksum"]
+from dipfill import __version__
+from dipfill.errors import InputError
+from dipfill.specs import FillOptions
+
+__all__ = [
+    "AssetSpec",
+    "ItemSpec",
+    "ItemExtras",
+    "FilledScene",
+    "build_item",
+    "output_item",
+    "self_href",
+    "sanitize_id",
+    "config_hash",
+    "file_checksum",
+]
 
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
@@ -33,8 +49,14 @@ def sanitize_id(raw: str) -> str:
     """Make an id safe as a file name and URL path segment (ids come from outside)."""
     cleaned = _UNSAFE.sub("_", raw).strip("._-")
     if not cleaned:
-        raise ValueError(f"cannot make a usable id from {raw!r}")
+        raise InputError(f"cannot make a usable id from {raw!r}: give an id with letters or digits "
+                         "(e.g. --item-id)")
     return cleaned[:200]
+
+
+def self_href(item: Mapping[str, Any]) -> str | None:
+    """The href of an item's ``self`` link, if it has one."""
+    return next((ln.get("href") for ln in item.get("links", []) if ln.get("rel") == "self"), None)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -122,4 +144,113 @@ def build_item(spec: ItemSpec) -> pystac.Item:
         item.stac_extensions.append(PROCESSING_SCHEMA)
     if spec.files_dir is not None:
         item.stac_extensions.append(FILE_SCHEMA)
+    return item
+
+
+@dataclass(frozen=True)
+class ItemExtras:
+    """What a run knows about the source item: its geometry and bbox (used instead of the
+    footprint's), ``derived_from`` hrefs and extra properties (source version...)."""
+
+    geometry: dict[str, Any] | None = None
+    bbox: Sequence[float] | None = None
+    derived_from: Sequence[str] = ()
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    scale_offset: Sequence[tuple[float, float]] = ()  # per band, from the source's raster:bands
+
+
+@dataclass(frozen=True)
+class FilledScene:
+    """What an output item says about the filled scene, as plain values (no raster objects):
+    the pipeline measures them, this room only describes them."""
+
+    item_id: str
+    geometry: dict[str, Any]  # the footprint (EPSG:4326), from the source item or the mask
+    bbox: Sequence[float]
+    epsg: int | None
+    wkt2: str | None
+    shape: tuple[int, int]
+    transform: Sequence[float]  # the first six affine coefficients
+    band_names: Sequence[str]
+    dtype: str  # numpy dtype name
+    nodata: float | None
+    counts: Mapping[str, int]  # pixels per QA class name
+    qa_classes: Mapping[int, tuple[str, str]]  # QA code → (name, description)
+    sources: Sequence[str]
+
+
+def output_item(scene: FilledScene, options: FillOptions, acquired: str | None, names: Mapping[str, str],
+                out_dir: str | os.PathLike[str], extras: ItemExtras = ItemExtras()) -> pystac.Item:
+    """The STAC item describing the written outputs ``names`` (asset key → file name, hrefs
+    relative to the item) of ``scene``; ``file:`` facts are read from ``out_dir``."""
+    geometry, bbox = scene.geometry, list(scene.bbox)
+    if acquired:
+        when = dt.datetime.fromisoformat(acquired).replace(tzinfo=dt.timezone.utc)
+        when_source = "input"
+    else:
+        when = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        when_source = "processing time (no acquisition date found; pass --datetime)"
+    cfg = options.hashable_dict()
+    nodata = None if scene.nodata is None or math.isnan(scene.nodata) else scene.nodata
+    scales = list(extras.scale_offset) or [(1.0, 0.0)] * len(scene.band_names)
+    bands = tuple(
+        {"name": n, "data_type": scene.dtype, **({"nodata": nodata} if nodata is not None else {}),
+         **({"scale": sc, "offset": off} if (sc, off) != (1.0, 0.0) else {})}
+        for n, (sc, off) in zip(scene.band_names, scales)
+    )
+    qa_classes = [
+        {"value": code, "name": name, "description": desc} for code, (name, desc) in scene.qa_classes.items()
+    ]
+    assets = [
+        AssetSpec("filled", names["filled"], COG_MEDIA_TYPE, ("data",), "Filled bands (COG)", bands),
+        AssetSpec(
+            "qa",
+            names["qa"],
+            COG_MEDIA_TYPE,
+            ("metadata",),
+            "Fill QA (COG)",
+            ({"name": "qa", "data_type": "uint8"},),
+            {"classification:classes": qa_classes},
+        ),
+        *(
+            AssetSpec(f"filled_{b}", names[f"filled_{b}"], "application/x-vrt", ("data",),
+                      f"{band['name']} (one-band VRT of the filled COG, for one-band-per-asset readers)", (band,))
+            for b, band in enumerate(bands, start=1)
+        ),
+        AssetSpec("mosaic", names["mosaic"], ZARR_MEDIA_TYPE, ("data",), "Filled scene (Zarr v3)"),
+        AssetSpec("quicklook", names["quicklook"], "image/png", ("overview",), "Before | after"),
+        AssetSpec("patches", names["patches"], "application/json", ("metadata",), "Per-patch fit diagnostics"),
+    ]
+    spec = ItemSpec(
+        item_id=scene.item_id,
+        geometry=geometry,
+        bbox=bbox,
+        datetime=when,
+        epsg=scene.epsg,
+        wkt2=scene.wkt2,
+        shape=scene.shape,
+        transform=list(scene.transform)[:6],
+        properties={
+            "processing:software": {"dipfill": __version__},
+            "processing:lineage": (
+                f"Gaps filled with the '{options.engine}' engine (fallback '{options.fallback}') "
+                f"in {options.patch}-px patches overlapping by {options.overlap} px, blended with "
+                "a Hann taper; observed pixels copied from the source unchanged"
+            ),
+            "processing:datetime": dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+            .isoformat().replace("+00:00", "Z"),
+            "processing:level": "L3",
+            "dipfill:config": cfg,
+            "dipfill:config_hash": config_hash(cfg),
+            "dipfill:counts": scene.counts,
+            "dipfill:datetime_source": when_source,
+            "dipfill:sources": [os.path.basename(s) for s in scene.sources],
+            **extras.properties,
+        },
+        assets=assets,
+        files_dir=str(out_dir),
+        derived_from=tuple(extras.derived_from),
+    )
+    item = build_item(spec)
+    item.stac_extensions.append("https://stac-extensions.github.io/classification/v2.0.0/schema.json")
     return item

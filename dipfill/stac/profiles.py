@@ -3,25 +3,20 @@
 One frozen record per collection says which asset holds each band (in Planetary Computer,
 Earth Search v1 and older naming), its nominal resolution, nodata, scale and offset, which
 bands to use by default, which asset is the QA layer and how it decodes into the three
-pixel states of :mod:`dipfill.masks`, and where the scene footprint comes from. Code
+pixel states of :mod:`dipfill.raster.masks`, and where the scene footprint comes from. Code
 elsewhere asks the profile; it never branches on a collection name.
 
-The QA decoders are pure numpy: a QA array in, a ``uint8`` array of ``OUTSIDE`` /
-``OBSERVED`` / ``GAP`` out.
+Profiles are metadata only: a QA layer is named here and decoded by
+:func:`dipfill.raster.masks.decode_qa` (raster/ decodes pixels, stac/ describes collections).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Final, Literal, Mapping
+from typing import Any, Final, Literal, Mapping
 
-import numpy as np
-from numpy.typing import NDArray
-
-from dipfill.masks import GAP, OBSERVED, OUTSIDE, footprint_from_validity
 
 __all__ = [
-    "MaskMode",
     "AssetKeys",
     "BandSpec",
     "QASpec",
@@ -34,23 +29,7 @@ __all__ = [
     "SENTINEL_1_RTC",
     "get_profile",
     "profile_for",
-    "decode_landsat_qa_pixel",
-    "decode_s2_scl",
-    "decode_modis_reliability",
-    "LANDSAT_FILL_BIT",
-    "LANDSAT_CLOUD_BITS",
-    "S2_SCL_OUTSIDE",
-    "S2_SCL_ALWAYS_GAP",
-    "S2_SCL_CLOUD",
-    "MODIS_RELIABILITY_GOOD",
-    "MODIS_RELIABILITY_FILL",
 ]
-
-#: ``fill``: only missing data (fill, no-data classes) is a gap; ``clouds``: clouds, cirrus
-#: and cloud shadow are gaps as well.
-MaskMode = Literal["fill", "clouds"]
-
-Decoder = Callable[..., NDArray[np.uint8]]
 
 
 # ----------------------------------------------------------------------------- records
@@ -92,10 +71,10 @@ class BandSpec:
 
 @dataclass(frozen=True)
 class QASpec:
-    """The QA asset and its decoding into three states (``decode(qa, footprint=, mask=)``)."""
+    """The QA asset and the name of the decoder that turns it into three states."""
 
     keys: AssetKeys
-    decode: Decoder
+    decoder: str  # a name of :data:`dipfill.raster.masks.QA_DECODERS`: raster/ decodes pixels
     description: str
 
 
@@ -106,7 +85,7 @@ class CollectionProfile:
     ``footprint`` says where *outside* comes from: ``geometry`` rasterises the item
     geometry (the QA decoder then splits missing pixels into gap inside and outside
     beyond it), ``qa`` trusts the QA layer's own no-data class, ``data`` derives it from
-    where any band has data (:func:`dipfill.masks.footprint_from_validity`).
+    where any band has data (:func:`dipfill.raster.masks.footprint_from_validity`).
     """
 
     name: str
@@ -139,128 +118,6 @@ class CollectionProfile:
         raise KeyError(f"profile {self.name} has no band {name!r}; bands: {', '.join(self.band_names)}")
 
 
-# ---------------------------------------------------------------------------- decoders
-def _states(shape: tuple[int, ...]) -> NDArray[np.uint8]:
-    return np.full(shape, OBSERVED, dtype=np.uint8)
-
-
-def _split_missing(
-    missing: NDArray[np.bool_], footprint: NDArray[np.bool_] | None
-) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Missing pixels → (gap, outside): inside the footprint a gap, beyond it outside.
-
-    Without a footprint it is derived from the data (the closing in
-    :func:`footprint_from_validity` bridges SLC-off stripes but not the collar).
-    """
-    if footprint is None:
-        footprint = footprint_from_validity(~missing)
-    footprint = np.asarray(footprint, dtype=bool)
-    if footprint.shape != missing.shape:
-        raise ValueError(f"footprint shape {footprint.shape} differs from QA shape {missing.shape}")
-    return missing & footprint, missing & ~footprint
-
-
-#: Landsat Collection 2 QA_PIXEL bits (USGS LSDS-1619 / LSDS-1328).
-LANDSAT_FILL_BIT: Final = 0
-#: dilated cloud (1), cirrus (2), cloud (3), cloud shadow (4).
-LANDSAT_CLOUD_BITS: Final = (1, 2, 3, 4)
-
-
-def decode_landsat_qa_pixel(
-    qa: NDArray[np.integer],
-    *,
-    footprint: NDArray[np.bool_] | None = None,
-    mask: MaskMode = "fill",
-) -> NDArray[np.uint8]:
-    """Landsat Collection 2 QA_PIXEL → three states.
-
-    Bit 0 (fill) is missing data: a gap inside ``footprint`` (this is how Landsat-7
-    SLC-off stripes appear), outside beyond it. With ``mask="clouds"``, non-fill pixels
-    flagged dilated cloud, cirrus, cloud or cloud shadow are gaps as well. ``footprint``
-    (True inside) is normally the item geometry rasterised onto the grid; ``None`` derives
-    it from the fill bit.
-    """
-    qa = np.asarray(qa)
-    if not np.issubdtype(qa.dtype, np.integer):
-        raise ValueError(f"QA_PIXEL must be an integer array, got {qa.dtype}")
-    qa = qa.astype(np.uint32, copy=False)
-    fill = (qa >> LANDSAT_FILL_BIT) & 1 == 1
-    state = _states(qa.shape)
-    gap, outside = _split_missing(fill, footprint)
-    if mask == "clouds":
-        cloud_mask = sum(1 << b for b in LANDSAT_CLOUD_BITS)
-        gap |= ~fill & ((qa & cloud_mask) != 0)
-    elif mask != "fill":
-        raise ValueError(f"mask must be 'fill' or 'clouds', got {mask!r}")
-    state[gap] = GAP
-    state[outside] = OUTSIDE
-    return state
-
-
-#: Sentinel-2 L2A scene classification (SCL) classes.
-S2_SCL_OUTSIDE: Final = (0,)  # no data
-S2_SCL_ALWAYS_GAP: Final = (1,)  # saturated or defective: not a measurement
-S2_SCL_CLOUD: Final = (3, 8, 9, 10)  # cloud shadow, cloud medium/high probability, thin cirrus
-
-
-def decode_s2_scl(
-    scl: NDArray[np.integer],
-    *,
-    footprint: NDArray[np.bool_] | None = None,
-    mask: MaskMode = "fill",
-) -> NDArray[np.uint8]:
-    """Sentinel-2 L2A SCL → three states.
-
-    SCL 0 (no data) is outside the scene; SCL 1 (saturated or defective) is a gap; with
-    ``mask="clouds"``, SCL 3 (cloud shadow), 8, 9 (cloud medium/high probability) and 10
-    (thin cirrus) are gaps as well. ``footprint``, when given, also puts no-data pixels
-    beyond it outside (SCL 0 already does inside a tile).
-    """
-    scl = np.asarray(scl)
-    if mask not in ("fill", "clouds"):
-        raise ValueError(f"mask must be 'fill' or 'clouds', got {mask!r}")
-    state = _states(scl.shape)
-    gap_classes = S2_SCL_ALWAYS_GAP + (S2_SCL_CLOUD if mask == "clouds" else ())
-    state[np.isin(scl, gap_classes)] = GAP
-    outside = np.isin(scl, S2_SCL_OUTSIDE)
-    if footprint is not None:
-        outside &= ~np.asarray(footprint, dtype=bool)
-    state[outside] = OUTSIDE
-    return state
-
-
-#: MODIS VI pixel reliability: 0 good, 1 marginal, 2 snow/ice, 3 cloudy; -1 fill in the
-#: HDF product, 255 (its uint8 reading) in COG conversions.
-MODIS_RELIABILITY_GOOD: Final = 0
-MODIS_RELIABILITY_FILL: Final = (-1, 255)
-
-
-def decode_modis_reliability(
-    reliability: NDArray[np.integer],
-    *,
-    footprint: NDArray[np.bool_] | None = None,
-    mask: MaskMode = "fill",
-) -> NDArray[np.uint8]:
-    """MODIS 13Q1/13A1 pixel reliability → three states.
-
-    0 (good) is observed; 1 (marginal), 2 (snow/ice), 3 (cloudy) are gaps in either mask
-    mode (paper 001 keeps only "good" NDVI); fill (-1, or 255 read as uint8) is outside —
-    it is where the product has no land retrieval at all (ocean, beyond the tile).
-    """
-    rel = np.asarray(reliability)
-    if mask not in ("fill", "clouds"):
-        raise ValueError(f"mask must be 'fill' or 'clouds', got {mask!r}")
-    rel = rel.astype(np.int32, copy=False)
-    state = np.full(rel.shape, GAP, dtype=np.uint8)
-    state[rel == MODIS_RELIABILITY_GOOD] = OBSERVED
-    outside = np.isin(rel, MODIS_RELIABILITY_FILL)
-    if footprint is not None:
-        # fill inside a given footprint stays a gap: the footprint is the authority
-        outside &= ~np.asarray(footprint, dtype=bool)
-    state[outside] = OUTSIDE
-    return state
-
-
 # ---------------------------------------------------------------------------- profiles
 def _keys(pc: str | None, es: str | None = None, es0: str | None = None, *other: str) -> AssetKeys:
     return AssetKeys(planetary_computer=pc, earth_search=es, earth_search_v0=es0, other=tuple(other))
@@ -280,7 +137,7 @@ LANDSAT_C2_L2: Final = CollectionProfile(
     default_bands=("red", "nir08", "swir16"),
     qa=QASpec(
         keys=_keys("qa_pixel", "qa_pixel", None, "QA_PIXEL.TIF", "QA_PIXEL"),
-        decode=decode_landsat_qa_pixel,
+        decoder="landsat_qa_pixel",
         description="QA_PIXEL: bit 0 fill → gap inside the footprint (SLC-off stripes), outside "
         "beyond it; clouds: dilated cloud, cirrus, cloud, cloud shadow bits → gap",
     ),
@@ -316,7 +173,7 @@ SENTINEL_2_L2A: Final = CollectionProfile(
     default_bands=("red", "nir", "swir16"),
     qa=QASpec(
         keys=_keys("SCL", "scl", "SCL"),
-        decode=decode_s2_scl,
+        decoder="s2_scl",
         description="SCL: 0 → outside, 1 → gap; clouds: 3, 8, 9, 10 → gap",
     ),
     footprint="qa",
@@ -337,7 +194,7 @@ def _modis(product: str, metres: int, title: str) -> CollectionProfile:
         default_bands=("ndvi",),
         qa=QASpec(
             keys=_keys(f"{pre}pixel_reliability", None, None, "pixel_reliability", "PR"),
-            decode=decode_modis_reliability,
+            decoder="modis_reliability",
             description="pixel reliability: 0 observed; 1, 2, 3 → gap; fill (-1/255) → outside",
         ),
         footprint="qa",

@@ -17,12 +17,13 @@ from typing import Iterator
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["PatchWindow", "axis_starts", "plan_windows", "windows_with_gaps"]
+__all__ = ["PatchWindow", "Crop", "crop", "axis_starts", "plan_windows", "windows_with_gaps"]
 
 
 @dataclass(frozen=True, order=True)
 class PatchWindow:
-    """A rectangular window in pixel coordinates (rasterio ``Window`` order of fields)."""
+    """A rectangular window in pixel coordinates: ``(row_off, col_off, height, width)`` — rows
+    first, like numpy indexing (rasterio's ``Window`` puts columns first)."""
 
     row_off: int
     col_off: int
@@ -37,10 +38,38 @@ class PatchWindow:
             slice(self.col_off, self.col_off + self.width),
         )
 
+    def intersects(self, other: "PatchWindow") -> bool:
+        """True when the two windows share at least one pixel."""
+        return (self.row_off < other.row_off + other.height and other.row_off < self.row_off + self.height
+                and self.col_off < other.col_off + other.width and other.col_off < self.col_off + self.width)
+
     @property
     def id(self) -> str:
         """Stable name of the window, used to derive per-patch seeds and checkpoint keys."""
         return f"r{self.row_off}_c{self.col_off}_h{self.height}_w{self.width}"
+
+
+@dataclass(frozen=True)
+class Crop:
+    """The part of a window that falls in a region: where to take it from the window's own
+    array (``source``) and where to put it in the region's array (``target``)."""
+
+    source: tuple[slice, slice]
+    target: PatchWindow
+
+
+def crop(win: PatchWindow, region: PatchWindow) -> Crop | None:
+    """Clip ``win`` onto ``region`` (both in scene pixels); ``None`` when they do not meet.
+
+    The one place that intersects a patch with a block: blending a block, choosing the
+    windows that touch it and reading a batch's pixels all go through it.
+    """
+    r0, r1 = max(win.row_off, region.row_off), min(win.row_off + win.height, region.row_off + region.height)
+    c0, c1 = max(win.col_off, region.col_off), min(win.col_off + win.width, region.col_off + region.width)
+    if r0 >= r1 or c0 >= c1:
+        return None
+    source = (slice(r0 - win.row_off, r1 - win.row_off), slice(c0 - win.col_off, c1 - win.col_off))
+    return Crop(source, PatchWindow(r0 - region.row_off, c0 - region.col_off, r1 - r0, c1 - c0))
 
 
 def axis_starts(length: int, size: int, overlap: int) -> list[int]:

@@ -7,15 +7,12 @@ file. ``staged`` yields the temporary path and removes it if anything fails.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import uuid
 import warnings
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import rasterio
@@ -24,10 +21,11 @@ from numpy.typing import NDArray
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from dipfill.pipeline.read import Grid
+from dipfill.raster.read import Grid
+from dipfill.storage import remove, staged
+from dipfill.stretch import percentile_limits
 
 __all__ = [
-    "staged",
     "write_cog",
     "write_zarr_mosaic",
     "create_zarr_mosaic",
@@ -47,35 +45,6 @@ COG_CACHE_MB = 64
 #: Rows and columns of a Zarr mosaic chunk; also the block a run blends in one task.
 MOSAIC_CHUNK = 512
 
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-@contextlib.contextmanager
-def staged(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success move it onto ``final`` in one rename.
-
-    Directories (Zarr stores) cannot be atomically replaced when the target exists, so
-    an existing target is first renamed aside and deleted after the new one is in place.
-    """
-    final = Path(final)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        if tmp.is_dir() and final.exists():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            _remove(old)
-        else:
-            os.replace(tmp, final)
-    finally:
-        _remove(tmp)
 
 
 def write_cog(
@@ -145,7 +114,7 @@ def write_cog(
                     BIGTIFF="IF_SAFER",
                 )
         finally:
-            _remove(scratch)
+            remove(scratch)
 
 
 def write_zarr_mosaic(
@@ -295,11 +264,12 @@ def write_quicklook(path: str | os.PathLike[str], preview: Preview, *, rgb: Sequ
 def _stretch_from(
     band: NDArray, valid: NDArray[np.bool_], ref: NDArray, ref_valid: NDArray[np.bool_]
 ) -> NDArray[np.uint8]:
-    """Stretch ``band`` with limits taken from the reference (input) band's valid pixels."""
+    """Stretch ``band`` with limits taken from the reference (input) band's valid pixels onto
+    1..255 (0 stays nodata: the quicklook's own encoding, unlike the eval pictures' [0, 1])."""
     out = np.zeros(band.shape, dtype=np.uint8)
     if not ref_valid.any() or not valid.any():
         return out
-    lo, hi = np.percentile(ref[ref_valid].astype(np.float64), [2, 98])
+    ((lo, hi),) = percentile_limits(ref[None], ref_valid[None], (2, 98))
     scale = 254.0 / (hi - lo) if hi > lo else 0.0
     out[valid] = (np.clip((band[valid].astype(np.float64) - lo) * scale, 0, 254) + 1).astype(np.uint8)
     return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["rmse", "r2", "psnr", "ssim", "mean_fill"]
+__all__ = ["rmse", "r2", "psnr", "ssim", "mean_fill", "gaussian_1d"]
 
 
 def _broadcast(
@@ -98,7 +98,11 @@ def psnr(
         return 10.0 * np.log10(rng * rng / (sse / n))
 
 
-def _gaussian_1d(size: int, sigma: float) -> NDArray[np.float64]:
+def gaussian_1d(size: int, sigma: float) -> NDArray[np.float64]:
+    """The ``size``-tap Gaussian (σ = ``sigma``) centred on the middle tap, normalised to sum 1.
+
+    SSIM's window is its outer product with itself (separable).
+    """
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2
     g = np.exp(-(x * x) / (2.0 * sigma * sigma))
     return g / g.sum()
@@ -134,8 +138,8 @@ def ssim(
 
     ``L`` matters: SSIM's constants assume the data span ``[0, L]``. Reflectance ×10⁴ scored
     with ``L = 10000`` makes the luminance term ≈ 1 whatever the prediction, so callers
-    should first map each band onto roughly ``[0, 1]`` (:func:`dipfill.evaluation.unit_stretch`
-    uses the truth's 1st/99th percentiles) and pass ``data_range=1``.
+    should first map each band onto roughly ``[0, 1]`` (:func:`dipfill.stretch.unit_stretch`
+    with the truth's 1st/99th percentiles) and pass ``data_range=1``.
 
     A band is NaN when ``mask`` selects no pixel or selects a pixel that is not valid (a
     prediction that left a scored pixel unfilled has no SSIM, as it has no RMSE).
@@ -155,7 +159,7 @@ def ssim(
     v = valid.astype(np.float64)
     x = np.where(valid, t, 0.0)
     y = np.where(valid, p, 0.0)
-    g = _gaussian_1d(window, sigma)
+    g = gaussian_1d(window, sigma)
 
     def filt(a: np.ndarray) -> np.ndarray:
         a = correlate1d(a, g, axis=-1, mode="constant", cval=0.0)

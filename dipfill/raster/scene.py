@@ -21,97 +21,46 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
-from urllib.parse import urljoin, urlparse
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from dipfill.errors import InputError, SceneReadError
-from dipfill.masks import DEFAULT_COLLAR_CLOSING, GAP, OBSERVED, OUTSIDE, footprint_from_validity, three_state
-from dipfill.pipeline.read import Grid
-from dipfill.stac.profiles import CollectionProfile, MaskMode, profile_for
+from dipfill.raster.gdal import gdal_env
+from dipfill.raster.hrefs import redact_href, resolve_href
+from dipfill.raster.masks import (
+    GAP,
+    OBSERVED,
+    OUTSIDE,
+    MaskMode,
+    decode_qa,
+    footprint_from_validity,
+    three_state,
+)
+from dipfill.raster.read import Grid
+from dipfill.stac.item import self_href
+from dipfill.stac.profiles import CollectionProfile, profile_for
 
 __all__ = [
-    "GDAL_ENV_DEFAULTS",
     "SceneSource",
     "SceneData",
-    "SceneMask",
-    "scene_mask",
-    "gdal_env",
     "open_scene",
     "read_window",
     "read_item",
-    "resolve_href",
 ]
 
 log = logging.getLogger(__name__)
-
-#: GDAL settings that make remote COG reads cheap: no directory listing on open, only
-#: raster extensions probed, consecutive byte ranges merged into one request, HTTP/2
-#: multiplexing (where HTTP/2 is available), a block cache for /vsicurl/, and GDAL's own retries on 429/5xx.
-GDAL_ENV_DEFAULTS: Mapping[str, str] = {
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2,.JP2,.vrt",
-    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "GDAL_HTTP_MULTIPLEX": "YES",
-    "VSI_CACHE": "TRUE",
-    "GDAL_HTTP_MAX_RETRY": "4",
-    "GDAL_HTTP_RETRY_DELAY": "0.5",
-}
 
 Resolution = float | Literal["finest", "coarsest"]
 Signer = Callable[[str], str]
 
 
-@contextlib.contextmanager
-def gdal_env(options: Mapping[str, str] | None = None) -> Iterator[None]:
-    """``rasterio.Env`` with :data:`GDAL_ENV_DEFAULTS` overridden by ``options``.
-
-    Credentials are not settings: leave them to the environment (AWS_*, GDAL's own
-    config), so a :class:`SceneSource` sent to a worker carries no secret.
-    """
-    import rasterio
-
-    with rasterio.Env(**{**GDAL_ENV_DEFAULTS, **(options or {})}):
-        yield
-
-
-# ------------------------------------------------------------------------------ hrefs
-def _self_href(item: Mapping[str, Any]) -> str | None:
-    return next((link.get("href") for link in item.get("links", []) if link.get("rel") == "self"), None)
-
-
-def resolve_href(href: str, base: str | None) -> str:
-    """An asset href as rasterio opens it: relative hrefs joined to the item's own href
-    (a URL or a path), ``file://`` turned into a path; http(s) and s3 URLs unchanged
-    (rasterio maps them onto /vsicurl/ and /vsis3/)."""
-    scheme = urlparse(href).scheme
-    if scheme == "file":
-        return urlparse(href).path
-    if scheme and len(scheme) > 1:  # a URL (a one-letter scheme is a Windows drive)
-        return href
-    if os.path.isabs(href) or href.startswith("/vsi") or base is None:
-        return href
-    if urlparse(base).scheme in ("http", "https", "s3", "gs", "az"):
-        return urljoin(base, href)
-    if urlparse(base).scheme == "file":
-        base = urlparse(base).path
-    return os.path.normpath(os.path.join(os.path.dirname(base), href))
-
-
-def _redact(href: str) -> str:
-    from dipfill.pipeline.read import redact_href
-
-    return redact_href(href)
-
-
 def _as_dict(item: Any) -> tuple[dict[str, Any], str | None]:
     """A STAC item as a dict and the href relative asset hrefs are resolved against."""
     if isinstance(item, Mapping):
-        return dict(item), _self_href(item)
+        return dict(item), self_href(item)
     to_dict = getattr(item, "to_dict", None)
     if to_dict is None:
         raise InputError(f"not a STAC item (pystac.Item or dict): {type(item).__name__}")
@@ -166,7 +115,7 @@ class SceneSource:
     def read_pixels(self, window: Any = None) -> tuple[NDArray, NDArray[np.bool_]]:
         """Bands and per-band validity of ``window`` only: what an engine worker or a
         blending task needs (the footprint comes from the plan's whole-scene mask)."""
-        data, valid, _, _ = _read_pixels(self, _window(window, self.grid))
+        data, valid, _, _ = read_pixels(self, _window(window, self.grid))
         return data, valid
 
 
@@ -177,7 +126,7 @@ class SceneData:
     ``data[band, y, x]`` in the assets' dtype (float32 after dB conversion; scale and
     offset are *not* applied: observed values pass through bit-exact, ``scale`` /
     ``offset`` describe them); ``valid[band, y, x]`` observed per band; ``state[y, x]``
-    OUTSIDE / OBSERVED / GAP (:mod:`dipfill.masks`); ``footprint[y, x]`` True inside the
+    OUTSIDE / OBSERVED / GAP (:mod:`dipfill.raster.masks`); ``footprint[y, x]`` True inside the
     scene; ``grid`` the window's own grid.
     """
 
@@ -228,7 +177,7 @@ def _raster_band(asset: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _open(href: str, what: str):
-    from dipfill.pipeline.read import open_raster
+    from dipfill.raster.read import open_raster
 
     return open_raster(href, what)
 
@@ -343,7 +292,7 @@ def open_scene(
         for key, href in zip(keys, hrefs):
             with _open(href, f"item {item_id} asset {key}") as ds:
                 if ds.crs is None:
-                    raise SceneReadError(f"item {item_id} asset {key}: {_redact(href)} has no CRS")
+                    raise SceneReadError(f"item {item_id} asset {key}: {redact_href(href)} has no CRS")
                 headers.append((ds.crs, ds.transform, ds.width, ds.height))
                 file_nodata = ds.nodata
             i = len(headers) - 1
@@ -416,11 +365,11 @@ def _read_asset(href: str, what: str, grid: Grid, window: Any, resampling: str, 
             ) as vrt:
                 return vrt.read(1, window=window)
         except RasterioIOError as exc:
-            raise SceneReadError(f"{what}: {_redact(href)}: cannot read window {window} ({_redact(str(exc))})") from exc
+            raise SceneReadError(f"{what}: {redact_href(href)}: cannot read window {window} ({redact_href(str(exc))})") from exc
 
 
 def _band_validity(band: NDArray, nodata: float | None) -> NDArray[np.bool_]:
-    from dipfill.pipeline.read import data_validity
+    from dipfill.raster.read import data_validity
 
     return data_validity(band, nodata)
 
@@ -436,7 +385,7 @@ def _geometry_footprint(geometry: Mapping[str, Any] | None, grid: Grid) -> NDArr
     return rasterize([(shape, 1)], out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8").astype(bool)
 
 
-def _read_pixels(source: SceneSource, window: Any) -> tuple[NDArray, NDArray[np.bool_], NDArray[np.bool_] | None, Grid]:
+def read_pixels(source: SceneSource, window: Any) -> tuple[NDArray, NDArray[np.bool_], NDArray[np.bool_] | None, Grid]:
     """Bands and per-band validity of ``window``, plus the footprint where it is local
     (decoded QA, or the item geometry); ``None`` when it comes from the validity of the
     whole scene (a closing: not computable from one window)."""
@@ -471,7 +420,7 @@ def _read_pixels(source: SceneSource, window: Any) -> tuple[NDArray, NDArray[np.
     geom_fp = _geometry_footprint(source.geometry, win_grid) if profile.footprint == "geometry" else None
     footprint = None
     if qa is not None and profile.qa is not None:
-        qa_state = profile.qa.decode(qa, footprint=geom_fp, mask=source.mask)
+        qa_state = decode_qa(profile.qa.decoder, qa, footprint=geom_fp, mask=source.mask)
         footprint = qa_state != OUTSIDE
         valid &= (qa_state == OBSERVED)[None]
     elif geom_fp is not None:
@@ -480,7 +429,7 @@ def _read_pixels(source: SceneSource, window: Any) -> tuple[NDArray, NDArray[np.
 
 
 def _read(source: SceneSource, window: Any) -> SceneData:
-    data, valid, footprint, win_grid = _read_pixels(source, window)
+    data, valid, footprint, win_grid = read_pixels(source, window)
     if footprint is None:
         footprint = footprint_from_validity(valid.any(axis=0))
     state = three_state(valid, footprint)
@@ -498,62 +447,6 @@ def _read(source: SceneSource, window: Any) -> SceneData:
         item_id=source.item_id,
         collection=source.collection,
     )
-
-
-@dataclass(frozen=True)
-class SceneMask:
-    """What planning needs of a whole scene, one byte per pixel each: ``state[y, x]``
-    (OUTSIDE / OBSERVED / GAP) and ``nvalid[y, x]``, the number of observed bands."""
-
-    state: NDArray[np.uint8]
-    nvalid: NDArray[np.uint8]
-    bands: int
-    dtype: np.dtype  # of the bands as read (after dB conversion where asked)
-
-
-def scene_mask(source: SceneSource, *, rows: int = 512, closing: int = DEFAULT_COLLAR_CLOSING) -> SceneMask:
-    """The three-state mask of the whole scene, read ``rows`` rows at a time.
-
-    Why strips: the bands of a full scene are several bytes per pixel per band; the plan
-    needs one byte per pixel. Memory is the strip plus the two one-byte masks. Collections
-    whose footprint comes from the data (no QA band, no geometry footprint) also need the
-    any-valid mask of the whole scene and, for a moment, the closing and labelling of
-    :func:`~dipfill.masks.footprint_from_validity` (about 11 bytes per pixel, measured).
-    ``closing``: the width of that closing's square. Equal to
-    ``source.read().state`` (tested).
-    """
-    from rasterio.windows import Window
-
-    from dipfill.masks import state_from_all_valid
-
-    height, width = source.shape
-    count = len(source.band_names)
-    if count > 255:
-        raise InputError(f"item {source.item_id}: {count} bands; at most 255 are supported")
-    nvalid = np.zeros((height, width), dtype=np.uint8)
-    footprint: NDArray[np.bool_] | None = None
-    any_valid: NDArray[np.bool_] | None = None
-    dtype = None
-    for y0 in range(0, height, rows):
-        y1 = min(y0 + rows, height)
-        data, valid, local, _ = _read_pixels(source, Window(0, y0, width, y1 - y0))
-        dtype = data.dtype
-        del data
-        np.sum(valid, axis=0, dtype=np.uint8, out=nvalid[y0:y1])
-        if local is not None:
-            if footprint is None:
-                footprint = np.zeros((height, width), dtype=bool)
-            footprint[y0:y1] = local
-        else:
-            if any_valid is None:
-                any_valid = np.zeros((height, width), dtype=bool)
-            any_valid[y0:y1] = nvalid[y0:y1] > 0
-    if footprint is None:
-        assert any_valid is not None
-        footprint = footprint_from_validity(any_valid, closing=closing)
-        del any_valid
-    state = state_from_all_valid(nvalid == count, footprint)
-    return SceneMask(state=state, nvalid=nvalid, bands=count, dtype=np.dtype(dtype))
 
 
 def _to_db(

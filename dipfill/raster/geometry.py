@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 from rasterio.warp import transform_geom
 from rasterio.windows import Window, bounds as window_bounds
 
-from dipfill.pipeline.read import Grid
+from dipfill.raster.read import Grid
 
 __all__ = ["footprint_geometry"]
 

@@ -21,6 +21,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
 from dipfill.errors import GridMismatchError, InputError, SceneReadError
+from dipfill.raster.hrefs import redact_href
 
 __all__ = ["Grid", "Scene", "read_scene", "read_mask", "data_validity"]
 
@@ -55,14 +56,6 @@ class Scene:
     @property
     def dtype(self) -> np.dtype:
         return self.data.dtype
-
-
-def redact_href(href: str) -> str:
-    """An href for messages and logs: the query string (SAS tokens, signatures) removed."""
-    from urllib.parse import urlparse, urlunparse
-
-    parts = urlparse(href)
-    return urlunparse(parts._replace(query="", fragment="")) if parts.query else href
 
 
 def open_raster(href: str, what: str | None = None) -> rasterio.DatasetReader:

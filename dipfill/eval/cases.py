@@ -6,10 +6,10 @@ observed there. We do the same with two dates of the same place: the hidden pixe
 observed on the truth date but missing on the mask date, so the gap geometry (stripe widths,
 spacing, cloud shapes) is real and the answer is known.
 
-Also here: scoring a prediction over the hidden pixels (:func:`score_prediction`) and
-choosing representative tiles of a scene for such an experiment (:func:`pick_tiles`). Pure
-numpy/scipy; no I/O (``dipfill eval`` in :mod:`dipfill.pipeline.evaluate` does the reading,
-running and writing).
+Also here: scoring a prediction over the hidden pixels (:func:`score_prediction`; over
+several tiles at once, :func:`pooled_scores`) and choosing representative tiles of a scene
+for such an experiment (:func:`pick_tiles`). Pure numpy/scipy; no I/O (``dipfill eval`` in
+:mod:`dipfill.eval.experiments` does the reading, running and writing).
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from dipfill.stretch import unit_stretch
+
 __all__ = [
     "Transplant",
     "transplant_gaps",
     "composite",
-    "unit_stretch",
     "score_prediction",
+    "pooled_scores",
     "TileStats",
     "TileChoice",
     "tile_stats",
@@ -78,26 +80,6 @@ def composite(case: Transplant, pred: NDArray) -> NDArray[np.float64]:
     return np.where(case.observed, np.asarray(case.truth, dtype=np.float64), np.asarray(pred, dtype=np.float64))
 
 
-def unit_stretch(
-    values: NDArray, ref: NDArray, ref_valid: NDArray[np.bool_], percentiles: tuple[float, float] = (1.0, 99.0)
-) -> NDArray[np.float64]:
-    """Map each band of ``values [C, H, W]`` linearly so that ``ref``'s percentiles go to 0 and 1.
-
-    The percentiles are taken per band over ``ref[ref_valid]``; values are not clipped (a
-    prediction overshooting the truth's range keeps its error). A band whose reference is
-    empty or flat is only shifted (scale 1).
-    """
-    x = np.asarray(values, dtype=np.float64)
-    r = np.asarray(ref, dtype=np.float64)
-    out = np.empty_like(x)
-    for c in range(x.shape[0]):
-        sel = r[c][ref_valid[c]]
-        lo, hi = np.percentile(sel, percentiles) if sel.size else (0.0, 1.0)
-        scale = 1.0 / (hi - lo) if hi > lo else 1.0
-        out[c] = (x[c] - lo) * scale
-    return out
-
-
 SSIM_PERCENTILES = (1.0, 99.0)
 
 
@@ -107,13 +89,13 @@ def score_prediction(
     """Per-band metrics of ``pred [C, H, W]`` over ``case.hidden``.
 
     ``rmse``, ``r2`` and ``psnr`` (peak ``data_range``) compare the hidden pixels directly.
-    ``ssim`` is :func:`dipfill.metrics.ssim` with ``data_range=1`` on the composite
+    ``ssim`` is :func:`dipfill.eval.metrics.ssim` with ``data_range=1`` on the composite
     (:func:`composite`: truth where observed, ``pred`` in the gaps) against the truth, both
-    stretched per band by :func:`unit_stretch` from the truth's valid pixels' 1st/99th
-    percentiles; pixels without truth (``truth_valid`` False; default: observed or hidden)
+    stretched per band by :func:`~dipfill.stretch.unit_stretch` from the truth's valid
+    pixels' 1st/99th percentiles; pixels without truth (``truth_valid`` False; default: observed or hidden)
     are left out of every window. ``hidden`` is the number of scored pixels per band.
     """
-    from dipfill.metrics import psnr, r2, rmse, ssim
+    from dipfill.eval.metrics import psnr, r2, rmse, ssim
 
     if truth_valid is None:
         truth_valid = case.observed | case.hidden
@@ -128,6 +110,42 @@ def score_prediction(
         "psnr": psnr(truth, p, case.hidden, data_range=data_range),
         "ssim": ssim(t_s, p_s, case.hidden, data_range=1.0),
         "hidden": case.hidden.reshape(case.hidden.shape[0], -1).sum(axis=1),
+    }
+
+
+def pooled_scores(
+    cases: Sequence[Transplant], preds: Sequence[NDArray], ssims: Sequence[NDArray], *, data_range: float
+) -> dict[str, NDArray[np.float64]]:
+    """Per-band metrics over the hidden pixels of all tiles together.
+
+    ``ssims`` are the tiles' SSIM results from :func:`score_prediction`. RMSE and PSNR pool
+    the squared errors of every hidden pixel. r² is ``1 - Σ_tiles SS_res / Σ_tiles SS_tot``
+    with each tile's SS_tot taken about that tile's own hidden-truth mean, so differences
+    *between* tiles (which any per-tile constant gets right) do not inflate it; with one
+    tile it is the plain r². SSIM is the mean of the SSIM maps over all hidden pixels: the
+    tiles' means weighted by their hidden-pixel counts, NaN if any tile's is.
+    """
+    from dipfill.eval.metrics import psnr, rmse
+
+    truth = np.stack([np.asarray(c.truth, dtype=np.float64) for c in cases])
+    hidden = np.stack([c.hidden for c in cases])
+    pred = np.stack([np.asarray(p, dtype=np.float64) for p in preds])
+    counts = hidden.sum(axis=(0, 2, 3)).astype(np.float64)
+    per_tile_counts = hidden.sum(axis=(2, 3)).astype(np.float64)  # [T, C]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ssim = np.nansum(np.stack(ssims) * per_tile_counts, axis=0) / counts
+        tile_mean = np.where(hidden, truth, 0.0).sum(axis=(2, 3)) / per_tile_counts
+        dev = np.where(hidden, truth - tile_mean[:, :, None, None], 0.0)
+        err = np.where(hidden, truth - pred, 0.0)
+        sst = (dev * dev).sum(axis=(0, 2, 3))
+        r2_pooled = 1.0 - (err * err).sum(axis=(0, 2, 3)) / sst
+    r2_pooled[~(sst > 0)] = np.nan
+    ssim[np.isnan(np.stack(ssims)).any(axis=0) | (counts == 0)] = np.nan
+    return {
+        "rmse": rmse(truth, pred, hidden),
+        "r2": r2_pooled,
+        "psnr": psnr(truth, pred, hidden, data_range=data_range),
+        "ssim": ssim,
     }
 
 

@@ -1,6 +1,8 @@
 """Put finished items where readers find them: a static catalog on disk, and a STAC API.
 
-Both are upserts: re-publishing the same item replaces it, so reruns are idempotent.
+Both are upserts: re-publishing the same item replaces it, so reruns are idempotent, and
+so are retries: an API is written through the same retrying transport that searches it
+(:mod:`dipfill.stac.transport`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from dipfill.errors import StacError
-from dipfill.pipeline.write import staged
+from dipfill.storage import write_json
 from dipfill.stac.catalog import (
     catalog_with_collection,
     collection_with_item,
@@ -19,8 +20,9 @@ from dipfill.stac.catalog import (
     new_collection,
     with_item_links,
 )
+from dipfill.stac.transport import DEFAULT_BACKOFF, DEFAULT_RETRIES, DEFAULT_TIMEOUT, make_stac_io, stac_error
 
-__all__ = ["add_to_static_catalog", "publish_to_api", "absolute_item"]
+__all__ = ["add_to_static_catalog", "publish_to_api", "publish_item", "absolute_item"]
 
 
 def _read(path: Path, default: dict[str, Any]) -> dict[str, Any]:
@@ -28,8 +30,7 @@ def _read(path: Path, default: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(path: Path, doc: Mapping[str, Any]) -> None:
-    with staged(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(path, doc)
 
 
 def add_to_static_catalog(root: str | Path, item_dir: str | Path, collection_id: str) -> Path:
@@ -75,26 +76,67 @@ def absolute_item(item: Mapping[str, Any], base: str) -> dict[str, Any]:
     return out
 
 
-def publish_to_api(url: str, collection: Mapping[str, Any], items: list[Mapping[str, Any]], *, timeout: float = 30.0) -> None:
+def _fix(status: int) -> str | None:
+    """What to do about a refused upsert, where there is something to do."""
+    if status in (401, 403):
+        return "check the credentials the API expects"
+    if status in (404, 405):
+        return "is the API's Transactions extension enabled (stac-fastapi: ENABLE_TRANSACTIONS_EXTENSIONS=true)?"
+    if status in (400, 422):
+        return "the API rejected the document as invalid STAC"
+    return None
+
+
+def publish_to_api(
+    url: str,
+    collection: Mapping[str, Any],
+    items: list[Mapping[str, Any]],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    retries: int = DEFAULT_RETRIES,
+    backoff_factor: float = DEFAULT_BACKOFF,
+) -> None:
     """Upsert ``collection`` and ``items`` into the STAC API at ``url`` (Transactions extension):
-    POST, and PUT where the resource exists (409)."""
+    POST, and PUT where the resource exists (409).
+
+    Sent through the search transport (:func:`~dipfill.stac.transport.make_stac_io`): HTTP
+    429/502/503/504, connection errors and timeouts are retried ``retries`` times with
+    backoff, each request waits at most ``timeout`` s. A failure raises
+    :class:`~dipfill.errors.StacError` with the HTTP status in ``.status``.
+    """
     import requests
 
     base = url.rstrip("/")
-    session = requests.Session()
+    session = make_stac_io(timeout=timeout, retries=retries, backoff_factor=backoff_factor).session
+
+    def send(method: str, target: str, doc: Mapping[str, Any]) -> requests.Response:
+        try:
+            return session.request(method, target, json=doc, timeout=timeout)
+        except requests.RequestException as exc:
+            raise stac_error(f"{method} {target}", "publishing", status=None, text=str(exc), retries=retries,
+                             timeout=timeout) from None
 
     def upsert(post_url: str, put_url: str, doc: Mapping[str, Any]) -> None:
-        try:
-            r = session.post(post_url, json=doc, timeout=timeout)
-            if r.status_code == 409:
-                r = session.put(put_url, json=doc, timeout=timeout)
-        except requests.RequestException as exc:
-            raise StacError(f"{post_url}: cannot publish: {exc}") from None
+        method, r = "POST", send("POST", post_url, doc)
+        if r.status_code == 409:
+            method, r = "PUT", send("PUT", put_url, doc)
         if r.status_code >= 400:
-            raise StacError(f"{r.request.method} {r.url}: HTTP {r.status_code}: {r.text[:300]}")
+            raise stac_error(f"{method} {r.url}", "publishing", status=r.status_code, text=r.text, retries=retries,
+                             timeout=timeout, fix=_fix(r.status_code))
 
     cid = collection["id"]
     upsert(f"{base}/collections", f"{base}/collections/{cid}", collection)
     for item in items:
         doc = {**item, "collection": cid}
         upsert(f"{base}/collections/{cid}/items", f"{base}/collections/{cid}/items/{item['id']}", doc)
+
+
+def publish_item(url: str, item_path: str | Path, collection_id: str) -> None:
+    """Upsert the item written at ``item_path`` and its collection ``collection_id`` into the
+    STAC API at ``url``. Asset hrefs become ``file://`` URIs of the written files: readers
+    resolve a bare ``/path`` against the API's URL, and an API has no directory to resolve
+    relative ones against."""
+    item_path = Path(item_path)
+    item = json.loads(item_path.read_text())
+    doc = absolute_item(item, item_path.parent.resolve().as_uri())
+    publish_to_api(url, collection_with_item(new_collection(collection_id), item), [doc])

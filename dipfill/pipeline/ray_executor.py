@@ -21,37 +21,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
-
-import numpy as np
+from typing import Any, Callable, Iterable
 
 from dipfill.errors import ClusterError
-from dipfill.tiling import PatchWindow
+from dipfill.pipeline.executor import FAULT_ENV, EngineWorker
 
-__all__ = ["FitTask", "start_ray", "stop_ray", "EnginePool", "LocalPool", "engine_pool", "FAULT_ENV"]
+__all__ = ["start_ray", "stop_ray", "EnginePool", "engine_pool"]
 
 log = logging.getLogger(__name__)
-
-# Fault injection for tests of the restart path: "exit-once:<marker file>" makes the first
-# actor call that finds no marker create it and kill its own process.
-FAULT_ENV = "DIPFILL_FAULT_INJECT"
-
-
-@dataclass(frozen=True)
-class FitTask:
-    """One batch of one scene, described, not materialised: workers read the pixels."""
-
-    scene_key: str
-    source: Any  # dipfill.pipeline.scene.SceneSource (picklable, no open dataset)
-    store_path: str
-    batch_index: int
-    fallback: bool
-    windows: tuple[PatchWindow, ...]
-    indices: tuple[int, ...]  # positions of the windows in the patch store
-    seeds: tuple[int, ...]
-
 
 def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> dict[str, Any]:
     """Join the cluster at ``address`` (default ``$RAY_ADDRESS``, which ``ray job submit``
@@ -154,95 +132,6 @@ def engine_pool(engine: str, engine_options: dict[str, Any], fallback: str) -> "
     return _POOLS[key]
 
 
-class _EngineWorker:
-    """Holds one primary and one fallback engine; fits batches into the patch store."""
-
-    def __init__(self, engine: str, engine_options: dict[str, Any], fallback: str, threads: int | None) -> None:
-        from dipfill.engines import make_engine
-
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        self.engine = make_engine(engine, **engine_options)
-        self.fallback = make_engine(fallback) if fallback != "none" else None
-
-    def fit(self, task: FitTask) -> list[tuple[str, dict[str, Any]]]:
-        from dataclasses import asdict
-
-        from dipfill.pipeline.fill import batch_inputs
-        from dipfill.pipeline.patchstore import PatchStore
-
-        _maybe_fail()
-        inputs: dict[str, tuple[Any, Any]] = {}
-        for row_windows in _rows_of(task.windows):
-            # One read per row of windows in the batch: neighbours overlap, so their union
-            # is read (and decoded) once instead of once per window.
-            top, bottom = row_windows[0].row_off, max(w.row_off + w.height for w in row_windows)
-            left, right = min(w.col_off for w in row_windows), max(w.col_off + w.width for w in row_windows)
-            data, valid = task.source.read_pixels(((top, bottom), (left, right)))
-            local = [PatchWindow(w.row_off - top, w.col_off - left, w.height, w.width) for w in row_windows]
-            p, o, _ = batch_inputs(data, valid, local, 0)
-            inputs.update({w.id: (p[i], o[i]) for i, w in enumerate(row_windows)})
-        patches = np.stack([inputs[w.id][0] for w in task.windows])
-        observed = np.stack([inputs[w.id][1] for w in task.windows])
-        engine = self.fallback if task.fallback else self.engine
-        result = engine.fill(patches, observed, seeds=list(task.seeds))
-        store = PatchStore(task.store_path)
-        records = [(w.id, asdict(d)) for w, d in zip(task.windows, result.diagnostics)]
-        for index, values, (_, record) in zip(task.indices, result.values, records):
-            store.write(index, values, record)
-        return records
-
-    def ready(self) -> bool:
-        """Answers once the engines are built (torch imported): the pool's start-up is done."""
-        return True
-
-    def blend(self, task: Any) -> Any:
-        """Blend and write one block of a scene (:mod:`dipfill.pipeline.blocks`). On the
-        engine actors because they hold the cluster's CPU slots: tasks asking for more
-        would wait for them forever; and a block is CPU work a GPU node has to spare."""
-        from dipfill.pipeline.blocks import blend_block
-
-        return blend_block(task)
-
-
-def _rows_of(windows: Sequence[PatchWindow]) -> list[list[PatchWindow]]:
-    """Windows grouped by their first row (plan order kept within a group)."""
-    groups: dict[int, list[PatchWindow]] = {}
-    for w in windows:
-        groups.setdefault(w.row_off, []).append(w)
-    return list(groups.values())
-
-
-def _maybe_fail() -> None:
-    spec = os.environ.get(FAULT_ENV, "")
-    if spec.startswith("exit-once:"):
-        marker = spec.split(":", 1)[1]
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        os._exit(1)
-
-
-class LocalPool:
-    """The same worker called in this process, one batch at a time: the baseline that
-    measures what Ray adds (``make bench``), and a way to run without a cluster."""
-
-    def __init__(self, engine: str, engine_options: dict[str, Any], fallback: str) -> None:
-        self.worker = _EngineWorker(engine, dict(engine_options), fallback, None)
-
-    def run(self, tasks: Iterable[Any], on_done: Callable[[Any, Any], None], method: str = "fit") -> None:
-        call = getattr(self.worker, method)
-        for task in tasks:
-            on_done(task, call(task))
-
-    def close(self) -> None:
-        pass
-
-
 class EnginePool:
     """Engine actors, one batch in flight per actor: one per GPU of the cluster (CPU actors,
     one per CPU, on a cluster without GPUs), growing when nodes join.
@@ -266,7 +155,7 @@ class EnginePool:
         if env:
             opts["runtime_env"] = {"env_vars": env}
         threads = None if self.gpus else 1  # CPU actors share the cores: one torch thread each
-        actor_cls = ray.remote(_EngineWorker).options(**opts)
+        actor_cls = ray.remote(EngineWorker).options(**opts)
         self._new = lambda: actor_cls.remote(engine, dict(engine_options), fallback, threads)  # noqa: E731
         self.fixed = size is not None
         self.grow_every = grow_every

@@ -1,0 +1,210 @@
+"""What defines a DIP fit: :class:`DIPConfig`, the papers' :data:`PRESETS`, and the few
+plain helpers every DIP module needs. No torch.
+
+Why a module of its own: the network (:mod:`~dipfill.engines.dipnet`), the fitting loop
+(:mod:`~dipfill.engines.fit`), the strategy measurement (:mod:`~dipfill.engines.strategy`)
+and the engine (:mod:`~dipfill.engines.dip`) all read the config, and the engine uses all of
+them. With the config in the engine module they imported each other in a circle; here every
+arrow points one way: ``config ← dipnet ← fit ← strategy ← dip``. It also lets a command
+line validate ``--preset``/``--dip KEY=VALUE`` without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dipfill.errors import InputError
+
+__all__ = ["DIPConfig", "PRESETS", "DEFAULT_PRESET", "preset", "padded_size", "Monitor"]
+
+#: The preset of ``make_engine("dip")`` and of the CLI when none is named: paper 000.
+DEFAULT_PRESET = "landsat2020"
+
+# The allowed values of every string field of DIPConfig (checked in __post_init__).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "padding": ("reflection", "zero"),
+    "upsample": ("nearest", "bilinear", "transposed"),
+    "downsample": ("stride", "maxpool"),
+    "activation": ("leakyrelu", "relu", "tanh"),
+    "input_kind": ("noise", "meshgrid"),
+    "input_noise": ("uniform", "gaussian", "rayleigh"),
+    "loss": ("mse", "ssim", "mse+ssim"),
+    "device": ("auto", "cpu", "cuda"),
+    "stopping": ("fixed", "holdout", "emv"),
+    "strategy": ("auto", "loop", "packed"),
+    "compile": ("auto", "on", "off"),
+    "precision": ("auto", "fp32", "bf16"),
+}
+
+
+@dataclass(frozen=True)
+class DIPConfig:
+    """Everything that defines a DIP fit. Defaults are paper 000's (preset ``landsat2020``).
+
+    Per-level tuples run from the finest level (full resolution) to the coarsest; their
+    common length is the depth. A skip width of 0 drops that level's skip connection.
+    """
+
+    channels_down: tuple[int, ...] = (128,) * 5
+    channels_up: tuple[int, ...] = (128,) * 5
+    channels_skip: tuple[int, ...] = (128,) * 5
+    kernel_down: int = 3
+    kernel_up: int = 3
+    kernel_skip: int = 1
+    padding: str = "reflection"
+    downsample: str = "stride"
+    upsample: str = "nearest"
+    activation: str = "leakyrelu"
+    # Paper 004 (SAR) leaves the last up layer without activation so the output is not
+    # squeezed; with a sigmoid head that layer's activation hardly matters.
+    last_activation: bool = True
+    sigmoid: bool = True
+    batchnorm_running_stats: bool = False
+    input_kind: str = "noise"
+    input_channels: int = 32
+    input_noise: str = "uniform"
+    input_noise_scale: float = 0.1
+    reg_noise_std: float = 0.1  # paper 000 Appendix A: sigma_p = 1/10
+    loss: str = "mse"
+    lr: float = 0.01
+    steps: int = 1500
+    device: str = "auto"
+    # Normalisation: observed percentiles -> target range; the headroom keeps gap values
+    # brighter/darker than the observed percentiles reachable through the sigmoid.
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    target_range: tuple[float, float] = (0.1, 0.9)
+    # When to stop and which iterate to keep (dipfill.engines.stopping): "fixed" runs all
+    # steps and keeps the last; "holdout" scores gap-shaped held-out observed pixels every
+    # check_every steps and stops a patch after `patience` checks without improvement;
+    # "emv" does the same on the output's exponential moving variance (ES-EMV).
+    stopping: str = "fixed"
+    check_every: int = 25
+    patience: int = 8
+    holdout_fraction: float = 0.05
+    emv_alpha: float = 0.1
+    # Observed pixels whose value is <= this stay out of the loss. Paper 001 fits NDVI on
+    # vegetation only (NDVI <= 0 excluded): loss_min_value=0 on NDVI. None: all observed.
+    loss_min_value: float | None = None
+    # How to run, not what to compute (dipfill.engines.strategy): "auto" measures once per
+    # device and caches. Results agree to float rounding across choices, not bit for bit:
+    # pin them for byte-identical reruns on other machines.
+    strategy: str = "auto"
+    compile: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise InputError(f"dip {name} must be one of {', '.join(allowed)}; got {value!r}")
+        for name in ("channels_down", "channels_up", "channels_skip"):
+            object.__setattr__(self, name, tuple(int(c) for c in getattr(self, name)))
+        depth = len(self.channels_down)
+        if depth < 1 or len(self.channels_up) != depth or len(self.channels_skip) != depth:
+            raise InputError(
+                "dip channels_down, channels_up and channels_skip need one entry per level "
+                f"(same length >= 1); got {len(self.channels_down)}, {len(self.channels_up)}, "
+                f"{len(self.channels_skip)}"
+            )
+        if min(self.channels_down + self.channels_up) < 1 or min(self.channels_skip) < 0:
+            raise InputError("dip channel counts must be >= 1 (skip channels >= 0)")
+        for name in ("kernel_down", "kernel_up", "kernel_skip"):
+            k = getattr(self, name)
+            if k < 1 or k % 2 == 0:
+                raise InputError(f"dip {name} must be an odd size >= 1, got {k}")
+        if self.steps < 1:
+            raise InputError(f"dip steps must be >= 1, got {self.steps}")
+        if not self.lr > 0:
+            raise InputError(f"dip lr must be > 0, got {self.lr}")
+        if self.input_channels < 1:
+            raise InputError(f"dip input_channels must be >= 1, got {self.input_channels}")
+        if self.reg_noise_std < 0 or self.input_noise_scale < 0:
+            raise InputError("dip reg_noise_std and input_noise_scale must be >= 0")
+        if self.check_every < 1 or self.patience < 1:
+            raise InputError("dip check_every and patience must be >= 1")
+        if not 0 < self.holdout_fraction < 0.5:
+            raise InputError(f"dip holdout_fraction must be in (0, 0.5), got {self.holdout_fraction}")
+        if not 0 < self.emv_alpha < 1:
+            raise InputError(f"dip emv_alpha must be in (0, 1), got {self.emv_alpha}")
+
+    @property
+    def depth(self) -> int:
+        return len(self.channels_down)
+
+    @property
+    def net_input_channels(self) -> int:
+        return 2 if self.input_kind == "meshgrid" else self.input_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (tuples as lists), for run records and config hashes."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Paper 000 (DIP for Landsat-7 SLC-off, ICLR 2020 workshop), Appendix A.
+    "landsat2020": {},
+    # Paper 004 (DIP inpainting of SAR amplitude): reflection padding, deconvolution up,
+    # SSIM loss, uniform input noise, 3000 iterations, no activation on the last up
+    # layer and no squashing head ("match the dynamic of the input samples").
+    "sar2023": {
+        "upsample": "transposed",
+        "downsample": "maxpool",
+        "activation": "leakyrelu",
+        "last_activation": False,
+        "sigmoid": False,
+        "loss": "ssim",
+        "steps": 3000,
+    },
+    # Paper 001 (DIP for cloud-gapped MODIS NDVI): 64 channels, input-noise injection and
+    # early stopping (here on gap-shaped held-out pixels). Its vegetation-only loss is
+    # `loss_min_value=0` on NDVI input (not set here: it is meaningless on reflectance).
+    "ndvi2024": {
+        "channels_down": (64,) * 5,
+        "channels_up": (64,) * 5,
+        "channels_skip": (64,) * 5,
+        "reg_noise_std": 0.03,
+        "stopping": "holdout",
+    },
+    # Paper 003 (MCPN) shared core: light encoder-decoder with 4-channel skips.
+    "mcpn-core": {
+        "channels_down": (16, 32, 64, 128, 128, 128),
+        "channels_up": (16, 32, 64, 128, 128, 128),
+        "channels_skip": (4,) * 6,
+    },
+}
+
+
+def preset(name: str, **overrides: Any) -> DIPConfig:
+    """The named paper configuration with explicit overrides applied on top.
+
+    ``overrides`` are :class:`DIPConfig` field names; an unknown one is an error that lists
+    the known ones (a typo must not silently fall back to a default).
+    """
+    if name not in PRESETS:
+        raise InputError(f"unknown dip preset {name!r}; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in fields(DIPConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InputError(f"unknown dip option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return DIPConfig(**{**PRESETS[name], **overrides})
+
+
+def padded_size(n: int, depth: int) -> int:
+    """Smallest size >= n that survives ``depth`` halvings with >= 2 pixels left.
+
+    Reflection padding needs at least 2 pixels at the coarsest level, and every level must
+    halve exactly so the decoder's upsampled map matches its skip branch.
+    """
+    unit = 2 ** depth
+    return max(unit * math.ceil(n / unit), 2 * unit)
+
+
+# monitor(step, values[B, C, H, W] in data units, held-out RMSE[B] in normalised units):
+# called by DIPEngine.fill every check_every steps; patches not being fitted at that moment
+# are NaN. (The fitting loop's own callback, in normalised tensors, is fit.FitMonitor.)
+Monitor = Callable[[int, NDArray[np.float32], NDArray[np.float64]], None]

@@ -1,0 +1,129 @@
+"""What a run reports: progress events, per-scene status, stage timings, the run record.
+
+Everything here goes to logs or to ``OUT/runs/<run-id>.json``, so every message passes
+:func:`~dipfill.raster.hrefs.redact_text` (signed-URL secrets never reach either).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dipfill import __version__
+from dipfill.raster.hrefs import redact_text
+from dipfill.specs import RunRequest
+from dipfill.storage import write_json
+
+__all__ = ["SceneStatus", "RunSummary", "Progress", "StageClock", "request_record", "write_summary"]
+
+# Events are records of the run logger, which `dipfill run` shows at INFO whatever -v says.
+log = logging.getLogger("dipfill.pipeline.run")
+
+
+@dataclass
+class SceneStatus:
+    id: str
+    status: str  # done | current | failed
+    output: str | None = None
+    message: str = ""
+    patches: int = 0
+    patches_fitted: int = 0
+    patches_resumed: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0  # this scene's work, after the engine pool is up
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: mask, fit, blend, write
+    driver_peak_mib: dict[str, float] = field(default_factory=dict)  # the driver's peak RSS after each stage
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    request: dict[str, Any]
+    config_hash: str
+    scenes: list[SceneStatus]
+    seconds: float
+    record: str = ""
+    error: str = ""  # why the whole run stopped (the cluster), when it did
+
+    @property
+    def failed(self) -> list[SceneStatus]:
+        return [s for s in self.scenes if s.status == "failed"]
+
+
+class Progress:
+    """Progress events of one run: logged at INFO with their fields (``extra={"fields":
+    ...}``, which ``dipfill --log-format json`` prints as JSON lines) and passed to the
+    caller's callback. Every event has ``event``, ``run_id``, ``msg``, ``scenes_done``
+    and ``scenes_total``; ``patches`` events add the scene's ``patches_done`` /
+    ``patches_total`` / ``patches_per_s`` / ``eta_s`` and ``eta_run_s`` (this scene's ETA
+    plus the mean time of the scenes done so far for each scene still to come)."""
+
+    def __init__(self, run_id: str, scenes_total: int, callback: Callable[[dict[str, Any]], None] | None) -> None:
+        self.run_id, self.scenes_total, self.callback = run_id, scenes_total, callback
+        self.scenes_done = 0
+        self.scene_seconds: list[float] = []
+
+    def __call__(self, event: str, msg: str, **fields: Any) -> None:
+        doc = {"event": event, "run_id": self.run_id, "msg": redact_text(msg), "scenes_done": self.scenes_done,
+               "scenes_total": self.scenes_total, **fields}
+        if event == "patches" and self.scene_seconds:
+            left = self.scenes_total - self.scenes_done - 1
+            doc["eta_run_s"] = round(fields.get("eta_s", 0.0) + left * float(np.mean(self.scene_seconds)), 1)
+        doc = json.loads(redact_text(json.dumps(doc, default=str)))
+        log.info("%s", doc["msg"], extra={"fields": doc})
+        if self.callback:
+            self.callback(doc)
+
+    def scene_finished(self, status: "SceneStatus", msg: str) -> None:
+        self.scenes_done += 1
+        if status.status == "done":
+            self.scene_seconds.append(status.seconds)
+        self("scene_done", msg, scene=status.id, status=status.status, seconds=status.seconds,
+             timings=status.timings, message=status.message)
+
+
+class StageClock:
+    """Seconds spent per stage of a scene, and the driver's peak resident memory at the end
+    of each (MiB, since the process started), for the run record and ``make bench``."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._t, 3)
+        self.peaks[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        self._t = now
+
+
+def request_record(request: RunRequest) -> dict[str, Any]:
+    d = asdict(request)
+    d["options"] = request.options.hashable_dict()
+    return json.loads(redact_text(json.dumps(d, default=str)))
+
+
+def write_summary(out: Path, summary: RunSummary) -> Path:
+    path = out / "runs" / f"{summary.run_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "run_id": summary.run_id,
+        "dipfill": __version__,
+        "request": summary.request,
+        "config_hash": summary.config_hash,
+        "seconds": summary.seconds,
+        **({"error": summary.error} if summary.error else {}),
+        "scenes": [asdict(s) for s in summary.scenes],
+        "failures": [{"id": s.id, "message": s.message} for s in summary.failed],
+        "counts": {k: sum(1 for s in summary.scenes if s.status == k) for k in ("done", "current", "failed")},
+    }
+    write_json(path, doc)
+    return path

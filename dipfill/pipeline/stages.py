@@ -1,0 +1,255 @@
+"""One scene of a run as named stages: open → mask → plan → fit → merge → write → describe → publish.
+
+Each stage is a function of the :class:`SceneJob` (what the earlier stages decided) and
+returns what the next one needs, so one stage can be changed, timed or tested without
+reading the others. Memory is bounded by blocks and batches, not by the scene:
+
+* **open** the item's assets as one scene on one grid (nothing read yet);
+* **mask** — the driver reads the scene in strips for its one-byte-per-pixel masks
+  (three-state mask, observed bands per pixel);
+* **plan** windows and batches from them (the same planner as ``dipfill fill``) and the
+  fit tasks still to do (a resumed scene keeps its finished batches);
+* **fit** — workers read their own windows, fit them, and write into the patch store;
+* **merge** — workers merge chunk-sized blocks from the store into the Zarr mosaic
+  (one writer per chunk);
+* **write** — the driver streams the mosaic into the COGs, writes the quicklook and, last,
+  the STAC item (**describe**: the item states what the outputs are), then adds it to the
+  static catalog;
+* **publish** it to a STAC API when asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import zarr
+
+from dipfill.engines.base import PatchDiagnostics
+from dipfill.errors import InputError, RunInterrupted
+from dipfill.pipeline.blocks import BlockResult, block_tasks, merge_counts, preview_mosaic
+from dipfill.pipeline.executor import Executor, FitTask
+from dipfill.pipeline.outputs import SceneProduct, mosaic_attrs, output_names, write_outputs
+from dipfill.pipeline.patchstore import PatchStore
+from dipfill.pipeline.plan import FillPlan, patch_seed, plan_from_mask
+from dipfill.pipeline.progress import Progress, SceneStatus, StageClock
+from dipfill.raster.hrefs import signer
+from dipfill.raster.masks import OUTSIDE
+from dipfill.raster.scene import SceneSource, open_scene
+from dipfill.raster.scene_mask import scene_mask
+from dipfill.raster.write import MOSAIC_CHUNK, create_zarr_mosaic
+from dipfill.specs import RunRequest
+from dipfill.stac.item import ItemExtras, sanitize_id, self_href
+from dipfill.stac.publish import add_to_static_catalog, publish_item
+from dipfill.storage import staged
+
+__all__ = ["SceneJob", "process_scene", "current_status", "source_version", "output_id"]
+
+
+@dataclass
+class SceneJob:
+    """One scene of one run: what it is, where it goes, and what the stages decided."""
+
+    item: Mapping[str, Any]
+    request: RunRequest
+    config_hash: str
+    item_id: str  # the output item's id
+    scene_dir: Path
+    source: SceneSource
+    nodata: float | None
+    plan: FillPlan | None = None
+    dtype: Any = None
+    store: PatchStore | None = None
+    tasks: tuple[FitTask, ...] = ()
+    resumed: int = 0
+
+
+def output_id(item: Mapping[str, Any]) -> str:
+    """The output item's id (and directory name): the source id, sanitised, ``-dipfill``."""
+    return sanitize_id(str(item["id"])) + "-dipfill"
+
+
+def scene_dir(out: Path, item: Mapping[str, Any]) -> Path:
+    """``OUT/<collection>/<output id>/``."""
+    return out / sanitize_id(str(item.get("collection") or "items")) / output_id(item)
+
+
+def source_version(item: Mapping[str, Any]) -> str:
+    """What identifies the version of a source item: its ``updated`` property when it has one,
+    else a hash of its JSON without links (hrefs of a catalog move; content does not)."""
+    props = item.get("properties") or {}
+    if props.get("updated"):
+        return f"updated:{props['updated']}"
+    body = {k: v for k, v in item.items() if k != "links"}
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def current_status(item: Mapping[str, Any], out: Path, chash: str, request: RunRequest) -> SceneStatus | None:
+    """The scene's status when its output is current (same source version and config)."""
+    path = scene_dir(out, item) / f"{output_id(item)}.json"
+    if request.force or not path.exists():
+        return None
+    props = json.loads(path.read_text()).get("properties", {})
+    if props.get("dipfill:config_hash") == chash and props.get("dipfill:source_version") == source_version(item):
+        return SceneStatus(str(item["id"]), "current", output=str(path),
+                           message="output current (same source version and config): no engine work")
+    return None
+
+
+def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str, executor: Executor,
+                  say: Progress, budget: list[int | None]) -> SceneStatus:
+    """Every stage of one scene, timed; returns its status (raises what a stage raises)."""
+    clock = StageClock()
+    job = open_stage(item, request, out, chash)
+    plan_stage(job)
+    clock.lap("mask")
+    diagnostics = fit_stage(job, executor, say, budget)
+    clock.lap("fit")
+    blocks = merge_stage(job, executor)
+    clock.lap("blend")
+    outputs, counts = write_stage(job, blocks, diagnostics, out)
+    clock.lap("write")
+    if request.publish:
+        publish_item(request.publish, outputs["item"], f"{item.get('collection') or 'items'}-dipfill")
+        clock.lap("publish")
+    assert job.plan is not None
+    return SceneStatus(str(item["id"]), "done", output=outputs["item"], patches=len(job.plan.windows),
+                       patches_fitted=sum(len(t.windows) for t in job.tasks), patches_resumed=job.resumed,
+                       counts=counts, timings=clock.laps, driver_peak_mib=clock.peaks)
+
+
+def open_stage(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str) -> SceneJob:
+    """Open the item's assets as one scene (headers only) and make its output directory."""
+    source = open_scene(dict(item), bands=request.bands, mask=request.mask, sign=signer(request.sign))
+    nodata = one_nodata(source.nodata, str(item["id"]))
+    directory = scene_dir(out, item)
+    directory.mkdir(parents=True, exist_ok=True)
+    return SceneJob(item, request, chash, output_id(item), directory, source, nodata)
+
+
+def plan_stage(job: SceneJob) -> None:
+    """Mask the scene in strips, plan its windows and batches, and list the fit tasks a
+    resumed patch store still needs."""
+    opts = job.request.options
+    mask = scene_mask(job.source, rows=MOSAIC_CHUNK, closing=opts.collar_closing)
+    plan = plan_from_mask(mask.state, mask.nvalid, mask.bands, opts, with_fallback=opts.fallback != "none")
+    job.plan, job.dtype = plan, mask.dtype
+    del mask  # the plan keeps the one-byte state; the count of observed bands is done with
+    index = {w.id: i for i, w in enumerate(plan.windows)}
+    job.store = PatchStore.open(job.scene_dir / "patches.zarr", len(index), plan.shape[0], opts.patch,
+                                job.config_hash)
+    done = job.store.done()
+    job.tasks = tuple(
+        FitTask(job.item_id, job.source, job.store.path, b.index, b.fallback, b.windows,
+                tuple(index[w.id] for w in b.windows), tuple(patch_seed(opts.seed, w) for w in b.windows))
+        for b in plan.batches
+        if not all(done[index[w.id]] for w in b.windows)
+    )
+    job.resumed = int(done.sum()) - sum(int(done[i]) for t in job.tasks for i in t.indices)
+
+
+def fit_stage(job: SceneJob, executor: Executor, say: Progress, budget: list[int | None]) -> dict[str, PatchDiagnostics]:
+    """Fit the remaining batches into the patch store; returns every patch's diagnostics
+    (those of a run this one resumed included)."""
+    assert job.plan is not None and job.store is not None
+    scene = str(job.item["id"])
+    fitted = [0]
+    t0 = time.perf_counter()
+    total = sum(len(t.windows) for t in job.tasks)
+
+    def on_fitted(task: FitTask, diags: list[tuple[str, dict]]) -> None:
+        fitted[0] += len(task.windows)
+        rate = fitted[0] / max(time.perf_counter() - t0, 1e-9)
+        eta = (total - fitted[0]) / rate if rate else float("nan")
+        say("patches", f"  {job.item_id}: patches {fitted[0]}/{total} ({job.resumed} resumed), {rate:.2f} patches/s, "
+            f"ETA {eta:.0f} s", scene=scene, patches_done=fitted[0], patches_total=total,
+            patches_resumed=job.resumed, patches_per_s=round(rate, 3), eta_s=round(eta, 1))
+        if budget[0] is not None:
+            budget[0] -= 1
+            if budget[0] <= 0:
+                raise RunInterrupted(f"stopped after the requested number of batches ({job.item_id})")
+
+    executor.run(job.tasks, on_fitted)
+    windows = job.plan.windows
+    return {windows[i].id: PatchDiagnostics(**d) for i, d in sorted(job.store.diagnostics().items())}
+
+
+def merge_stage(job: SceneJob, executor: Executor) -> list[BlockResult]:
+    """Merge the scene block by block into its Zarr mosaic (staged: complete or absent)."""
+    assert job.plan is not None and job.store is not None
+    plan = job.plan
+    # The item is the commit marker: a stale one goes first, so a crash below leaves a
+    # scene that the next run reprocesses, never an item describing mixed outputs.
+    names = output_names(job.item_id, plan.shape[0])
+    (job.scene_dir / names["item"]).unlink(missing_ok=True)
+    for stale in job.scene_dir.glob(f".{names['mosaic']}.tmp-*"):  # left by a killed driver
+        shutil.rmtree(stale, ignore_errors=True)
+    blocks: list[BlockResult] = []
+    with staged(job.scene_dir / names["mosaic"]) as tmp:
+        create_zarr_mosaic(tmp, plan.shape, job.dtype, job.source.grid, nodata=job.nodata,
+                           band_names=list(job.source.band_names), attrs=mosaic_attrs(job.request.options))
+        tasks = block_tasks(job.item_id, job.source, plan, job.store.path, str(tmp), job.nodata, MOSAIC_CHUNK)
+        executor.run(tasks, lambda task, res: blocks.append(res), "blend")
+    return blocks
+
+
+def describe_stage(job: SceneJob) -> ItemExtras:
+    """What the output item takes from the source item: footprint, lineage, versions."""
+    item = job.item
+    href = self_href(item)
+    return ItemExtras(
+        geometry=item.get("geometry"),
+        bbox=item.get("bbox"),
+        derived_from=(href,) if href else (),
+        properties={"dipfill:source_version": source_version(item), "dipfill:source_item": str(item["id"]),
+                    "dipfill:config_hash": job.config_hash, "dipfill:run_config": job.request.config()},
+        scale_offset=tuple(zip(job.source.scale, job.source.offset)),
+    )
+
+
+def write_stage(job: SceneJob, blocks: Sequence[BlockResult], diagnostics: Mapping[str, PatchDiagnostics],
+                out: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """COGs streamed from the mosaic, quicklook, diagnostics, then the item (last); the patch
+    store goes and the static catalog gets the item. Returns the outputs and QA counts."""
+    assert job.plan is not None and job.store is not None
+    plan, item = job.plan, job.item
+    mosaic = zarr.open_group(str(job.scene_dir / output_names(job.item_id, plan.shape[0])["mosaic"]), mode="r")
+    counts = merge_counts([b.counts for b in blocks])
+    extras = describe_stage(job)
+    product = SceneProduct(
+        grid=job.source.grid,
+        band_names=list(job.source.band_names),
+        dtype=job.dtype,
+        nodata=job.nodata,
+        sources=[self_href(item) or str(item["id"])],
+        bands=mosaic["bands"],
+        qa=mosaic["qa"],
+        footprint=None if extras.geometry is not None and extras.bbox is not None else plan.state != OUTSIDE,
+        preview=preview_mosaic(blocks),
+        counts=counts,
+        diagnostics=diagnostics,
+    )
+    props = item.get("properties") or {}
+    when = props.get("datetime") or props.get("start_datetime")
+    rgb = (0, 1, 2) if plan.shape[0] >= 3 else (0, 0, 0)
+    outputs = write_outputs(job.scene_dir, job.item_id, product, job.request.options,
+                            when.replace("Z", "+00:00") if when else None, rgb, extras, mosaic_written=True)
+    job.store.remove()
+    add_to_static_catalog(out, job.scene_dir, job.scene_dir.parent.name)
+    return outputs, counts
+
+
+def one_nodata(values: Sequence[float | None], item_id: str) -> float | None:
+    """The one nodata value of the scene's bands (one output COG needs one)."""
+    distinct = {v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))}
+    if len(distinct) > 1:
+        raise InputError(f"item {item_id}: bands have different nodata values {sorted(distinct)}; "
+                         "one output COG needs one")
+    return distinct.pop() if distinct else (values[0] if values else None)
+

@@ -1,0 +1,70 @@
+"""The three-state mask of a whole scene, one byte per pixel, read in strips.
+
+What planning a run needs of a scene, without ever holding its bands: see :func:`scene_mask`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from rasterio.windows import Window
+
+from dipfill.errors import InputError
+from dipfill.raster.masks import DEFAULT_COLLAR_CLOSING, footprint_from_validity, state_from_all_valid
+from dipfill.raster.scene import SceneSource, read_pixels
+
+__all__ = ["SceneMask", "scene_mask"]
+
+
+@dataclass(frozen=True)
+class SceneMask:
+    """What planning needs of a whole scene, one byte per pixel each: ``state[y, x]``
+    (OUTSIDE / OBSERVED / GAP) and ``nvalid[y, x]``, the number of observed bands."""
+
+    state: NDArray[np.uint8]
+    nvalid: NDArray[np.uint8]
+    bands: int
+    dtype: np.dtype  # of the bands as read (after dB conversion where asked)
+
+
+def scene_mask(source: SceneSource, *, rows: int = 512, closing: int = DEFAULT_COLLAR_CLOSING) -> SceneMask:
+    """The three-state mask of the whole scene, read ``rows`` rows at a time.
+
+    Why strips: the bands of a full scene are several bytes per pixel per band; the plan
+    needs one byte per pixel. Memory is the strip plus the two one-byte masks. Collections
+    whose footprint comes from the data (no QA band, no geometry footprint) also need the
+    any-valid mask of the whole scene and, for a moment, the closing and labelling of
+    :func:`~dipfill.raster.masks.footprint_from_validity` (about 11 bytes per pixel, measured).
+    ``closing``: the width of that closing's square. Equal to
+    ``source.read().state`` (tested).
+    """
+    height, width = source.shape
+    count = len(source.band_names)
+    if count > 255:
+        raise InputError(f"item {source.item_id}: {count} bands; at most 255 are supported")
+    nvalid = np.zeros((height, width), dtype=np.uint8)
+    footprint: NDArray[np.bool_] | None = None
+    any_valid: NDArray[np.bool_] | None = None
+    dtype = None
+    for y0 in range(0, height, rows):
+        y1 = min(y0 + rows, height)
+        data, valid, local, _ = read_pixels(source, Window(0, y0, width, y1 - y0))
+        dtype = data.dtype
+        del data
+        np.sum(valid, axis=0, dtype=np.uint8, out=nvalid[y0:y1])
+        if local is not None:
+            if footprint is None:
+                footprint = np.zeros((height, width), dtype=bool)
+            footprint[y0:y1] = local
+        else:
+            if any_valid is None:
+                any_valid = np.zeros((height, width), dtype=bool)
+            any_valid[y0:y1] = nvalid[y0:y1] > 0
+    if footprint is None:
+        assert any_valid is not None
+        footprint = footprint_from_validity(any_valid, closing=closing)
+        del any_valid
+    state = state_from_all_valid(nvalid == count, footprint)
+    return SceneMask(state=state, nvalid=nvalid, bands=count, dtype=np.dtype(dtype))
