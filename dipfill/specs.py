@@ -12,12 +12,20 @@ from typing import Any, Mapping
 
 from dipfill.errors import InputError
 
-__all__ = ["FillOptions", "RunRequest", "DEFAULT_COLLAR_CLOSING"]
+__all__ = ["FillOptions", "RunRequest", "DEFAULT_COLLAR_CLOSING", "GUIDE_FIELDS", "GUIDE_RESAMPLINGS"]
 
 #: Width (px) of the square closing that bridges SLC-off stripes before the footprint is
 #: taken. Landsat-7 SLC-off stripes are at most ~15 px wide at 30 m (wider near scene
 #: edges at coarser grids would need more); 31 px bridges anything narrower than 30 px.
 DEFAULT_COLLAR_CLOSING = 31
+
+#: How a guide not on the target grid is resampled onto it: the GDAL kernels that are a
+#: weighted mean of source pixels, so a guide's own gaps can be kept out of it
+#: (:mod:`dipfill.raster.guides`). Nearest keeps the guide's values exactly.
+GUIDE_RESAMPLINGS = ("bilinear", "nearest", "cubic", "cubic_spline", "lanczos", "average")
+
+#: The FillOptions fields that describe guides; left out of the hash when there are none.
+GUIDE_FIELDS = ("guides", "guide_bands", "guide_resampling")
 
 
 def _opt(default: Any, help: str, **flag: Any) -> Any:
@@ -43,8 +51,23 @@ class FillOptions:
                           "polygon in lon/lat; pixels outside are never filled", metavar="auto|all|FILE")
     collar_closing: int = _opt(DEFAULT_COLLAR_CLOSING, "closing width that bridges stripes when deriving the "
                                "footprint", metavar="PX")
+    guides: tuple[str, ...] = _opt((), "another raster of the same ground (any grid, CRS or resolution: "
+                                   "reprojected onto the input's grid) that guide-using engines take as "
+                                   "evidence; its own nodata/mask is honoured; repeatable",
+                                   flag="--guide", metavar="FILE")
+    guide_bands: tuple[int, ...] = _opt((), "1-based bands taken from every guide, e.g. 1,2,3",
+                                        metavar="B,B,...")
+    guide_resampling: str = _opt("bilinear", "resampling of guides not on the input's grid; a pixel is a "
+                                 "guide value only where every guide pixel the kernel uses is valid")
 
     def __post_init__(self) -> None:
+        # "like" types in, canonical tuples out: the CLI gives lists, a YAML "1,2,3"
+        guides = (self.guides,) if isinstance(self.guides, str) else tuple(str(g) for g in self.guides)
+        object.__setattr__(self, "guides", guides)
+        object.__setattr__(self, "guide_bands", _band_list(self.guide_bands))
+        if self.guide_resampling not in GUIDE_RESAMPLINGS:
+            raise InputError(f"--guide-resampling must be one of {', '.join(GUIDE_RESAMPLINGS)}, "
+                             f"got {self.guide_resampling!r}")
         if self.patch < 1:
             raise InputError(f"--patch must be >= 1, got {self.patch}")
         if not 0 <= self.overlap < self.patch:
@@ -58,7 +81,24 @@ class FillOptions:
         """The options that determine the pixels (not where they are written)."""
         d = asdict(self)
         d["engine_options"] = dict(sorted(dict(self.engine_options).items()))
+        if not self.guides:  # a config without guides hashes as it did before guides existed
+            for name in GUIDE_FIELDS:
+                d.pop(name)
+        else:
+            d["guides"], d["guide_bands"] = list(self.guides), list(self.guide_bands)
         return d
+
+
+def _band_list(value: Any) -> tuple[int, ...]:
+    """``"1,2,3"``, ``[1, 2, 3]`` or ``()`` as a tuple of 1-based band numbers."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        bands = tuple(int(b) for b in items if str(b).strip())
+    except (TypeError, ValueError):
+        bands = (0,)
+    if any(b < 1 for b in bands):
+        raise InputError(f"--guide-bands must be 1-based band numbers like 1,2,3, got {value!r}")
+    return bands
 
 
 @dataclass(frozen=True)
@@ -80,9 +120,30 @@ class RunRequest:
     since: str | None = None
     force: bool = False
     sign: str | None = None  # "planetary-computer": sign asset hrefs (needs the planetary-computer package)
+    # Guides found through STAC (used by engines that take guides; see dipfill.pipeline.guides)
+    guides: str = "auto"  # "auto": look for guides when the engine uses them; "none": never
+    guide_collection: str | None = None  # default: the target's own collection
+    guide_window: int = 64  # ± days around the target's date
+    guide_years: int = 0  # also the same season of this many earlier years
+    max_guides: int = 2
+    guide_bands: tuple[str, ...] | None = None  # band names in the guide collection (default: the target's)
 
-    def config(self) -> dict[str, Any]:
-        """What decides the output bytes: fill options, mask mode, bands."""
-        return {**self.options.hashable_dict(), "mask": self.mask, "bands": list(self.bands or [])}
+    def __post_init__(self) -> None:
+        if self.guides not in ("auto", "none"):
+            raise InputError(f"--guides must be auto or none, got {self.guides!r}")
+
+    def guide_query(self) -> dict[str, Any]:
+        """The guide search as recorded in the config (decides which guides a scene gets)."""
+        return {"guides": self.guides, "guide_collection": self.guide_collection, "guide_window": self.guide_window,
+                "guide_years": self.guide_years, "max_guides": self.max_guides,
+                "guide_bands": list(self.guide_bands or [])}
+
+    def config(self, *, with_guides: bool = False) -> dict[str, Any]:
+        """What decides the output bytes: fill options, mask mode, bands and, for an engine
+        that uses guides, the guide search (left out otherwise: old hashes stay valid)."""
+        cfg = {**self.options.hashable_dict(), "mask": self.mask, "bands": list(self.bands or [])}
+        if with_guides and self.guides != "none":
+            cfg["guide_search"] = self.guide_query()
+        return cfg
 
 

@@ -9,7 +9,7 @@ import statistics
 import sys
 from typing import Any
 
-from dipfill.cli.options import add_dip_flags, add_fill_flags, fill_options
+from dipfill.cli.options import FILL_FIELDS, GUIDE_FIELDS, add_dip_flags, add_fill_flags, fill_options
 from dipfill.errors import InputError
 
 log = logging.getLogger("dipfill")
@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="GDAL raster(s); several files must share one grid")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output directory")
     p.add_argument("--mask", metavar="FILE", help="raster on the same grid; non-zero marks extra gaps (clouds, ...)")
-    add_fill_flags(p)
+    add_fill_flags(p, names=tuple(n for n in FILL_FIELDS if n not in GUIDE_FIELDS))
+    add_fill_flags(p.add_argument_group("guides (other dates or sensors of the same ground)"), names=GUIDE_FIELDS)
     add_dip_flags(p.add_argument_group("dip engine"))
     o = p.add_argument_group("output naming")
     o.add_argument("--id", dest="item_id", help="item id (default: from the input file name); '-dipfill' is appended")
@@ -97,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         f"engine {c['filled']}, fallback {c['filled_fallback']}, unfilled {c['unfilled']}"
     )
     print(f"patches   {report.windows_filled} of {report.windows_total} windows had gaps and were fitted")
+    for i, g in enumerate(report.guides, start=1):
+        print(f"guide {i:<3} {g['href']}  {g['datetime'] or 'date unknown'}  bands {','.join(map(str, g['bands']))}  "
+              f"{g['resampling']}")
     steps = [d.steps for d in report.diagnostics.values() if d.engine == args.engine and d.steps]
     if steps:
         print(f"steps     per patch: min {min(steps)}, median {int(statistics.median(steps))}, max {max(steps)}")

@@ -13,17 +13,23 @@ import argparse
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from dipfill.engines import ENGINES
+from dipfill.engines import ENGINES, make_engine
 from dipfill.engines.config import DEFAULT_PRESET, preset
 from dipfill.errors import InputError
 from dipfill.keyvalue import parse_pairs
-from dipfill.specs import FillOptions
+from dipfill.specs import GUIDE_FIELDS, GUIDE_RESAMPLINGS, FillOptions
 
-__all__ = ["FILL_FIELDS", "add_fill_flags", "add_dip_flags", "fill_options", "dip_options"]
+__all__ = ["FILL_FIELDS", "GUIDE_FIELDS", "add_fill_flags", "add_dip_flags", "fill_options", "dip_options"]
 
 #: The FillOptions fields a flag sets (``engine_options`` comes from the DIP flags).
 FILL_FIELDS = tuple(f.name for f in dataclasses.fields(FillOptions) if f.name != "engine_options")
-_CHOICES = {"engine": ENGINES, "fallback": (*ENGINES[1:], "none")}
+_CHOICES = {"engine": ENGINES, "fallback": (*ENGINES[1:], "none"), "guide_resampling": GUIDE_RESAMPLINGS}
+#: Fields whose flag is not "one value of the default's type": a repeatable flag, a list
+#: FillOptions parses itself. Their parser default is None ("not given").
+_KINDS: dict[str, dict[str, Any]] = {
+    "guides": {"action": "append", "default_text": "none"},
+    "guide_bands": {"type": str, "default_text": "all"},
+}
 
 
 def _flag(field: dataclasses.Field) -> str:
@@ -36,10 +42,16 @@ def add_fill_flags(parser: argparse.ArgumentParser | Any, *, names: Sequence[str
     for f in dataclasses.fields(FillOptions):
         if f.name not in names:
             continue
+        special = dict(_KINDS.get(f.name, {}))
+        shown = special.pop("default_text", f.default)
+        if special:
+            parser.add_argument(_flag(f), dest=f.name, default=None, metavar=f.metadata.get("metavar"),
+                                help=f"{f.metadata['help']} (default: {shown})", **special)
+            continue
         kind = type(f.default) if f.default is not None else str
         parser.add_argument(_flag(f), dest=f.name, type=kind, choices=_CHOICES.get(f.name),
                             default=f.default if defaults else None, metavar=f.metadata.get("metavar"),
-                            help=f"{f.metadata['help']} (default: {f.default})")
+                            help=f"{f.metadata['help']} (default: {shown})")
 
 
 def add_dip_flags(group: argparse.ArgumentParser | Any, *, defaults: bool = True) -> None:
@@ -70,14 +82,14 @@ def add_dip_flags(group: argparse.ArgumentParser | Any, *, defaults: bool = True
                        help="torch device (default: auto)")
 
 
-def dip_options(values: Mapping[str, Any]) -> dict[str, Any]:
+def dip_options(values: Mapping[str, Any], *, engine: str = "dip") -> dict[str, Any]:
     """``make_engine('dip', ...)`` options from the DIP flags' values (a namespace's ``vars``
     or a merged run config): the preset, then the flags that were given.
 
     Uniform-width flags (channels, skip_channels, depth) expand to per-level tuples;
     ``dip`` KEY=VALUE items set any other field and win over everything else.
     """
-    name = values.get("preset") or DEFAULT_PRESET
+    name = values.get("preset") or (DEFAULT_PRESET if engine == "dip" else "mcpn")
     opts: dict[str, Any] = {"preset": name, "device": values.get("device") or "auto"}
     base = preset(name)
     for key in ("steps", "lr", "stopping", "patience", "strategy"):
@@ -92,7 +104,10 @@ def dip_options(values: Mapping[str, Any]) -> dict[str, Any]:
         opts["channels_skip"] = ((skip if skip is not None else base.channels_skip[0]),) * depth
     assigned = parse_pairs(values.get("dip") or [], flag="--dip")
     opts.update(assigned)
-    preset(opts["preset"], **{k: v for k, v in opts.items() if k != "preset"})  # validate now
+    if engine == "dip":
+        preset(opts["preset"], **{k: v for k, v in opts.items() if k != "preset"})  # validate now
+    else:  # mcpn: DIPConfig and MCPNConfig fields together; its factory sorts and checks them
+        make_engine(engine, **opts)
     return opts
 
 
@@ -101,8 +116,8 @@ def fill_options(values: Mapping[str, Any]) -> FillOptions:
     defaults, and the ``dip`` engine gets :func:`dip_options`."""
     given = {name: values[name] for name in FILL_FIELDS if values.get(name) is not None}
     engine = given.get("engine", FillOptions.engine)
-    if engine == "dip":
-        given["engine_options"] = dip_options(values)
+    if engine in ("dip", "mcpn"):  # DIP engines: the DIP flags (mcpn: guided DIP, preset mcpn)
+        given["engine_options"] = dip_options(values, engine=engine)
     try:
         return FillOptions(**given)
     except TypeError as exc:  # a YAML value of the wrong kind

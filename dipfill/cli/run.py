@@ -48,6 +48,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sign asset hrefs before reading (Planetary Computer needs it; pip install planetary-computer)")
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one on 127.0.0.1)")
     p.add_argument("--max-scenes", type=int, help="process at most N scenes")
+    g = p.add_argument_group("guides (engines that fill from other dates or sensors: llhm, regression, guided)")
+    g.add_argument("--guides", choices=("auto", "none"),
+                   help="auto: search the STAC source for guides of each scene when the engine uses them (default)")
+    g.add_argument("--guide-collection", help="collection to find guides in (default: the scene's own)")
+    g.add_argument("--guide-window", type=int, metavar="DAYS", help="± days around the scene's date (default: 64)")
+    g.add_argument("--guide-years", type=int, metavar="N",
+                   help="also the same season of N earlier years (default: 0)")
+    g.add_argument("--max-guides", type=int, help="guides per scene, best first (default: 2)")
+    g.add_argument("--guide-bands", help="band names in the guide collection (default: the scene's bands)")
     p.add_argument("--since", metavar="DURATION", help="only scenes updated within DURATION (7d, 12h): for cron")
     p.add_argument("--force", action="store_true", default=None, help="reprocess scenes whose output is current")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -121,7 +130,20 @@ def build_request(values: dict[str, Any]):
         since=values.get("since"),
         force=bool(values.get("force", False)),
         sign=values.get("sign"),
+        **_guide_fields(values),
     )
+
+
+def _guide_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """The RunRequest's guide-search fields that were given (the record's defaults otherwise)."""
+    out = {k: values[k] for k in ("guides", "guide_collection", "guide_window", "guide_years", "max_guides")
+           if values.get(k) is not None}
+    bands = values.get("guide_bands")
+    if isinstance(bands, str):
+        bands = [b.strip() for b in bands.split(",") if b.strip()]
+    if bands:
+        out["guide_bands"] = tuple(bands)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,10 +36,18 @@ from dipfill.errors import InputError
 
 __all__ = [
     "ENGINES", "Engine", "EngineResult", "MemoryStrategyCache", "PatchDiagnostics", "StrategyCache", "make_engine",
-    "set_threads",
+    "set_threads", "GUIDED_ENGINES", "engine_uses_guides",
 ]
 
-ENGINES = ("dip", "fillnodata", "telea", "ns")
+ENGINES = ("dip", "fillnodata", "telea", "ns", "llhm", "regression", "guided", "mcpn")
+#: Engines that fill from guides (other dates, other sensors) when given them.
+GUIDED_ENGINES: tuple[str, ...] = ("llhm", "regression", "guided", "mcpn")
+
+
+def engine_uses_guides(name: str) -> bool:
+    """Whether the engine called ``name`` takes guides: the pipeline looks for and reads
+    guides only for those (known before building the engine, which may import torch)."""
+    return name in GUIDED_ENGINES
 
 
 def make_engine(name: str, *, strategy_cache: StrategyCache | None = None, **options: Any) -> Engine:
@@ -65,9 +73,17 @@ def make_engine(name: str, *, strategy_cache: StrategyCache | None = None, **opt
         if strategy_cache is None:
             return DIPEngine(config)
         return DIPEngine(config, strategy_cache=strategy_cache)
-    from dipfill.engines.classical import FillnodataEngine, NSEngine, TeleaEngine
+    if name == "mcpn":
+        # guided DIP (paper 003): torch loads here too
+        from dipfill.engines.mcpn import make_mcpn_engine
 
-    classes = {"fillnodata": FillnodataEngine, "telea": TeleaEngine, "ns": NSEngine}
+        return make_mcpn_engine(strategy_cache=strategy_cache, **options)
+    from dipfill.engines.classical import FillnodataEngine, NSEngine, TeleaEngine
+    from dipfill.engines.guided import LLHMEngine, RegressionEngine
+    from dipfill.engines.guided_judge import GuidedEngine
+
+    classes = {"fillnodata": FillnodataEngine, "telea": TeleaEngine, "ns": NSEngine, "llhm": LLHMEngine,
+               "regression": RegressionEngine, "guided": GuidedEngine}
     if name not in classes:
         raise InputError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
     try:

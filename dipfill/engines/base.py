@@ -9,6 +9,14 @@ from the input, so known values pass through bit-exact whatever the engine does.
 Seeds are per patch (derived by the caller from the run seed and the patch location), so
 a patch's result does not depend on which batch it landed in: resumed runs give the same
 bytes.
+
+Guides (other rasters of the same ground, already on the patches' grid) come as
+``guides float32[B, G, H, W]``, 0 where not observed, with ``guide_observed bool[B, G, H, W]``
+(a guide pixel that is itself a gap is never evidence) and ``guide_bands``: how many of
+the G channels each guide holds, in rank order (best first; None: one guide of G bands).
+Every engine accepts them; an engine that ignores them says so with ``uses_guides = False``
+(the pipeline then reads none and tells the user once). The pipeline passes guides only
+when there are some, so an engine is always called without them on an unguided fill.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Engine", "EngineResult", "PatchDiagnostics", "check_batch"]
+__all__ = ["Engine", "EngineResult", "PatchDiagnostics", "check_batch", "uses_guides"]
 
 
 @dataclass(frozen=True)
@@ -41,9 +49,14 @@ class EngineResult:
 
 @runtime_checkable
 class Engine(Protocol):
-    """Fill a batch of patches. Implementations are cheap to construct and picklable."""
+    """Fill a batch of patches. Implementations are cheap to construct and picklable.
+
+    ``uses_guides`` is a class attribute: False for engines that accept guides and ignore
+    them (the classical single-image fillers, single-image DIP).
+    """
 
     name: str
+    uses_guides: bool
 
     def fill(
         self,
@@ -51,10 +64,27 @@ class Engine(Protocol):
         observed: NDArray[np.bool_],
         *,
         seeds: Sequence[int],
+        guides: NDArray[np.float32] | None = None,
+        guide_observed: NDArray[np.bool_] | None = None,
+        guide_bands: Sequence[int] | None = None,
     ) -> EngineResult: ...
 
 
-def check_batch(patches: np.ndarray, observed: np.ndarray, seeds: Sequence[int]) -> None:
+def uses_guides(engine: Any) -> bool:
+    """Whether ``engine`` wants guides: its ``uses_guides``; an engine that does not say is
+    given them."""
+    return bool(getattr(engine, "uses_guides", True))
+
+
+def check_batch(
+    patches: np.ndarray,
+    observed: np.ndarray,
+    seeds: Sequence[int],
+    *,
+    guides: np.ndarray | None = None,
+    guide_observed: np.ndarray | None = None,
+    guide_bands: Sequence[int] | None = None,
+) -> None:
     """Validate the protocol's input shapes once, with messages that say what was given."""
     if patches.ndim != 4:
         raise ValueError(f"patches must be [B, C, H, W], got shape {patches.shape}")
@@ -64,3 +94,20 @@ def check_batch(patches: np.ndarray, observed: np.ndarray, seeds: Sequence[int])
         )
     if len(seeds) != patches.shape[0]:
         raise ValueError(f"need one seed per patch: {len(seeds)} seeds for {patches.shape[0]} patches")
+    if guides is None:
+        if guide_observed is not None or guide_bands is not None:
+            raise ValueError("guide_observed / guide_bands given without guides")
+        return
+    b, _, h, w = patches.shape
+    if guides.ndim != 4 or guides.shape[0] != b or guides.shape[2:] != (h, w) or guides.shape[1] < 1:
+        raise ValueError(f"guides must be [B, G, H, W] = [{b}, G>=1, {h}, {w}] like the patches, "
+                         f"got shape {guides.shape}")
+    if guide_observed is None:
+        raise ValueError("guides given without guide_observed: a guide's own gaps must be known")
+    if guide_observed.shape != guides.shape:
+        raise ValueError(f"guide_observed shape {guide_observed.shape} differs from guides shape {guides.shape}")
+    if guide_bands is not None:
+        counts = [int(n) for n in guide_bands]
+        if not counts or min(counts) < 1 or sum(counts) != guides.shape[1]:
+            raise ValueError(f"guide_bands {counts} must be positive band counts, one per guide, summing to the "
+                             f"{guides.shape[1]} guide channels")

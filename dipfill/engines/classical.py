@@ -43,6 +43,7 @@ class _BandwiseEngine:
     """
 
     name: ClassVar[str] = ""
+    uses_guides: ClassVar[bool] = False  # single-image methods: guides are accepted and ignored
 
     def fill(
         self,
@@ -50,9 +51,13 @@ class _BandwiseEngine:
         observed: NDArray[np.bool_],
         *,
         seeds: Sequence[int],
+        guides: NDArray[np.float32] | None = None,
+        guide_observed: NDArray[np.bool_] | None = None,
+        guide_bands: Sequence[int] | None = None,
     ) -> EngineResult:
-        """Fill every band of every patch; the methods are deterministic, seeds are unused."""
-        check_batch(patches, observed, seeds)
+        """Fill every band of every patch; the methods are deterministic, seeds are unused.
+        Guides are checked and ignored (``uses_guides`` is False)."""
+        check_batch(patches, observed, seeds, guides=guides, guide_observed=guide_observed, guide_bands=guide_bands)
         values = np.asarray(patches, dtype=np.float64)
         usable = np.asarray(observed, dtype=bool) & np.isfinite(values)
         out = np.full(values.shape, np.nan, dtype=np.float32)

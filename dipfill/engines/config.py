@@ -176,6 +176,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "channels_up": (16, 32, 64, 128, 128, 128),
         "channels_skip": (4,) * 6,
     },
+    # Paper 003 (MCPN) as published, for the `mcpn` engine's core: the mcpn-core network and
+    # its fixed-steps rule (4000; the Emergent variant stops on known-region RMSE instead).
+    "mcpn": {
+        "channels_down": (16, 32, 64, 128, 128, 128),
+        "channels_up": (16, 32, 64, 128, 128, 128),
+        "channels_skip": (4,) * 6,
+        "steps": 4000,
+    },
 }
 
 

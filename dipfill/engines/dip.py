@@ -110,6 +110,7 @@ class DIPEngine:
     strategy_cache: StrategyCache = field(default_factory=MemoryStrategyCache, compare=False, repr=False)
 
     name: ClassVar[str] = "dip"
+    uses_guides: ClassVar[bool] = False  # single-image DIP: guides are accepted and ignored
 
     def fill(
         self,
@@ -117,15 +118,19 @@ class DIPEngine:
         observed: NDArray[np.bool_],
         *,
         seeds: Sequence[int],
+        guides: NDArray[np.float32] | None = None,
+        guide_observed: NDArray[np.bool_] | None = None,
+        guide_bands: Sequence[int] | None = None,
         monitor: Monitor | None = None,
     ) -> EngineResult:
         """Fill every patch that has an observed pixel; see :class:`~dipfill.engines.base.Engine`.
 
-        ``monitor`` (see :data:`~dipfill.engines.config.Monitor`) watches the fits every
-        ``check_every`` steps, in data units: how the convergence plots of ``dipfill eval``
-        are drawn without a second fitting loop.
+        Guides are checked and ignored (``uses_guides`` is False: this network sees the
+        target alone). ``monitor`` (see :data:`~dipfill.engines.config.Monitor`) watches the
+        fits every ``check_every`` steps, in data units: how the convergence plots of
+        ``dipfill eval`` are drawn without a second fitting loop.
         """
-        check_batch(patches, observed, seeds)
+        check_batch(patches, observed, seeds, guides=guides, guide_observed=guide_observed, guide_bands=guide_bands)
         cfg = self.config
         count, bands, height, width = patches.shape
         out = np.full(patches.shape, np.nan, dtype=np.float32)

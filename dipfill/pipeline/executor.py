@@ -9,6 +9,8 @@ baseline ``make bench`` measures Ray against, and a way to run without a cluster
 :class:`~dipfill.pipeline.ray_executor.EnginePool` (engine actors on Ray; that module is
 the only one that imports Ray). Workers read their own pixels and write their results
 into the scene's patch store or mosaic, so a task is a few hundred bytes whatever the batch.
+Guides travel the same way: a task names them (:class:`~dipfill.raster.guides.GuideSource`)
+and the worker reads their windows with the target's.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 from dipfill.engines import make_engine, set_threads
+from dipfill.engines.base import Engine, EngineResult, uses_guides
 from dipfill.pipeline.blocks import blend_block
 from dipfill.pipeline.patchstore import PatchStore
-from dipfill.pipeline.plan import batch_inputs
+from dipfill.pipeline.plan import batch_inputs, row_unions
+from dipfill.raster.guides import GuideSource, guide_band_counts, read_guides
 from dipfill.storage import JsonFileCache, default_strategy_cache_path
 from dipfill.tiling import PatchWindow, crop
 
-__all__ = ["Executor", "FitTask", "EngineWorker", "LocalPool", "FAULT_ENV"]
+__all__ = ["Executor", "FitTask", "EngineWorker", "LocalPool", "FAULT_ENV", "read_batch", "fill_batch"]
 
 # Fault injection for tests of the restart path: "exit-once:<marker file>" makes the first
 # actor call that finds no marker create it and kill its own process.
@@ -56,6 +61,45 @@ class FitTask:
     windows: tuple[PatchWindow, ...]
     indices: tuple[int, ...]  # positions of the windows in the patch store
     seeds: tuple[int, ...]
+    guides: tuple[GuideSource, ...] = ()  # opened on the scene's grid; read with the target's windows
+    guide_bands: tuple[int, ...] = ()  # bands per guide when a guide spans several sources (one per asset)
+
+
+#: Reads ``((row0, row1), (col0, col1))`` of the target: ``(data[band, y, x], valid[band, y, x])``.
+PixelReader = Callable[[tuple[tuple[int, int], tuple[int, int]]], tuple[NDArray, NDArray[np.bool_]]]
+
+
+def read_batch(read_pixels: PixelReader, windows: Sequence[PatchWindow], guides: Sequence[GuideSource] = ()):
+    """An engine's arrays for ``windows``: ``(patches, observed, guide_patches,
+    guide_observed)``, the last two None without ``guides``. One read per row of windows
+    (their union), of the target through ``read_pixels`` and of the guides through
+    :func:`~dipfill.raster.guides.read_guides`."""
+    parts: dict[str, tuple[NDArray, ...]] = {}
+    for union, row in row_unions(windows):
+        span = ((union.row_off, union.row_off + union.height), (union.col_off, union.col_off + union.width))
+        data, valid = read_pixels(span)
+        local = [crop(w, union).target for w in row]  # type: ignore[union-attr]
+        if guides:
+            p, o, _, gp, go = batch_inputs(data, valid, local, 0, guides=read_guides(guides, span))
+            parts.update({w.id: (p[i], o[i], gp[i], go[i]) for i, w in enumerate(row)})
+        else:
+            p, o, _ = batch_inputs(data, valid, local, 0)
+            parts.update({w.id: (p[i], o[i]) for i, w in enumerate(row)})
+    arrays = [np.stack([parts[w.id][k] for w in windows]) for k in range(4 if guides else 2)]
+    return tuple(arrays) if guides else (arrays[0], arrays[1], None, None)
+
+
+def fill_batch(engine: Engine, read_pixels: PixelReader, windows: Sequence[PatchWindow], seeds: Sequence[int],
+               guides: Sequence[GuideSource] = (), guide_bands: Sequence[int] = ()) -> EngineResult:
+    """Read ``windows`` and fill them with ``engine``: with the guides' windows when there
+    are guides and the engine uses them (:func:`~dipfill.engines.base.uses_guides`), without
+    any guide argument otherwise."""
+    guides = tuple(guides) if guides and uses_guides(engine) else ()
+    patches, observed, gpatches, gobserved = read_batch(read_pixels, windows, guides)
+    if not guides:
+        return engine.fill(patches, observed, seeds=list(seeds))
+    return engine.fill(patches, observed, seeds=list(seeds), guides=gpatches, guide_observed=gobserved,
+                       guide_bands=list(guide_bands or guide_band_counts(guides)))
 
 
 class EngineWorker:
@@ -71,21 +115,9 @@ class EngineWorker:
 
     def fit(self, task: FitTask) -> list[tuple[str, dict[str, Any]]]:
         _maybe_fail()
-        inputs: dict[str, tuple[Any, Any]] = {}
-        for row_windows in _rows_of(task.windows):
-            # One read per row of windows in the batch: neighbours overlap, so their union
-            # is read (and decoded) once instead of once per window.
-            top, bottom = row_windows[0].row_off, max(w.row_off + w.height for w in row_windows)
-            left, right = min(w.col_off for w in row_windows), max(w.col_off + w.width for w in row_windows)
-            union = PatchWindow(top, left, bottom - top, right - left)
-            data, valid = task.source.read_pixels(((top, bottom), (left, right)))
-            local = [crop(w, union).target for w in row_windows]  # type: ignore[union-attr]
-            p, o, _ = batch_inputs(data, valid, local, 0)
-            inputs.update({w.id: (p[i], o[i]) for i, w in enumerate(row_windows)})
-        patches = np.stack([inputs[w.id][0] for w in task.windows])
-        observed = np.stack([inputs[w.id][1] for w in task.windows])
         engine = self.fallback if task.fallback else self.engine
-        result = engine.fill(patches, observed, seeds=list(task.seeds))
+        result = fill_batch(engine, task.source.read_pixels, task.windows, task.seeds,  # type: ignore[arg-type]
+                            task.guides, task.guide_bands)
         store = PatchStore(task.store_path)
         records = [(w.id, asdict(d)) for w, d in zip(task.windows, result.diagnostics)]
         for index, values, (_, record) in zip(task.indices, result.values, records):
@@ -101,14 +133,6 @@ class EngineWorker:
         engine actors because they hold the cluster's CPU slots: tasks asking for more
         would wait for them forever; and a block is CPU work a GPU node has to spare."""
         return blend_block(task)
-
-
-def _rows_of(windows: Sequence[PatchWindow]) -> list[list[PatchWindow]]:
-    """Windows grouped by their first row (plan order kept within a group)."""
-    groups: dict[int, list[PatchWindow]] = {}
-    for w in windows:
-        groups.setdefault(w.row_off, []).append(w)
-    return list(groups.values())
 
 
 def _maybe_fail() -> None:

@@ -5,10 +5,12 @@ Two layers, so a notebook can use either:
 * :func:`fill_arrays` — pure arrays: per-band validity and the footprint in, filled bands
   and QA out. Plans windows, sends only windows with gaps to the engine (patches with too
   few observed pixels to the fallback engine), blends, and composites observed pixels
-  back bit-exact.
-* :func:`fill_files` — reads the inputs, validates them, calls :func:`fill_arrays`, and
-  writes every output atomically with the STAC item last (the item is the commit marker:
-  if it exists, the outputs it lists are complete).
+  back bit-exact. Guides (:class:`~dipfill.raster.guides.GuideSource`) are read window by
+  window and reach the output only through the engine's fill.
+* :func:`fill_files` — reads the inputs and opens the guides of ``options.guides`` on
+  their grid, validates them, calls :func:`fill_arrays`, and writes every output
+  atomically with the STAC item last (the item is the commit marker: if it exists, the
+  outputs it lists are complete).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -24,11 +26,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dipfill.engines import make_engine
-from dipfill.engines.base import Engine, PatchDiagnostics
+from dipfill.engines.base import Engine, PatchDiagnostics, uses_guides
 from dipfill.errors import InputError
 from dipfill.pipeline.compose import assemble, qa_counts
+from dipfill.pipeline.executor import fill_batch
 from dipfill.pipeline.outputs import SceneProduct, write_outputs
-from dipfill.pipeline.plan import batch_inputs, plan_fill
+from dipfill.pipeline.plan import patch_seed, plan_fill
+from dipfill.raster.guides import GuideSource, open_guide
 from dipfill.raster.masks import QA_OUTSIDE, footprint_from_validity
 from dipfill.raster.read import Scene, acquisition_date, data_validity, footprint_from_geojson, read_mask, read_scene
 from dipfill.raster.write import Preview
@@ -65,6 +69,7 @@ class FillReport:
     engine: str
     engine_options: dict[str, Any]
     diagnostics: dict[str, PatchDiagnostics] = field(default_factory=dict)
+    guides: list[dict[str, Any]] = field(default_factory=list)  # as the item's dipfill:guides
 
     @property
     def filled_fraction(self) -> float:
@@ -82,20 +87,33 @@ def fill_arrays(
     options: FillOptions,
     nodata: float | None,
     progress: Callable[[int, int], None] | None = None,
+    guides: Sequence[GuideSource] = (),
 ) -> FillResult:
     """Fill ``data[bands, y, x]`` where ``valid`` is False inside ``footprint``, in process.
 
     Observed values are copied from ``data`` bit-exact; pixels outside the footprint get
     ``nodata`` (NaN for floats without nodata). Returns the filled bands and the QA layer.
+    ``guides`` (opened on ``data``'s grid) are read for each batch's windows and given to
+    an engine that uses them (``uses_guides``); an engine is called without guide
+    arguments when there are none.
     """
+    for g in guides:
+        if g.grid.shape != data.shape[1:]:
+            raise InputError(f"guide {g.record()['href']} was opened on a {g.grid.width}x{g.grid.height} grid, "
+                             f"not this {data.shape[2]}x{data.shape[1]} one")
     plan = plan_fill(valid, footprint, options, with_fallback=fallback is not None)
     results: dict[str, tuple[NDArray, bool]] = {}
     diagnostics: dict[str, PatchDiagnostics] = {}
     total, done = len(plan.windows), 0
+
+    def read_pixels(span: tuple[tuple[int, int], tuple[int, int]]) -> tuple[NDArray, NDArray[np.bool_]]:
+        rows, cols = slice(*span[0]), slice(*span[1])
+        return data[:, rows, cols], valid[:, rows, cols]
+
     for batch in plan.batches:
         eng = fallback if batch.fallback else engine
-        patches, observed, seeds = batch_inputs(data, valid, batch.windows, options.seed)
-        result = eng.fill(patches, observed, seeds=seeds)  # type: ignore[union-attr]
+        seeds = [patch_seed(options.seed, w) for w in batch.windows]
+        result = fill_batch(eng, read_pixels, batch.windows, seeds, guides)  # type: ignore[arg-type]
         for w, values, diag in zip(batch.windows, result.values, result.diagnostics):
             results[w.id] = (values, batch.fallback)
             diagnostics[w.id] = diag
@@ -153,10 +171,19 @@ def fill_files(
         raise InputError(f"{scene.sources[0]}: no observed pixel inside the footprint")
     item_id = sanitize_id(item_id or _default_item_id(scene.sources)) + "-dipfill"
     acq = datetime or acquisition_date(scene)
+    guides = tuple(
+        open_guide(href, scene.grid, bands=options.guide_bands or None, resampling=options.guide_resampling)
+        for href in options.guides
+    )
+    # the item records the guides as opened (absolute paths, no secrets): that is what is hashed
+    options = replace(options, guides=tuple(g.record()["href"] for g in guides))
 
     engine = make_engine(options.engine, strategy_cache=JsonFileCache(default_strategy_cache_path()),
                          **dict(options.engine_options))
     fallback = make_engine(options.fallback) if options.fallback != "none" else None
+    if guides and not uses_guides(engine):
+        log.warning("engine %r ignores guides: the %d guide(s) are recorded in the item but do not change the fill",
+                    options.engine, len(guides))
     result = fill_arrays(
         scene.data,
         valid,
@@ -166,6 +193,7 @@ def fill_files(
         options=options,
         nodata=scene.nodata,
         progress=progress,
+        guides=guides,
     )
     counts = qa_counts(result.qa)
     after_valid = data_validity(result.data, scene.nodata)
@@ -182,6 +210,7 @@ def fill_files(
                                  Preview.step_for(scene.grid.shape)),
         counts=counts,
         diagnostics=result.diagnostics,
+        guides=[g.record() for g in guides],
     )
     outputs = write_outputs(Path(out_dir), item_id, product, options, acq, rgb)
     return FillReport(
@@ -195,6 +224,7 @@ def fill_files(
         engine=options.engine,
         engine_options=dict(options.engine_options),
         diagnostics=result.diagnostics,
+        guides=[g.record() for g in guides],
     )
 
 

@@ -43,6 +43,7 @@ class SceneProduct:
     preview: Preview
     counts: dict[str, int]
     diagnostics: Mapping[str, PatchDiagnostics]
+    guides: Sequence[Mapping[str, Any]] = ()  # GuideSource.record() of each guide, in rank order
 
 
 def output_names(item_id: str, bands: int) -> dict[str, str]:
@@ -134,4 +135,5 @@ def describe(item_id: str, product: SceneProduct, extras: ItemExtras) -> FilledS
         shape=product.grid.shape, transform=list(product.grid.transform)[:6],
         band_names=list(product.band_names), dtype=np.dtype(product.dtype).name, nodata=product.nodata,
         counts=product.counts, qa_classes=QA_CLASSES, sources=list(product.sources),
+        guides=[dict(g) for g in product.guides],
     )

@@ -20,7 +20,7 @@ from dipfill.raster.masks import GAP, three_state
 from dipfill.specs import FillOptions
 from dipfill.tiling import PatchWindow, axis_starts, plan_windows, windows_with_gaps
 
-__all__ = ["Batch", "FillPlan", "patch_seed", "plan_fill", "plan_from_mask", "batch_inputs"]
+__all__ = ["Batch", "FillPlan", "patch_seed", "plan_fill", "plan_from_mask", "batch_inputs", "row_unions"]
 
 
 def patch_seed(seed: int, win: PatchWindow) -> int:
@@ -101,12 +101,40 @@ class _IsGap:
         return self.state[key] == GAP
 
 
-def batch_inputs(data: NDArray, valid: NDArray[np.bool_], windows: Sequence[PatchWindow], seed: int):
+def batch_inputs(data: NDArray, valid: NDArray[np.bool_], windows: Sequence[PatchWindow], seed: int, *,
+                 guides: tuple[NDArray[np.float32], NDArray[np.bool_]] | None = None):
     """What an engine gets for ``windows``: float32 values (unobserved zeroed), observed
-    masks and per-patch seeds. ``data``/``valid`` may be the scene or one window's read."""
+    masks and per-patch seeds. ``data``/``valid`` may be the scene or one window's read.
+
+    With ``guides`` (``values[G, y, x]`` zero where not valid and ``valid[G, y, x]`` over the
+    same region as ``data``, as :func:`dipfill.raster.guides.read_guides` returns them) it
+    also returns the guides' patches ``[B, G, H, W]`` and their observed masks:
+    ``(patches, observed, seeds, guide_patches, guide_observed)``.
+    """
     patches = np.stack([_patch_values(data, valid, w) for w in windows])
     observed = np.stack([valid[(slice(None), *w.slices)] for w in windows])
-    return patches, observed, [patch_seed(seed, w) for w in windows]
+    seeds = [patch_seed(seed, w) for w in windows]
+    if guides is None:
+        return patches, observed, seeds
+    gvalues, gvalid = guides
+    gpatches = np.stack([_patch_values(gvalues, gvalid, w) for w in windows])
+    gobserved = np.stack([gvalid[(slice(None), *w.slices)] for w in windows])
+    return patches, observed, seeds, gpatches, gobserved
+
+
+def row_unions(windows: Sequence[PatchWindow]) -> list[tuple[PatchWindow, list[PatchWindow]]]:
+    """Windows grouped by their first row (plan order kept within a group), each group with
+    the union window its members share: neighbours overlap, so a group's pixels are read
+    (and decoded) once for the union instead of once per window."""
+    groups: dict[int, list[PatchWindow]] = {}
+    for w in windows:
+        groups.setdefault(w.row_off, []).append(w)
+    out = []
+    for row in groups.values():
+        top, bottom = row[0].row_off, max(w.row_off + w.height for w in row)
+        left, right = min(w.col_off for w in row), max(w.col_off + w.width for w in row)
+        out.append((PatchWindow(top, left, bottom - top, right - left), row))
+    return out
 
 
 def _patch_values(data: NDArray, valid: NDArray[np.bool_], win: PatchWindow) -> NDArray[np.float32]:

@@ -40,6 +40,7 @@ class SceneStatus:
     seconds: float = 0.0  # this scene's work, after the engine pool is up
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: mask, fit, blend, write
     driver_peak_mib: dict[str, float] = field(default_factory=dict)  # the driver's peak RSS after each stage
+    guides: dict[str, Any] = field(default_factory=dict)  # the guide search's choice (engines that use guides)
 
 
 @dataclass

@@ -25,13 +25,13 @@ from typing import Any, Callable
 from dipfill.errors import ClusterError, DipfillError, InputError, RunInterrupted
 from dipfill.pipeline.executor import Executor
 from dipfill.pipeline.progress import Progress, RunSummary, SceneStatus, request_record, write_summary
-from dipfill.pipeline.stages import current_status, process_scene
+from dipfill.pipeline.stages import current_status, process_scene, run_config
 from dipfill.raster.hrefs import redact_href, redact_text, signer
 from dipfill.specs import RunRequest
 from dipfill.stac.item import config_hash
 from dipfill.stac.search import SearchQuery, search
 
-__all__ = ["RunRequest", "RunSummary", "run", "parse_since", "RunInterrupted", "signer"]
+__all__ = ["RunRequest", "RunSummary", "run", "run_config", "parse_since", "RunInterrupted", "signer"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def run(
     """
     t0 = time.perf_counter()
     out = Path(request.out)
-    chash = config_hash(request.config())
+    chash = config_hash(run_config(request))
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     records = find_scenes(request)
     say = Progress(run_id, len(records), progress)

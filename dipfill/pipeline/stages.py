@@ -24,27 +24,31 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
 
+from dipfill.engines import engine_uses_guides
 from dipfill.engines.base import PatchDiagnostics
 from dipfill.errors import InputError, RunInterrupted
 from dipfill.pipeline.blocks import BlockResult, block_tasks, merge_counts, preview_mosaic
 from dipfill.pipeline.executor import Executor, FitTask
+from dipfill.pipeline.guides import GuideChoice, choose_guides
 from dipfill.pipeline.outputs import SceneProduct, mosaic_attrs, output_names, write_outputs
 from dipfill.pipeline.patchstore import PatchStore
 from dipfill.pipeline.plan import FillPlan, patch_seed, plan_from_mask
 from dipfill.pipeline.progress import Progress, SceneStatus, StageClock
+from dipfill.raster.guides import GuideSource, open_guide
 from dipfill.raster.hrefs import signer
 from dipfill.raster.masks import OUTSIDE
 from dipfill.raster.scene import SceneSource, open_scene
 from dipfill.raster.scene_mask import scene_mask
 from dipfill.raster.write import MOSAIC_CHUNK, create_zarr_mosaic
 from dipfill.specs import RunRequest
+from dipfill.stac.guides import GuideQuery
 from dipfill.stac.item import ItemExtras, sanitize_id, self_href
 from dipfill.stac.publish import add_to_static_catalog, publish_item
 from dipfill.storage import staged
@@ -68,6 +72,9 @@ class SceneJob:
     store: PatchStore | None = None
     tasks: tuple[FitTask, ...] = ()
     resumed: int = 0
+    guides: GuideChoice | None = None  # what the guide search chose (None: not searched)
+    guide_sources: tuple[GuideSource, ...] = ()
+    guide_bands: tuple[int, ...] = ()  # bands per chosen guide (one source per asset)
 
 
 def output_id(item: Mapping[str, Any]) -> str:
@@ -109,6 +116,9 @@ def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash
     job = open_stage(item, request, out, chash)
     plan_stage(job)
     clock.lap("mask")
+    if wants_guides(request):
+        guide_stage(job, say)
+        clock.lap("guides")
     diagnostics = fit_stage(job, executor, say, budget)
     clock.lap("fit")
     blocks = merge_stage(job, executor)
@@ -121,7 +131,8 @@ def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash
     assert job.plan is not None
     return SceneStatus(str(item["id"]), "done", output=outputs["item"], patches=len(job.plan.windows),
                        patches_fitted=sum(len(t.windows) for t in job.tasks), patches_resumed=job.resumed,
-                       counts=counts, timings=clock.laps, driver_peak_mib=clock.peaks)
+                       counts=counts, timings=clock.laps, driver_peak_mib=clock.peaks,
+                       guides=job.guides.summary() if job.guides is not None else {})
 
 
 def open_stage(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str) -> SceneJob:
@@ -152,6 +163,51 @@ def plan_stage(job: SceneJob) -> None:
         if not all(done[index[w.id]] for w in b.windows)
     )
     job.resumed = int(done.sum()) - sum(int(done[i]) for t in job.tasks for i in t.indices)
+
+
+def wants_guides(request: RunRequest) -> bool:
+    """Guides are searched for and read only for an engine that uses them (``--guides auto``)."""
+    opts = request.options
+    return request.guides != "none" and (engine_uses_guides(opts.engine) or engine_uses_guides(opts.fallback))
+
+
+def run_config(request: RunRequest) -> dict[str, Any]:
+    """What decides a run's output bytes (hashed): the guide search only where it is used."""
+    return request.config(with_guides=wants_guides(request))
+
+
+def guide_stage(job: SceneJob, say: Progress) -> None:
+    """Choose the scene's guides once its gaps are known, and give them to the fit tasks.
+
+    The search and ranking are :func:`~dipfill.pipeline.guides.choose_guides`; each chosen
+    item is opened on the scene's grid, one guide source per band asset, in rank order. A
+    scene without a usable guide is filled without one, and says why."""
+    assert job.plan is not None
+    r = job.request
+    query = GuideQuery(collection=r.guide_collection, window_days=r.guide_window, years=r.guide_years,
+                       max_guides=r.max_guides)
+    sign = signer(r.sign)
+    bands = r.guide_bands or (r.bands if not r.guide_collection else None)
+    job.guides = choose_guides(r.stac, job.item, job.plan.state, job.source.grid, query, sign=sign, mask=r.mask,
+                               bands=bands)
+    scene, choice = str(job.item["id"]), job.guides
+    if not choice:
+        say("guides", f"  {job.item_id}: filled without a guide: {choice.reason}", scene=scene, guides=[],
+            reason=choice.reason)
+        return
+    sources: list[GuideSource] = []
+    counts: list[int] = []
+    for record in choice.guides:
+        guide = open_scene(dict(record.items[0]), bands=bands, mask=r.mask, sign=sign)
+        opened = [open_guide(href, job.source.grid, nodata=nodata, gdal_options=dict(guide.gdal_options))
+                  for href, nodata in zip(guide.band_hrefs, guide.nodata)]
+        sources += opened
+        counts.append(sum(g.count for g in opened))
+    job.guide_sources, job.guide_bands = tuple(sources), tuple(counts)
+    job.tasks = tuple(replace(t, guides=job.guide_sources, guide_bands=job.guide_bands) for t in job.tasks)
+    say("guides", f"  {job.item_id}: guides " + ", ".join(
+        f"{g.id} ({g.days_from_target:+.0f} d, {g.observed_gap_fraction:.0%} of the gaps)" for g in choice.guides),
+        scene=scene, guides=choice.records())
 
 
 def fit_stage(job: SceneJob, executor: Executor, say: Progress, budget: list[int | None]) -> dict[str, PatchDiagnostics]:
@@ -206,9 +262,10 @@ def describe_stage(job: SceneJob) -> ItemExtras:
     return ItemExtras(
         geometry=item.get("geometry"),
         bbox=item.get("bbox"),
-        derived_from=(href,) if href else (),
+        derived_from=((href,) if href else ()) + (tuple(job.guides.derived_from()) if job.guides else ()),
         properties={"dipfill:source_version": source_version(item), "dipfill:source_item": str(item["id"]),
-                    "dipfill:config_hash": job.config_hash, "dipfill:run_config": job.request.config()},
+                    "dipfill:config_hash": job.config_hash, "dipfill:run_config": run_config(job.request),
+                    **(job.guides.item_properties() if job.guides is not None else {})},
         scale_offset=tuple(zip(job.source.scale, job.source.offset)),
     )
 

@@ -99,6 +99,8 @@ class ItemSpec:
     assets: Sequence[AssetSpec]
     # hrefs of the source items this one was derived from (``derived_from`` links)
     derived_from: Sequence[str] = ()
+    # hrefs of raster files (not items) it was derived from, such as guides
+    derived_from_files: Sequence[str] = ()
     # directory the asset hrefs are relative to: when given, each asset that is a file gets
     # ``file:size`` and ``file:checksum`` (so the files must be final before the item)
     files_dir: str | None = None
@@ -140,6 +142,8 @@ def build_item(spec: ItemSpec) -> pystac.Item:
         item.add_asset(a.key, asset)
     for href in spec.derived_from:
         item.add_link(pystac.Link("derived_from", href, media_type=pystac.MediaType.JSON))
+    for href in spec.derived_from_files:
+        item.add_link(pystac.Link("derived_from", href, title="guide raster"))
     if any(k.startswith("processing:") for k in item.properties):
         item.stac_extensions.append(PROCESSING_SCHEMA)
     if spec.files_dir is not None:
@@ -177,6 +181,9 @@ class FilledScene:
     counts: Mapping[str, int]  # pixels per QA class name
     qa_classes: Mapping[int, tuple[str, str]]  # QA code → (name, description)
     sources: Sequence[str]
+    # the guides, in rank order: {"href" (the raster, no secrets), "datetime" (or None), "bands",
+    # "resampling"[, "item": the STAC item href of a guide found by search, linked instead of the file]}
+    guides: Sequence[Mapping[str, Any]] = ()
 
 
 def output_item(scene: FilledScene, options: FillOptions, acquired: str | None, names: Mapping[str, str],
@@ -221,6 +228,15 @@ def output_item(scene: FilledScene, options: FillOptions, acquired: str | None, 
         AssetSpec("quicklook", names["quicklook"], "image/png", ("overview",), "Before | after"),
         AssetSpec("patches", names["patches"], "application/json", ("metadata",), "Per-patch fit diagnostics"),
     ]
+    lineage = (
+        f"Gaps filled with the '{options.engine}' engine (fallback '{options.fallback}') "
+        f"in {options.patch}-px patches overlapping by {options.overlap} px, blended with "
+        "a Hann taper; observed pixels copied from the source unchanged"
+    )
+    guides = [dict(g) for g in scene.guides]
+    if guides:
+        lineage += (f"; {len(guides)} guide raster(s) (dipfill:guides) resampled onto the grid and given to the "
+                    "engine as evidence where they observe")
     spec = ItemSpec(
         item_id=scene.item_id,
         geometry=geometry,
@@ -232,11 +248,7 @@ def output_item(scene: FilledScene, options: FillOptions, acquired: str | None, 
         transform=list(scene.transform)[:6],
         properties={
             "processing:software": {"dipfill": __version__},
-            "processing:lineage": (
-                f"Gaps filled with the '{options.engine}' engine (fallback '{options.fallback}') "
-                f"in {options.patch}-px patches overlapping by {options.overlap} px, blended with "
-                "a Hann taper; observed pixels copied from the source unchanged"
-            ),
+            "processing:lineage": lineage,
             "processing:datetime": dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
             .isoformat().replace("+00:00", "Z"),
             "processing:level": "L3",
@@ -245,11 +257,13 @@ def output_item(scene: FilledScene, options: FillOptions, acquired: str | None, 
             "dipfill:counts": scene.counts,
             "dipfill:datetime_source": when_source,
             "dipfill:sources": [os.path.basename(s) for s in scene.sources],
+            **({"dipfill:guides": guides} if guides else {}),
             **extras.properties,
         },
         assets=assets,
         files_dir=str(out_dir),
-        derived_from=tuple(extras.derived_from),
+        derived_from=(*extras.derived_from, *(str(g["item"]) for g in guides if g.get("item"))),
+        derived_from_files=tuple(str(g["href"]) for g in guides if not g.get("item")),
     )
     item = build_item(spec)
     item.stac_extensions.append("https://stac-extensions.github.io/classification/v2.0.0/schema.json")

@@ -1,0 +1,82 @@
+"""Gap-shaped held-out masks: observed pixels hidden from a fit to score it where it matters.
+
+Scattered single held-out pixels are too easy to interpolate: a score on them keeps
+improving long after the gaps stop (DESIGN.md). The gap mask shifted onto observed ground
+and cut into pieces behaves like the gaps. Used by DIP's early stopping
+(:mod:`~dipfill.engines.stopping`) and by the guided judge, which weighs a guide by how well
+it predicts such pieces (:mod:`~dipfill.engines.guided_judge`). Numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["stripe_holdout"]
+
+
+def _shifted(mask: NDArray[np.bool_], dy: int, dx: int) -> NDArray[np.bool_]:
+    """``mask`` moved by (dy, dx) pixels, zero-filled (no wrap-around)."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = mask[ys, xs]
+    return out
+
+
+def stripe_holdout(
+    observed: NDArray[np.bool_],
+    fraction: float,
+    rng: np.random.Generator,
+    *,
+    piece: int = 16,
+    max_shift: int = 32,
+) -> NDArray[np.bool_]:
+    """A ``[H, W]`` mask of observed pixels to hold out, shaped like the patch's own gaps.
+
+    The gap mask (``~observed``) is shifted by the offset (|dy|, |dx| <= ``max_shift``,
+    at least 4 px) that lands the most gap pixels on observed ground: for SLC-off stripes
+    that is about half a stripe period across the stripes. The shifted gaps on observed
+    pixels are cut into ``piece``-sized tiles, taken in random order until ``fraction`` of
+    the observed pixels is held out. Without usable gaps (none, or all shifts land on
+    gaps), random ``piece/2``-sized blobs are used instead.
+    """
+    observed = np.asarray(observed, dtype=bool)
+    h, w = observed.shape
+    want = int(round(fraction * observed.sum()))
+    if want <= 0:
+        return np.zeros_like(observed)
+    gap = ~observed
+    candidate = np.zeros_like(observed)
+    if gap.any():
+        best = 0
+        lim = min(max_shift, max(h, w) - 1)
+        for dy in range(-lim, lim + 1, 2):
+            for dx in range(-lim, lim + 1, 2):
+                if abs(dy) + abs(dx) < 4:
+                    continue
+                hit = _shifted(gap, dy, dx) & observed
+                n = int(hit.sum())
+                if n > best:
+                    best, candidate = n, hit
+    if candidate.sum() < want // 2:
+        candidate = _blobs(observed, max(piece // 2, 1), rng)
+    tiles = [(y, x) for y in range(0, h, piece) for x in range(0, w, piece)]
+    out = np.zeros_like(observed)
+    taken = 0
+    for i in rng.permutation(len(tiles)):
+        y, x = tiles[i]
+        part = candidate[y : y + piece, x : x + piece]
+        out[y : y + piece, x : x + piece] |= part
+        taken += int(part.sum())
+        if taken >= want:
+            break
+    return out
+
+
+def _blobs(observed: NDArray[np.bool_], size: int, rng: np.random.Generator) -> NDArray[np.bool_]:
+    """Observed pixels under a random half of a ``size`` grid of squares (fallback shape)."""
+    h, w = observed.shape
+    cells = rng.random((-(-h // size), -(-w // size))) < 0.5
+    return np.kron(cells, np.ones((size, size), dtype=bool))[:h, :w] & observed
