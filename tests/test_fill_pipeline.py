@@ -341,3 +341,13 @@ def test_item_carries_processing_and_file_checksums(filled: Path) -> None:
         assert asset["file:size"] == files[key].stat().st_size
         assert asset["file:checksum"] == file_checksum(files[key])
     assert any("processing" in e for e in raw["stac_extensions"]) and any("/file/" in e for e in raw["stac_extensions"])
+
+
+def test_patch_records_are_strict_json(filled: Path) -> None:
+    # fillnodata has no loss: the record says null, not NaN (which JSON.parse rejects)
+    def refuse(name: str):
+        raise ValueError(f"non-JSON constant {name}")
+
+    path = next(filled.glob("*_patches.json"))
+    records = json.loads(path.read_text(), parse_constant=refuse)
+    assert records and all(r["final_loss"] is None for r in records if r["engine"] == "fillnodata")

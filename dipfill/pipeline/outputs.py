@@ -7,6 +7,7 @@ back from its Zarr mosaic): :class:`SceneProduct` needs only row slicing of its 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -113,12 +114,20 @@ def write_outputs(
 
 def patch_records(diagnostics: Mapping[str, PatchDiagnostics]) -> list[dict[str, Any]]:
     """One JSON record per fitted window: engine, steps used, best step and held-out RMSE,
-    final loss, seconds, stopping reason and execution plan. Ordered by window id."""
-    records = []
-    for window_id in sorted(diagnostics):
-        d = diagnostics[window_id]
-        records.append({"window": window_id, **asdict(d)})
-    return records
+    final loss, seconds, stopping reason and execution plan. Ordered by window id. A value
+    that is not a number (a classical engine's loss) is ``null``: bare ``NaN`` is not JSON
+    and strict readers (``JSON.parse``) reject the file."""
+    return [_json_safe({"window": window_id, **asdict(diagnostics[window_id])}) for window_id in sorted(diagnostics)]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def describe(item_id: str, product: SceneProduct, extras: ItemExtras) -> FilledScene:
