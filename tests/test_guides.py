@@ -450,3 +450,32 @@ def test_bad_guide_is_one_line_exit_1_and_no_output(tmp_path: Path, case: str, m
     err = capsys.readouterr().err
     assert rc == 1 and not out.exists()
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_stac_guide_item_never_gives_its_clouds_as_evidence() -> None:
+    """A guide found through STAC is read with its own cloud mask: the real Landsat 8 scene
+    whose QA_PIXEL flags every valid pixel as cloud (cloud cover 99.94 %) gives no guide
+    pixel at all, although its bands have data almost everywhere inside the scene."""
+    import json
+
+    from dipfill.raster.guides import open_item_guide
+    from dipfill.raster.scene import open_scene
+    from dipfill.stac.profiles import LANDSAT_C2_L2
+    from tests._data import shared_file
+
+    prefix = "LC08_L2SP_001062_20201031_20201106_02_T2_"
+    item_path = shared_file("stac/LC08_L2SP_001062_20201031_20201106_02_T2_SR_stac.json")
+    folder = shared_file(f"landsat8_clouds/riotilerpds_LC08_L2SP_001062_20201031_600m_cloudy/{prefix}QA_PIXEL.TIF").parent
+    item = json.loads(item_path.read_text())
+    for key in item["assets"]:
+        if key.endswith(".TIF"):
+            item["assets"][key]["href"] = str(folder / f"{prefix}{key}")
+    item["collection"] = LANDSAT_C2_L2.collections[0]
+    bands = ["SR_B4.TIF", "SR_B5.TIF"]
+    target = open_scene(item, bands=bands)  # stands in for a target scene on the same grid
+    guide = open_item_guide(item, target.grid, bands=bands)
+    assert guide.scene.mask == "clouds" and guide.count == 2
+    values, valid = read_guides([guide], ((0, target.grid.height), (0, target.grid.width)))
+    data, data_valid = open_scene(item, bands=bands, mask="fill").read_pixels()
+    assert data_valid.mean() > 0.5  # the bands have data ...
+    assert not valid.any() and not values.any()  # ... and all of it is cloud: no evidence

@@ -41,7 +41,7 @@ from dipfill.pipeline.outputs import SceneProduct, mosaic_attrs, output_names, w
 from dipfill.pipeline.patchstore import PatchStore
 from dipfill.pipeline.plan import FillPlan, patch_seed, plan_from_mask
 from dipfill.pipeline.progress import Progress, SceneStatus, StageClock
-from dipfill.raster.guides import GuideSource, open_guide
+from dipfill.raster.guides import ItemGuide, open_item_guide
 from dipfill.raster.hrefs import signer
 from dipfill.raster.masks import OUTSIDE
 from dipfill.raster.scene import SceneSource, open_scene
@@ -73,7 +73,7 @@ class SceneJob:
     tasks: tuple[FitTask, ...] = ()
     resumed: int = 0
     guides: GuideChoice | None = None  # what the guide search chose (None: not searched)
-    guide_sources: tuple[GuideSource, ...] = ()
+    guide_sources: tuple[ItemGuide, ...] = ()
     guide_bands: tuple[int, ...] = ()  # bands per chosen guide (one source per asset)
 
 
@@ -180,8 +180,8 @@ def guide_stage(job: SceneJob, say: Progress) -> None:
     """Choose the scene's guides once its gaps are known, and give them to the fit tasks.
 
     The search and ranking are :func:`~dipfill.pipeline.guides.choose_guides`; each chosen
-    item is opened on the scene's grid, one guide source per band asset, in rank order. A
-    scene without a usable guide is filled without one, and says why."""
+    item is read on the scene's grid with its own cloud mask (:class:`~dipfill.raster.guides.ItemGuide`),
+    in rank order. A scene without a usable guide is filled without one, and says why."""
     assert job.plan is not None
     r = job.request
     query = GuideQuery(collection=r.guide_collection, window_days=r.guide_window, years=r.guide_years,
@@ -195,14 +195,8 @@ def guide_stage(job: SceneJob, say: Progress) -> None:
         say("guides", f"  {job.item_id}: filled without a guide: {choice.reason}", scene=scene, guides=[],
             reason=choice.reason)
         return
-    sources: list[GuideSource] = []
-    counts: list[int] = []
-    for record in choice.guides:
-        guide = open_scene(dict(record.items[0]), bands=bands, mask=r.mask, sign=sign)
-        opened = [open_guide(href, job.source.grid, nodata=nodata, gdal_options=dict(guide.gdal_options))
-                  for href, nodata in zip(guide.band_hrefs, guide.nodata)]
-        sources += opened
-        counts.append(sum(g.count for g in opened))
+    sources = [open_item_guide(record.items[0], job.source.grid, bands=bands, sign=sign) for record in choice.guides]
+    counts = [g.count for g in sources]
     job.guide_sources, job.guide_bands = tuple(sources), tuple(counts)
     job.tasks = tuple(replace(t, guides=job.guide_sources, guide_bands=job.guide_bands) for t in job.tasks)
     say("guides", f"  {job.item_id}: guides " + ", ".join(

@@ -48,9 +48,14 @@ from dipfill.errors import InputError, SceneReadError
 from dipfill.raster.gdal import gdal_env
 from dipfill.raster.hrefs import redact_href
 from dipfill.raster.read import Grid, Scene, acquisition_date, open_raster
+from dipfill.raster.scene import open_scene
 from dipfill.specs import GUIDE_RESAMPLINGS
+from dipfill.stac.item import self_href
 
-__all__ = ["GuideSource", "open_guide", "read_guides", "guide_band_counts", "MIN_SUPPORT", "BLOCK"]
+__all__ = [
+    "GuideSource", "ItemGuide", "open_guide", "open_item_guide", "read_guides", "guide_band_counts", "MIN_SUPPORT",
+    "BLOCK",
+]
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +227,47 @@ def _span(window: Any, grid: Grid) -> tuple[int, int, int, int]:
     return r0, r1, c0, c1
 
 
-def read_guides(guides: Sequence[GuideSource], window: Any) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+@dataclass(frozen=True)
+class ItemGuide:
+    """A STAC item as a guide: its bands read onto the target grid through
+    :class:`~dipfill.raster.scene.SceneSource` (``grid=`` the target's, nearest resampling),
+    so its QA layer decides validity: clouds, shadows and fill of the guide are never
+    evidence, whatever the target's own mask mode."""
+
+    scene: Any  # SceneSource opened on the target grid
+    href: str  # the item's self href (or id): for messages and records
+    datetime: str | None = None
+
+    @property
+    def grid(self) -> Grid:
+        return self.scene.grid
+
+    @property
+    def count(self) -> int:
+        return len(self.scene.band_names)
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        data, valid = self.scene.read_pixels(((r0, r1), (c0, c1)))
+        return np.where(valid, data, 0).astype(np.float32), valid
+
+    def record(self) -> dict[str, Any]:
+        return {"href": redact_href(self.href), "datetime": self.datetime, "bands": list(self.scene.band_names),
+                "resampling": self.scene.resampling, "mask": self.scene.mask}
+
+
+def open_item_guide(item: Mapping[str, Any], grid: Grid, *, bands: Sequence[str] | None = None,
+                    sign: Any = None) -> ItemGuide:
+    """A STAC item as a guide on ``grid``: with its cloud mask where the collection has a QA
+    layer (a cloud in a guide is not evidence), else its nodata."""
+    try:
+        scene = open_scene(dict(item), bands=bands, mask="clouds", sign=sign, grid=grid)
+    except InputError:  # no QA asset: nodata is all there is
+        scene = open_scene(dict(item), bands=bands, mask="fill", sign=sign, grid=grid)
+    props = item.get("properties") or {}
+    return ItemGuide(scene, self_href(item) or str(item.get("id")), props.get("datetime") or props.get("start_datetime"))
+
+
+def read_guides(guides: Sequence[GuideSource | ItemGuide], window: Any) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """The guides' bands on target-grid ``window`` (two slices, two ``(start, stop)`` pairs
     or a rasterio ``Window``), stacked in order: ``values float32[G, h, w]``, 0 where not
     valid, and ``valid bool[G, h, w]``."""
@@ -233,8 +278,11 @@ def read_guides(guides: Sequence[GuideSource], window: Any) -> tuple[NDArray[np.
     for guide in guides:
         if guide.grid != guides[0].grid:
             raise InputError(f"guide {redact_href(guide.href)} was opened for another target grid")
-        with gdal_env(dict(guide.gdal_options)):
-            v, ok = _read_guide(guide, r0, r1, c0, c1)
+        if isinstance(guide, ItemGuide):
+            v, ok = guide.read(r0, r1, c0, c1)
+        else:
+            with gdal_env(dict(guide.gdal_options)):
+                v, ok = _read_guide(guide, r0, r1, c0, c1)
         values.append(v)
         valid.append(ok)
     return np.concatenate(values), np.concatenate(valid)

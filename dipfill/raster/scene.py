@@ -224,6 +224,7 @@ def open_scene(
     db: bool = False,
     sign: Signer | None = None,
     gdal_options: Mapping[str, str] | None = None,
+    grid: Grid | None = None,
 ) -> SceneSource:
     """Describe how to read ``item`` (``pystac.Item`` or dict) with ``profile`` (default:
     the profile of the item's collection).
@@ -234,8 +235,9 @@ def open_scene(
     ``fill`` (missing data only) or ``clouds`` (clouds and shadows too). ``resampling``:
     rasterio resampling name for bands not on the grid (QA always ``nearest``). ``db``:
     10·log10 of SAR power (profiles that allow it). ``sign``: applied to every asset
-    href before it is opened (e.g. ``planetary_computer.sign``). Only the headers of the
-    band assets are read here.
+    href before it is opened (e.g. ``planetary_computer.sign``). ``grid``: read onto this
+    grid instead (another scene's: a guide item read on its target's pixels). Only the
+    headers of the band assets are read here.
     """
     from rasterio.enums import Resampling
 
@@ -298,7 +300,7 @@ def open_scene(
             i = len(headers) - 1
             if nodatas[i] is None and file_nodata is not None:
                 nodatas[i] = file_nodata
-    grid = _target_grid(headers, resolution, item_id)
+    grid = grid if grid is not None else _target_grid(headers, resolution, item_id)
     return SceneSource(
         item_id=item_id,
         collection=d.get("collection"),
