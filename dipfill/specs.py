@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from dipfill.errors import InputError
 
-__all__ = ["FillOptions", "RunRequest", "DEFAULT_COLLAR_CLOSING", "GUIDE_FIELDS", "GUIDE_RESAMPLINGS"]
+__all__ = ["FillOptions", "RunRequest", "DEFAULT_COLLAR_CLOSING", "band_list", "GUIDE_FIELDS", "GUIDE_RESAMPLINGS"]
 
 #: Width (px) of the square closing that bridges SLC-off stripes before the footprint is
 #: taken. Landsat-7 SLC-off stripes are at most ~15 px wide at 30 m (wider near scene
@@ -64,7 +64,7 @@ class FillOptions:
         # "like" types in, canonical tuples out: the CLI gives lists, a YAML "1,2,3"
         guides = (self.guides,) if isinstance(self.guides, str) else tuple(str(g) for g in self.guides)
         object.__setattr__(self, "guides", guides)
-        object.__setattr__(self, "guide_bands", _band_list(self.guide_bands))
+        object.__setattr__(self, "guide_bands", band_list(self.guide_bands))
         if self.guide_resampling not in GUIDE_RESAMPLINGS:
             raise InputError(f"--guide-resampling must be one of {', '.join(GUIDE_RESAMPLINGS)}, "
                              f"got {self.guide_resampling!r}")
@@ -89,7 +89,7 @@ class FillOptions:
         return d
 
 
-def _band_list(value: Any) -> tuple[int, ...]:
+def band_list(value: Any) -> tuple[int, ...]:
     """``"1,2,3"``, ``[1, 2, 3]`` or ``()`` as a tuple of 1-based band numbers."""
     items = value.split(",") if isinstance(value, str) else value
     try:

@@ -346,3 +346,96 @@ def test_bad_input_exits_1_with_a_clear_message_and_no_output(tmp_path: Path, ca
     assert main(["eval", str(ARG25_FEB), str(tmp_path / "missing.tif"), "--out", str(out)]) == 1
     assert "missing.tif: no such file" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- guides
+GUIDED_ARGS = ("--shift-mask", "20", "--no-reverse-too", "--tile-size", "128", "--n-tiles", "2",
+               "--method", "fillnodata", "--method", "guided", "--method", "llhm")
+
+
+def _own_stripes(out: Path, *extra: str) -> list[str]:
+    """Truth January, its own stripes moved down 20 rows onto observed ground as the gaps."""
+    return ["eval", str(ARG25_JAN), str(ARG25_JAN), "--out", str(out), *GUIDED_ARGS, *extra]
+
+
+def test_guided_beats_fillnodata_with_another_date_as_guide(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(_own_stripes(out, "--guide", str(ARG25_FEB))) == 0
+    doc = json.loads((out / "report.json").read_text())
+    (d,) = doc["directions"]
+    s = d["summary"]
+    assert s["guided"]["mean_r2"] > s["fillnodata"]["mean_r2"] + 0.05, {k: v["mean_r2"] for k, v in s.items()}
+    assert s["llhm"]["mean_r2"] > s["fillnodata"]["mean_r2"]
+    # the hidden pixels are January's valid pixels under its own gaps moved down 20 rows
+    with rasterio.open(ARG25_JAN) as src:
+        data = src.read()
+        valid = data != src.nodata
+    moved = np.ones_like(valid)
+    moved[:, 20:] = valid[:, :-20]
+    hidden = valid & ~moved
+    feb_valid = _valid(ARG25_FEB)
+    seen = total = 0
+    for t in doc["tiles"]:
+        win = (slice(None), slice(t["row"], t["row"] + t["size"]), slice(t["col"], t["col"] + t["size"]))
+        seen += int((hidden[win] & feb_valid[win].any(axis=0)[None]).sum())
+        total += int(hidden[win].sum())
+    assert sum(d["hidden_pixels"]) == total > 0
+    assert d["guides"] == [str(ARG25_FEB)] and d["guide_coverage"] == pytest.approx(seen / total)
+    assert s["guided"]["guides"] == [str(ARG25_FEB)] and s["guided"]["guide_coverage"] == d["guide_coverage"]
+    assert s["fillnodata"]["guides"] == [] and s["fillnodata"]["guide_coverage"] is None
+    assert [m["uses_guides"] for m in doc["methods"]] == [False, True, True]
+    assert doc["inputs"]["guides"][0]["href"] == str(ARG25_FEB) and doc["options"]["shift_mask"] == 20
+    md = (out / "report.md").read_text()
+    assert f"observe {d['guide_coverage']:.1%} of the hidden pixels" in md
+    assert "Used by `guided`, `llhm`; single-image: `fillnodata`" in md
+    assert "shifted down 20 rows" in md
+
+
+def _valid(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read() != src.nodata
+
+
+def test_without_a_guide_the_guided_methods_score_as_fillnodata(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(_own_stripes(out, "--method", "regression")) == 0
+    doc = json.loads((out / "report.json").read_text())
+    s = doc["directions"][0]["summary"]
+    assert "guides" not in doc["directions"][0] and "guides" not in s["guided"]
+    for label in ("guided", "llhm", "regression"):
+        for metric in (*METRICS, "mean_r2"):
+            assert s[label][metric] == s["fillnodata"][metric], (label, metric)
+
+
+def test_a_guide_that_is_the_truth_file_is_left_out_of_that_direction(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["eval", str(ARG25_FEB), str(ARG25_JAN), "--out", str(out), "--tiles", "128,128", "--tile-size", "128",
+            "--shift-mask", "20", "--method", "fillnodata", "--method", "guided", "--guide", str(ARG25_JAN)]
+    assert main(args) == 0
+    fwd, rev = json.loads((out / "report.json").read_text())["directions"]
+    assert fwd["guides"] == [str(ARG25_JAN)] and rev["guides"] == [] and rev["guide_coverage"] is None
+    assert rev["summary"]["guided"]["mean_r2"] == rev["summary"]["fillnodata"]["mean_r2"]
+    assert "Guides: none in this direction" in (out / "report.md").read_text()
+
+
+def test_bad_guide_or_shift_exits_1_with_one_line_and_no_output(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(_own_stripes(out, "--guide", str(tmp_path / "nope.tif"))) == 1
+    err = capsys.readouterr().err.strip()
+    assert "nope.tif" in err and "no such file" in err and len(err.splitlines()) == 1
+    assert main(_own_stripes(out, "--guide", str(ARG25_FEB), "--guide-bands", "4")) == 1
+    assert "band 4 does not exist" in capsys.readouterr().err
+    assert main(_own_stripes(out, "--shift-mask", "-1")) == 1
+    assert "--shift-mask must be >= 0" in capsys.readouterr().err
+    assert main(_own_stripes(out, "--shift-mask", "512")) == 1
+    assert "only 512 rows" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_guided_method_specs_parse() -> None:
+    m = parse_method("mcpn:variant=input,steps=100")
+    assert (m.engine, m.preset, m.overrides) == ("mcpn", None, {"variant": "input", "steps": 100})
+    assert parse_method("mcpn:mcpn-core:steps=5").preset == "mcpn-core"
+    assert (parse_method("llhm:min_common=100").engine, parse_method("guided").preset) == ("llhm", None)
+    with pytest.raises(InputError, match="takes KEY=VALUE"):
+        parse_method("guided:fast")

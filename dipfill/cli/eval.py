@@ -13,6 +13,7 @@ log = logging.getLogger("dipfill")
 
 def register(sub: argparse._SubParsersAction) -> None:
     from dipfill.eval.methods import DEFAULT_METHODS
+    from dipfill.specs import GUIDE_RESAMPLINGS
 
     p = sub.add_parser(
         "eval",
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-tiles", type=int, default=3, metavar="N", help="tiles to choose automatically (default: 3)")
     p.add_argument("--method", action="append", metavar="SPEC",
                    help="ENGINE[:PRESET][:KEY=VALUE,...], e.g. dip:mcpn-core:steps=300,stopping=holdout, "
-                        "fillnodata, telea:radius=3; repeatable (default: " + " ".join(DEFAULT_METHODS) + ")")
+                        "fillnodata, telea:radius=3, guided, llhm, regression, mcpn:variant=input,steps=100 "
+                        "(the last four use --guide); repeatable (default: " + " ".join(DEFAULT_METHODS) + ")")
     p.add_argument("--steps", type=int, metavar="N",
                    help="Adam steps for every dip method that does not set its own steps= (the paper "
                         "network costs ~1.2 s/step per 256-px tile on 2 CPU cores)")
@@ -44,6 +46,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="PSNR peak value (default: 10000, reflectance x 10^4)")
     p.add_argument("--rgb", default="3,2,1", help="1-based bands for the quicklooks' R,G,B (default: 3,2,1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device for dip (default: auto)")
+    g = p.add_argument_group("guides (other dates or sensors of the same ground, for the guided methods)")
+    g.add_argument("--guide", action="append", default=None, metavar="FILE",
+                   help="a raster of the same ground (any grid, CRS or resolution: read onto the truth's grid) "
+                        "given to the methods that take guides (guided, llhm, regression, mcpn); repeatable, in "
+                        "rank order; single-image methods ignore it (default: none)")
+    g.add_argument("--guide-bands", metavar="B,B,...", help="1-based bands taken from every guide (default: all)")
+    g.add_argument("--guide-resampling", default="bilinear", choices=GUIDE_RESAMPLINGS,
+                   help="resampling of guides not on the truth's grid (default: bilinear)")
+    g.add_argument("--shift-mask", type=int, default=0, metavar="ROWS",
+                   help="shift the donor's gap mask down ROWS rows before hiding, so the donor date itself "
+                        "observes the hidden pixels and can be a guide (default: 0)")
     p.add_argument("--json", action="store_true", help="print report.json instead of the summary table")
     p.set_defaults(func=run)
 
@@ -52,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from dipfill.cli.fill import parse_rgb
     from dipfill.eval.experiments import EvalOptions, evaluate_files
     from dipfill.eval.inputs import parse_tiles
+    from dipfill.specs import band_list
 
     rgb = parse_rgb(args.rgb)
     options = EvalOptions(
@@ -66,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         data_range=args.data_range,
         rgb=rgb,  # type: ignore[arg-type]
         device=args.device,
+        guides=tuple(args.guide or ()),
+        guide_bands=band_list(args.guide_bands or ()),
+        guide_resampling=args.guide_resampling,
+        shift_mask=args.shift_mask,
     )
 
     def progress(msg: str) -> None:
@@ -97,6 +115,10 @@ def _print_summary(doc: dict[str, Any]) -> None:
         print(f"tile {t['row']},{t['col']} ({t['size']} px): {t['why']}")
     for d in doc["directions"]:
         print(f"\n{d['key']}: {d['label']}  (hidden pixels per band: {', '.join(map(str, d['hidden_pixels']))})")
+        if "guides" in d:
+            cov = d["guide_coverage"]
+            print(f"guides: {', '.join(d['guides']) or 'none'}"
+                  + (f"  (observe {cov:.1%} of the hidden pixels)" if cov is not None else ""))
         width = max([len("method"), *map(len, d["summary"])])
         print(f"{'method':<{width}} {'RMSE':>7} {'r2':>7} {'PSNR':>7} {'SSIM':>7} {'steps':>6} {'CPU s':>8}")
         for label, s in d["summary"].items():

@@ -25,6 +25,7 @@ from dipfill.stretch import unit_stretch
 __all__ = [
     "Transplant",
     "transplant_gaps",
+    "shift_gaps",
     "composite",
     "score_prediction",
     "pooled_scores",
@@ -69,6 +70,23 @@ def transplant_gaps(
     hidden = truth_valid & ~donor_valid
     values = np.where(observed, truth, 0).astype(np.float32)
     return Transplant(truth=truth, values=values, observed=observed, hidden=hidden)
+
+
+def shift_gaps(valid: NDArray[np.bool_], rows: int) -> NDArray[np.bool_]:
+    """``valid`` (``[..., H, W]``) with its gaps moved down ``rows`` rows (``--shift-mask``).
+
+    Row ``r`` takes the validity of row ``r - rows``; the top ``rows`` rows, which no gap
+    moves into, count as valid (nothing hidden there); gaps moved past the bottom are dropped.
+    """
+    valid = np.asarray(valid, dtype=bool)
+    if rows == 0:
+        return valid
+    if rows < 0:
+        raise ValueError(f"rows must be >= 0, got {rows}")
+    out = np.ones_like(valid)
+    if rows < valid.shape[-2]:
+        out[..., rows:, :] = valid[..., : valid.shape[-2] - rows, :]
+    return out
 
 
 def composite(case: Transplant, pred: NDArray) -> NDArray[np.float64]:

@@ -5,7 +5,15 @@ stripes, clouds) is transplanted onto the truth date's observed pixels
 (:func:`dipfill.eval.cases.transplant_gaps`): the *hidden* pixels are valid on the truth
 date and missing on the donor date. Each method fills a few tiles and is scored per band
 over the hidden pixels only (RMSE, r², PSNR, SSIM); with ``both_directions`` the dates swap
-roles as well. Outputs (``report.md``, ``report.json``, per-tile quicklooks and DIP
+roles as well. ``shift_mask`` moves the donor's gaps down that many rows first, so a date's
+own stripes can land on its observed ground (and that date can then serve as a guide).
+
+Guides (``--guide``, other rasters of the same ground, in rank order) are opened on the
+truth raster's grid; for each tile their window is read and given to the methods whose
+engine takes guides (:data:`~dipfill.eval.methods.GUIDED`); single-image methods run as
+without guides. A guide that is a direction's truth file is left out of that direction (it
+would show the hidden truth). The report says per method which guides it used and what
+share of the hidden pixels they observe. Outputs (``report.md``, ``report.json``, per-tile quicklooks and DIP
 convergence plots) are written atomically into the output directory.
 
 This module owns the run: options, the loop over directions, tiles and methods, and the
@@ -24,7 +32,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,6 +52,9 @@ from dipfill.eval.inputs import Date, Direction, choose_tiles, directions_of, re
 from dipfill.eval.methods import DEFAULT_METHODS, Method, build_method, parse_method
 from dipfill.eval.metrics import mean_fill, rmse
 from dipfill.eval.report import FLOOR, jsonable, write_report
+
+if TYPE_CHECKING:
+    from dipfill.raster.guides import GuideSource
 
 __all__ = ["EvalOptions", "evaluate_files"]
 
@@ -67,6 +78,10 @@ class EvalOptions:
     data_range: float = 10000.0
     rgb: tuple[int, int, int] = (2, 1, 0)  # 0-based
     device: str = "auto"
+    guides: Sequence[str] = ()  # guide rasters, rank order
+    guide_bands: tuple[int, ...] = ()  # 1-based bands of every guide (default all)
+    guide_resampling: str = "bilinear"
+    shift_mask: int = 0  # move the donor's gaps down this many rows
 
 
 def evaluate_files(
@@ -89,7 +104,8 @@ def evaluate_files(
     methods = _build_methods(options)
     truth, donor = read_dates(truth_path, donor_path)
     _check_fit(options, truth)
-    directions = directions_of(truth, donor, both=options.both_directions)
+    guides = _open_guides(options, truth)
+    directions = directions_of(truth, donor, both=options.both_directions, shift=options.shift_mask)
     choices, selection = choose_tiles(directions, size=options.tile_size, tiles=options.tiles,
                                       n_tiles=options.n_tiles)
 
@@ -99,13 +115,14 @@ def evaluate_files(
     out.mkdir(parents=True, exist_ok=True)
     say(f"tiles: {', '.join(f'{t.row},{t.col}' for t in choices)} ({options.tile_size} px, {selection['mode']})")
 
-    report = _report_head(options, truth, donor, directions, choices, selection, methods)
+    report = _report_head(options, truth, donor, directions, choices, selection, methods, guides)
     no_plots = plots.plots_unavailable()
     if no_plots:
         log.warning("dipfill eval: quicklooks and convergence plots skipped: %s", no_plots)
     files: dict[str, str] = {}
     for d in directions:
-        run = _DirectionRun(d, methods, options, say, out=None if no_plots else out, files=files)
+        run = _DirectionRun(d, methods, options, say, out=None if no_plots else out, files=files,
+                            guides=_direction_guides(guides, d))
         report["directions"].append(run.report(choices))
     report["files"] = {"report_md": "report.md", "report_json": "report.json", **files}
     if no_plots:
@@ -128,6 +145,8 @@ def _check_options(options: EvalOptions) -> None:
         raise InputError(f"--steps must be >= 1, got {options.steps}")
     if not options.data_range > 0:
         raise InputError(f"--data-range must be > 0, got {options.data_range}")
+    if options.shift_mask < 0:
+        raise InputError(f"--shift-mask must be >= 0 rows, got {options.shift_mask}")
 
 
 def _build_methods(options: EvalOptions) -> list[Method]:
@@ -154,6 +173,30 @@ def _check_fit(options: EvalOptions, truth: Date) -> None:
         )
 
 
+def _open_guides(options: EvalOptions, truth: Date) -> list["GuideSource"]:
+    """Every ``--guide`` opened on the truth raster's grid (checked: readable, placeable,
+    overlapping, bands present); the shift fits the raster."""
+    from dipfill.raster.guides import open_guide
+
+    height = truth.scene.grid.shape[0]
+    if options.shift_mask >= height:
+        raise InputError(f"--shift-mask {options.shift_mask}: {truth.path} has only {height} rows")
+    return [open_guide(str(g), truth.scene.grid, bands=options.guide_bands or None,
+                       resampling=options.guide_resampling) for g in options.guides]
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _direction_guides(guides: list["GuideSource"], d: Direction) -> list["GuideSource"]:
+    """The guides of one direction: all but the direction's truth file itself."""
+    return [g for g in guides if not _same_file(g.href, d.truth.path)]
+
+
 def _tile_seed(seed: int, row: int, col: int) -> int:
     return int(np.random.SeedSequence([seed, row, col]).generate_state(1)[0])
 
@@ -166,10 +209,11 @@ def _report_head(
     choices: list[TileChoice],
     selection: dict[str, Any],
     methods: list[Method],
+    guides: list["GuideSource"],
 ) -> dict[str, Any]:
     """The report before any result: inputs, options, tiles and methods; ``directions`` to fill."""
     height, width = truth.scene.grid.shape
-    return {
+    doc = {
         "dipfill_version": __version__,
         "inputs": {
             role: {
@@ -194,6 +238,7 @@ def _report_head(
             "data_range": options.data_range,
             "rgb": [i + 1 for i in options.rgb],
             "device": options.device,
+            "shift_mask": options.shift_mask,
             "pooling": "summary metrics pool the hidden pixels of all tiles: RMSE and PSNR over all squared "
                        "errors, r2 = 1 - sum SS_res / sum SS_tot with each tile's SS_tot about its own hidden "
                        "mean, SSIM = mean of the maps over all hidden pixels",
@@ -214,12 +259,17 @@ def _report_head(
             for t in choices
         ],
         "methods": [
-            {"label": m.label, "engine": m.spec.engine, "config": m.config, "convergence_monitored": m.monitored}
+            {"label": m.label, "engine": m.spec.engine, "config": m.config, "convergence_monitored": m.monitored,
+             "uses_guides": m.guided}
             for m in methods
         ],
         "directions": [],
         "files": {},
     }
+    doc["inputs"]["guides"] = [g.record() for g in guides]
+    if guides:
+        doc["options"]["guide_resampling"] = options.guide_resampling
+    return doc
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,8 +306,12 @@ def _metrics_entry(scores: dict[str, NDArray]) -> dict[str, Any]:
     }
 
 
-def _run_method(method: Method, case: Transplant, seed: int) -> dict[str, Any]:
-    """Fill one tile with one method; values, timing, diagnostics and the convergence curve."""
+def _run_method(method: Method, case: Transplant, seed: int,
+                guides: tuple[NDArray, NDArray, list[int]] | None = None) -> dict[str, Any]:
+    """Fill one tile with one method; values, timing, diagnostics and the convergence curve.
+
+    ``guides``: the tile's ``(values [G, H, W], valid [G, H, W], bands per guide)``, given
+    to the engine when it takes guides."""
     curve: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {}
     if method.monitored:
@@ -271,6 +325,8 @@ def _run_method(method: Method, case: Transplant, seed: int) -> dict[str, Any]:
             })
 
         kwargs["monitor"] = monitor
+    if guides is not None and method.guided:
+        kwargs.update(guides=guides[0][None], guide_observed=guides[1][None], guide_bands=list(guides[2]))
     wall, cpu = time.perf_counter(), time.process_time()
     result = method.engine.fill(case.values[None], case.observed[None], seeds=[seed], **kwargs)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -299,8 +355,10 @@ class _DirectionRun:
     say: Callable[[str], None]
     out: Path | None
     files: dict[str, str]
+    guides: list["GuideSource"] = field(default_factory=list)
     pools: dict[str, _Pool] = field(init=False)
     floor: _Pool = field(default_factory=_Pool)
+    seen: list[int] = field(default_factory=lambda: [0, 0])  # hidden pixels the guides observe, of all hidden
 
     def __post_init__(self) -> None:
         self.pools = {m.label: _Pool() for m in self.methods}
@@ -309,22 +367,24 @@ class _DirectionRun:
         d = self.direction
         tiles = [self.tile(t) for t in choices]
         scored = [t["hidden_pixels"] for t in tiles if "skipped" not in t]
-        return {
+        doc: dict[str, Any] = {
             "key": d.key,
             "label": d.label,
             "truth": d.truth.path,
             "donor": d.donor.path,
             "hidden_pixels": np.sum(scored, axis=0) if scored else [0] * d.truth.scene.data.shape[0],
-            "summary": self.summary(),
-            "tiles": tiles,
         }
+        if self.options.guides:
+            doc["guides"] = [g.record()["href"] for g in self.guides]
+            doc["guide_coverage"] = self.coverage()
+        return {**doc, "summary": self.summary(), "tiles": tiles}
 
     def tile(self, t: TileChoice) -> dict[str, Any]:
         """Transplant the gaps onto one tile, run and score every method and the floor, draw."""
         d, data_range = self.direction, self.options.data_range
         win = (slice(None), slice(t.row, t.row + t.size), slice(t.col, t.col + t.size))
         tv = d.truth.valid[win]
-        case = transplant_gaps(d.truth.scene.data[win], tv, d.donor.valid[win])
+        case = transplant_gaps(d.truth.scene.data[win], tv, d.gap_valid[win])
         n_hidden = case.hidden.reshape(case.hidden.shape[0], -1).sum(axis=1)
         tile_doc: dict[str, Any] = {
             "row": t.row,
@@ -340,9 +400,15 @@ class _DirectionRun:
             tile_doc["skipped"] = "no hidden pixels" if not n_hidden.any() else "no observed pixels"
             self.say(f"{d.key} tile {t.row},{t.col}: skipped ({tile_doc['skipped']})")
             return tile_doc
+        guides = self.read_guides(t)
+        if guides is not None:
+            seen = int((case.hidden & guides[1].any(axis=0)[None]).sum())
+            self.seen[0] += seen
+            self.seen[1] += int(case.hidden.sum())
+            tile_doc["guide_coverage"] = seen / max(int(case.hidden.sum()), 1)
         preds: list[tuple[str, NDArray, dict]] = []
         for m in self.methods:
-            run = _run_method(m, case, tile_doc["seed"])
+            run = _run_method(m, case, tile_doc["seed"], guides)
             scores = score_prediction(case, run["pred"], data_range=data_range, truth_valid=tv)
             entry = {**_metrics_entry(scores), **{k: v for k, v in run.items() if k != "pred"}}
             tile_doc["methods"][m.label] = entry
@@ -359,6 +425,19 @@ class _DirectionRun:
         if self.out is not None:
             self.draw(self.out, t, case, tv, preds, tile_doc)
         return tile_doc
+
+    def read_guides(self, t: TileChoice) -> tuple[NDArray, NDArray, list[int]] | None:
+        """The guides' values and validity on the tile, and bands per guide; None without guides."""
+        from dipfill.raster.guides import guide_band_counts, read_guides
+
+        if not self.guides:
+            return None
+        values, valid = read_guides(self.guides, ((t.row, t.row + t.size), (t.col, t.col + t.size)))
+        return values, valid, list(guide_band_counts(self.guides))
+
+    def coverage(self) -> float | None:
+        """Share of the scored hidden pixels (all bands) that at least one guide band observes."""
+        return self.seen[0] / self.seen[1] if self.guides and self.seen[1] else None
 
     def draw(self, out: Path, t: TileChoice, case: Transplant, truth_valid: NDArray[np.bool_],
              preds: list[tuple[str, NDArray, dict]], tile_doc: dict[str, Any]) -> None:
@@ -392,6 +471,9 @@ class _DirectionRun:
                 "wall_seconds_per_patch": float(np.mean([r["wall_seconds"] for r in pool.runs])),
                 "patches": len(pool.runs),
             }
+            if self.options.guides:  # which guides this method used, and what they observe of the hidden pixels
+                summary[m.label]["guides"] = [g.record()["href"] for g in self.guides] if m.guided else []
+                summary[m.label]["guide_coverage"] = self.coverage() if m.guided else None
         if self.floor.cases:
             summary[FLOOR] = {**self.floor.scores(data_range), "patches": len(self.floor.cases)}
         return summary

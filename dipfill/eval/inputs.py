@@ -9,7 +9,7 @@ reads files and turns options into :class:`~dipfill.eval.cases.TileChoice` lists
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dipfill.errors import GridMismatchError, InputError
-from dipfill.eval.cases import HIDDEN_RANGE, MAX_TRUTH_NODATA, TileChoice, pick_tiles, tile_stats
+from dipfill.eval.cases import HIDDEN_RANGE, MAX_TRUTH_NODATA, TileChoice, pick_tiles, shift_gaps, tile_stats
 
 __all__ = ["Date", "Direction", "read_dates", "directions_of", "parse_tiles", "choose_tiles"]
 
@@ -34,15 +34,22 @@ class Date:
 
 @dataclass
 class Direction:
-    """One role assignment: ``truth`` is scored under the gaps ``donor`` lacks."""
+    """One role assignment: ``truth`` is scored under the gaps ``donor`` lacks, moved down
+    ``shift`` rows (``--shift-mask``); ``gap_valid`` is that transplanted validity."""
 
     key: str  # forward / reverse, used in file names
     truth: Date
     donor: Date
+    shift: int = 0
+    gap_valid: NDArray[np.bool_] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.gap_valid = shift_gaps(self.donor.valid, self.shift)
 
     @property
     def label(self) -> str:
-        return f"truth {self.truth.date}, gaps from {self.donor.date}"
+        moved = f" shifted down {self.shift} rows" if self.shift else ""
+        return f"truth {self.truth.date}, gaps from {self.donor.date}{moved}"
 
 
 def read_dates(truth_path: str, donor_path: str) -> tuple[Date, Date]:
@@ -71,11 +78,12 @@ def read_dates(truth_path: str, donor_path: str) -> tuple[Date, Date]:
     return truth, donor
 
 
-def directions_of(truth: Date, donor: Date, *, both: bool) -> list[Direction]:
-    """``forward`` (as given), then with ``both`` also ``reverse`` (the dates swap roles)."""
-    directions = [Direction("forward", truth, donor)]
+def directions_of(truth: Date, donor: Date, *, both: bool, shift: int = 0) -> list[Direction]:
+    """``forward`` (as given), then with ``both`` also ``reverse`` (the dates swap roles);
+    in each, the donor's gaps move down ``shift`` rows."""
+    directions = [Direction("forward", truth, donor, shift)]
     if both:
-        directions.append(Direction("reverse", donor, truth))
+        directions.append(Direction("reverse", donor, truth, shift))
     return directions
 
 
@@ -106,7 +114,7 @@ def choose_tiles(
     """
     truth_path, donor_path = directions[0].truth.path, directions[0].donor.path
     height, width = directions[0].truth.scene.grid.shape
-    pairs = [(d.truth.valid, d.donor.valid) for d in directions]
+    pairs = [(d.truth.valid, d.gap_valid) for d in directions]
     if tiles:
         choices = []
         for r, c in tiles:

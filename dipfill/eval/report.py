@@ -99,6 +99,15 @@ def _md_inputs(doc: dict[str, Any]) -> list[str]:
         f"convergence checked every {opts['check_every']} steps, PSNR peak {opts['data_range']:g}, "
         f"SSIM: {opts['ssim']}.\n",
     ]
+    guides = doc["inputs"].get("guides") or []
+    if guides:
+        lines.append("Guides (rank order; read onto the truth grid, resampling "
+                     f"{opts.get('guide_resampling', 'bilinear')}; given only to methods that take guides): "
+                     + "; ".join(f"`{g['href']}` ({g['datetime'] or 'date unknown'}, bands "
+                                 f"{', '.join(map(str, g['bands']))})" for g in guides) + ".\n")
+    if opts.get("shift_mask"):
+        lines.append(f"The donor's gap mask is shifted down {opts['shift_mask']} rows before it is laid over the "
+                     "truth (`--shift-mask`).\n")
     if "plots_skipped" in doc:
         lines.append(f"No quicklooks or convergence plots: {doc['plots_skipped']}.\n")
     return lines
@@ -130,6 +139,7 @@ def _md_methods(doc: dict[str, Any]) -> list[str]:
     lines = ["## Methods\n"]
     for m in doc["methods"]:
         watched = " (convergence monitored)" if m["convergence_monitored"] else ""
+        watched += " (takes guides)" if m.get("uses_guides") else ""
         config = json.dumps(m["config"], separators=(",", ":"))
         lines.append(f"- **`{m['label']}`** — engine `{m['engine']}`{watched}: `{config}`")
     lines.append(f"- **{FLOOR}** — each hidden pixel gets its band's observed mean in the tile: the score any "
@@ -162,6 +172,8 @@ def _md_results(d: dict[str, Any], bands: list[str]) -> list[str]:
                 f"{_f(s['psnr'][b], '.2f')} | {_f(s['ssim'][b], '.3f')} | " + per_method
             )
     lines.append("")
+    if "guides" in d:
+        lines.append(_md_guides(d))
     if len(tiles) > 1:
         lines += [
             "Mean r² per tile:\n",
@@ -181,6 +193,21 @@ def _md_results(d: dict[str, Any], bands: list[str]) -> list[str]:
         if "convergence_plot" in t:
             lines.append(f"![convergence {d['key']} {t['row']},{t['col']}]({t['convergence_plot']})\n")
     return lines
+
+
+def _md_guides(d: dict[str, Any]) -> str:
+    """Which guides each method used in this direction, and the share of hidden pixels they observe."""
+    if not d["guides"]:
+        return ("Guides: none in this direction (a guide that is the truth file is left out); the guided "
+                "methods ran without one.\n")
+    used = [label for label, s in d["summary"].items() if s.get("guides")]
+    alone = [label for label, s in d["summary"].items() if label != FLOOR and not s.get("guides")]
+    cov = d["guide_coverage"]
+    text = (f"Guides: {', '.join(f'`{g}`' for g in d['guides'])} observe {_f(cov, '.1%')} of the hidden pixels "
+            "(any guide band). ")
+    text += f"Used by {', '.join(f'`{u}`' for u in used)}" if used else "Used by no method"
+    text += f"; single-image: {', '.join(f'`{a}`' for a in alone)}.\n" if alone else ".\n"
+    return text
 
 
 def _md_how_to_read(opts: dict[str, Any]) -> list[str]:
