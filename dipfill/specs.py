@@ -127,16 +127,20 @@ class RunRequest:
     guide_years: int = 0  # also the same season of this many earlier years
     max_guides: int = 2
     guide_bands: tuple[str, ...] | None = None  # band names in the guide collection (default: the target's)
+    guide_composite: str = "none"  # "median": each time window's items as one per-pixel median guide
 
     def __post_init__(self) -> None:
         if self.guides not in ("auto", "none"):
             raise InputError(f"--guides must be auto or none, got {self.guides!r}")
+        if self.guide_composite not in ("none", "median"):
+            raise InputError(f"--guide-composite must be none or median, got {self.guide_composite!r}")
 
     def guide_query(self) -> dict[str, Any]:
         """The guide search as recorded in the config (decides which guides a scene gets)."""
         return {"guides": self.guides, "guide_collection": self.guide_collection, "guide_window": self.guide_window,
                 "guide_years": self.guide_years, "max_guides": self.max_guides,
-                "guide_bands": list(self.guide_bands or [])}
+                "guide_bands": list(self.guide_bands or []),
+                **({"guide_composite": self.guide_composite} if self.guide_composite != "none" else {})}
 
     def config(self, *, with_guides: bool = False) -> dict[str, Any]:
         """What decides the output bytes: fill options, mask mode, bands and, for an engine

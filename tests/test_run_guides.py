@@ -81,3 +81,33 @@ def test_engines_without_guides_keep_their_config_hash(tmp_path: Path) -> None:
     assert "guide_search" not in run_mod.run_config(request)
     none = build_request({"stac": str(CATALOG), "out": str(tmp_path), "engine": "guided", "guides": "none"})
     assert "guide_search" not in run_mod.run_config(none)
+
+
+def test_a_median_composite_guide_is_the_median_of_its_members(tmp_path: Path) -> None:
+    from dipfill.raster.coverage import median_composite
+    from dipfill.raster.guides import open_item_guide, read_guides
+    from dipfill.raster.scene import open_scene
+
+    items = {}
+    for path in CATALOG.parent.glob("*/*/*.json"):
+        if path.parent.name in (JAN, FEB):
+            item = json.loads(path.read_text())
+            item["links"] = [ln for ln in item.get("links", []) if ln.get("rel") != "self"]
+            item["links"].append({"rel": "self", "href": str(path)})  # relative asset hrefs resolve here
+            items[path.parent.name] = item
+    grid = open_scene(items[JAN]).grid
+    both = open_item_guide([items[FEB], items[JAN]], grid)
+    window = ((100, 300), (50, 260))
+    values, valid = read_guides([both], window)
+    reads = [open_scene(items[k], grid=grid).read_pixels(window) for k in (FEB, JAN)]
+    want, want_valid = median_composite(np.stack([r[0] for r in reads]), np.stack([r[1] for r in reads]))
+    assert np.array_equal(valid, want_valid)
+    assert np.array_equal(values[valid], want[valid].astype(np.float32))
+    assert valid.mean() > (reads[0][1].mean() + 0.05)  # the members fill each other's stripes
+
+    # and through dipfill run: the window's items as one guide, recorded as a composite
+    _, summary = _run(tmp_path / "out", engine="guided", guide_composite="median", max_scenes=1)
+    status = summary.scenes[0]
+    assert status.status == "done"
+    (guide,) = status.guides["guides"]
+    assert guide["composite"] == "median" and guide["members"] == [FEB if status.id == JAN else JAN]

@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also the same season of N earlier years (default: 0)")
     g.add_argument("--max-guides", type=int, help="guides per scene, best first (default: 2)")
     g.add_argument("--guide-bands", help="band names in the guide collection (default: the scene's bands)")
+    g.add_argument("--guide-composite", choices=("none", "median"),
+                   help="median: each time window's clear observations as one per-pixel median guide (default: none)")
     p.add_argument("--since", metavar="DURATION", help="only scenes updated within DURATION (7d, 12h): for cron")
     p.add_argument("--force", action="store_true", default=None, help="reprocess scenes whose output is current")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -136,7 +138,8 @@ def build_request(values: dict[str, Any]):
 
 def _guide_fields(values: dict[str, Any]) -> dict[str, Any]:
     """The RunRequest's guide-search fields that were given (the record's defaults otherwise)."""
-    out = {k: values[k] for k in ("guides", "guide_collection", "guide_window", "guide_years", "max_guides")
+    out = {k: values[k] for k in ("guides", "guide_collection", "guide_window", "guide_years", "max_guides",
+                                  "guide_composite")
            if values.get(k) is not None}
     bands = values.get("guide_bands")
     if isinstance(bands, str):

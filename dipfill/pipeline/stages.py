@@ -185,7 +185,7 @@ def guide_stage(job: SceneJob, say: Progress) -> None:
     assert job.plan is not None
     r = job.request
     query = GuideQuery(collection=r.guide_collection, window_days=r.guide_window, years=r.guide_years,
-                       max_guides=r.max_guides)
+                       max_guides=r.max_guides, composite=r.guide_composite)  # type: ignore[arg-type]
     sign = signer(r.sign)
     bands = r.guide_bands or (r.bands if not r.guide_collection else None)
     job.guides = choose_guides(r.stac, job.item, job.plan.state, job.source.grid, query, sign=sign, mask=r.mask,
@@ -195,7 +195,8 @@ def guide_stage(job: SceneJob, say: Progress) -> None:
         say("guides", f"  {job.item_id}: filled without a guide: {choice.reason}", scene=scene, guides=[],
             reason=choice.reason)
         return
-    sources = [open_item_guide(record.items[0], job.source.grid, bands=bands, sign=sign) for record in choice.guides]
+    # an item, or a composite's members (their median is read per window)
+    sources = [open_item_guide(record.items, job.source.grid, bands=bands, sign=sign) for record in choice.guides]
     counts = [g.count for g in sources]
     job.guide_sources, job.guide_bands = tuple(sources), tuple(counts)
     job.tasks = tuple(replace(t, guides=job.guide_sources, guide_bands=job.guide_bands) for t in job.tasks)

@@ -47,6 +47,7 @@ from numpy.typing import NDArray
 from dipfill.errors import InputError, SceneReadError
 from dipfill.raster.gdal import gdal_env
 from dipfill.raster.hrefs import redact_href
+from dipfill.raster.coverage import median_composite
 from dipfill.raster.read import Grid, Scene, acquisition_date, open_raster
 from dipfill.raster.scene import open_scene
 from dipfill.specs import GUIDE_RESAMPLINGS
@@ -229,14 +230,19 @@ def _span(window: Any, grid: Grid) -> tuple[int, int, int, int]:
 
 @dataclass(frozen=True)
 class ItemGuide:
-    """A STAC item as a guide: its bands read onto the target grid through
+    """A STAC item — or several, as their per-pixel median (paper 003's "historical mean")
+    — as a guide: bands read onto the target grid through
     :class:`~dipfill.raster.scene.SceneSource` (``grid=`` the target's, nearest resampling),
-    so its QA layer decides validity: clouds, shadows and fill of the guide are never
+    so each item's QA layer decides validity: clouds, shadows and fill of a guide are never
     evidence, whatever the target's own mask mode."""
 
-    scene: Any  # SceneSource opened on the target grid
-    href: str  # the item's self href (or id): for messages and records
+    scenes: tuple[Any, ...]  # SceneSource of each member, opened on the target grid
+    href: str  # the item's self href (or id; a composite: its first member's): for messages
     datetime: str | None = None
+
+    @property
+    def scene(self) -> Any:
+        return self.scenes[0]
 
     @property
     def grid(self) -> Grid:
@@ -247,24 +253,35 @@ class ItemGuide:
         return len(self.scene.band_names)
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-        data, valid = self.scene.read_pixels(((r0, r1), (c0, c1)))
+        reads = [scene.read_pixels(((r0, r1), (c0, c1))) for scene in self.scenes]
+        if len(reads) == 1:
+            data, valid = reads[0]
+        else:
+            data, valid = median_composite(np.stack([d for d, _ in reads]), np.stack([v for _, v in reads]))
         return np.where(valid, data, 0).astype(np.float32), valid
 
     def record(self) -> dict[str, Any]:
         return {"href": redact_href(self.href), "datetime": self.datetime, "bands": list(self.scene.band_names),
-                "resampling": self.scene.resampling, "mask": self.scene.mask}
+                "resampling": self.scene.resampling, "mask": self.scene.mask, "members": len(self.scenes)}
 
 
-def open_item_guide(item: Mapping[str, Any], grid: Grid, *, bands: Sequence[str] | None = None,
-                    sign: Any = None) -> ItemGuide:
-    """A STAC item as a guide on ``grid``: with its cloud mask where the collection has a QA
-    layer (a cloud in a guide is not evidence), else its nodata."""
-    try:
-        scene = open_scene(dict(item), bands=bands, mask="clouds", sign=sign, grid=grid)
-    except InputError:  # no QA asset: nodata is all there is
-        scene = open_scene(dict(item), bands=bands, mask="fill", sign=sign, grid=grid)
-    props = item.get("properties") or {}
-    return ItemGuide(scene, self_href(item) or str(item.get("id")), props.get("datetime") or props.get("start_datetime"))
+def open_item_guide(items: Mapping[str, Any] | Sequence[Mapping[str, Any]], grid: Grid, *,
+                    bands: Sequence[str] | None = None, sign: Any = None) -> ItemGuide:
+    """A STAC item (or several: their median composite) as a guide on ``grid``: each with its
+    cloud mask where the collection has a QA layer (a cloud in a guide is not evidence),
+    else its nodata."""
+    members = [items] if isinstance(items, Mapping) else list(items)
+    if not members:
+        raise InputError("a guide needs at least one STAC item")
+    scenes = []
+    for item in members:
+        try:
+            scenes.append(open_scene(dict(item), bands=bands, mask="clouds", sign=sign, grid=grid))
+        except InputError:  # no QA asset: nodata is all there is
+            scenes.append(open_scene(dict(item), bands=bands, mask="fill", sign=sign, grid=grid))
+    props = members[0].get("properties") or {}
+    return ItemGuide(tuple(scenes), self_href(members[0]) or str(members[0].get("id")),
+                     props.get("datetime") or props.get("start_datetime"))
 
 
 def read_guides(guides: Sequence[GuideSource | ItemGuide], window: Any) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
