@@ -35,6 +35,9 @@ bench: install
 	$(BIN)/python scripts/bench_run_overhead.py
 	$(BIN)/python scripts/bench_run_scale.py
 	$(BIN)/python scripts/bench_ray_data.py
+	$(BIN)/python scripts/bench_guided.py
+	$(BIN)/python scripts/bench_guided_s1.py
+	$(BIN)/python scripts/bench_mcpn.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
