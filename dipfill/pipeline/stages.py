@@ -9,6 +9,8 @@ reading the others. Memory is bounded by blocks and batches, not by the scene:
   (three-state mask, observed bands per pixel);
 * **plan** windows and batches from them (the same planner as ``dipfill fill``) and the
   fit tasks still to do (a resumed scene keeps its finished batches);
+* **guides** — for an engine that uses them, other acquisitions found through STAC and
+  ranked by the scene's gaps they observe (:func:`guide_stage`);
 * **fit** — workers read their own windows, fit them, and write into the patch store;
 * **merge** — workers merge chunk-sized blocks from the store into the Zarr mosaic
   (one writer per chunk);
