@@ -27,6 +27,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+from dipfill.errors import InputError
+
 __all__ = ["Engine", "EngineResult", "PatchDiagnostics", "check_batch", "uses_guides"]
 
 
@@ -85,29 +87,30 @@ def check_batch(
     guide_observed: np.ndarray | None = None,
     guide_bands: Sequence[int] | None = None,
 ) -> None:
-    """Validate the protocol's input shapes once, with messages that say what was given."""
+    """Validate the protocol's input shapes once, with messages that say what was given
+    (:class:`~dipfill.errors.InputError`, a ``ValueError``)."""
     if patches.ndim != 4:
-        raise ValueError(f"patches must be [B, C, H, W], got shape {patches.shape}")
+        raise InputError(f"patches must be [B, C, H, W], got shape {patches.shape}")
     if observed.shape != patches.shape:
-        raise ValueError(
+        raise InputError(
             f"observed mask shape {observed.shape} differs from patches shape {patches.shape}"
         )
     if len(seeds) != patches.shape[0]:
-        raise ValueError(f"need one seed per patch: {len(seeds)} seeds for {patches.shape[0]} patches")
+        raise InputError(f"need one seed per patch: {len(seeds)} seeds for {patches.shape[0]} patches")
     if guides is None:
         if guide_observed is not None or guide_bands is not None:
-            raise ValueError("guide_observed / guide_bands given without guides")
+            raise InputError("guide_observed / guide_bands given without guides")
         return
     b, _, h, w = patches.shape
     if guides.ndim != 4 or guides.shape[0] != b or guides.shape[2:] != (h, w) or guides.shape[1] < 1:
-        raise ValueError(f"guides must be [B, G, H, W] = [{b}, G>=1, {h}, {w}] like the patches, "
+        raise InputError(f"guides must be [B, G, H, W] = [{b}, G>=1, {h}, {w}] like the patches, "
                          f"got shape {guides.shape}")
     if guide_observed is None:
-        raise ValueError("guides given without guide_observed: a guide's own gaps must be known")
+        raise InputError("guides given without guide_observed: a guide's own gaps must be known")
     if guide_observed.shape != guides.shape:
-        raise ValueError(f"guide_observed shape {guide_observed.shape} differs from guides shape {guides.shape}")
+        raise InputError(f"guide_observed shape {guide_observed.shape} differs from guides shape {guides.shape}")
     if guide_bands is not None:
         counts = [int(n) for n in guide_bands]
         if not counts or min(counts) < 1 or sum(counts) != guides.shape[1]:
-            raise ValueError(f"guide_bands {counts} must be positive band counts, one per guide, summing to the "
+            raise InputError(f"guide_bands {counts} must be positive band counts, one per guide, summing to the "
                              f"{guides.shape[1]} guide channels")

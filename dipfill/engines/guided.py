@@ -49,7 +49,7 @@ from dipfill.engines.classical import FillnodataEngine
 from dipfill.errors import InputError
 
 __all__ = [
-    "LLHMEngine", "LocalFit", "RegressionEngine", "check_guides", "guide_slices", "llhm_predict", "local_fit",
+    "LLHMEngine", "LocalFit", "RegressionEngine", "guide_slices", "llhm_predict", "local_fit",
     "regression_predict", "spatial_fill",
 ]
 
@@ -72,24 +72,6 @@ def guide_slices(n_guide_bands: int, guide_bands: Sequence[int] | None) -> list[
         )
     edges = np.cumsum([0, *counts])
     return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def check_guides(
-    patches: NDArray, guides: NDArray | None, guide_observed: NDArray | None, guide_bands: Sequence[int] | None
-) -> list[slice]:
-    """Validate the guide arguments against the batch; the guides' slices ([] without guides)."""
-    if guides is None:
-        if guide_observed is not None:
-            raise InputError("guide_observed given without guides")
-        return []
-    if guide_observed is None:
-        raise InputError("guides given without guide_observed: a guide's own gaps must be known")
-    b, _, h, w = patches.shape
-    if guides.ndim != 4 or guides.shape[0] != b or guides.shape[2:] != (h, w):
-        raise InputError(f"guides must be [B, G, H, W] = [{b}, G, {h}, {w}], got shape {guides.shape}")
-    if guide_observed.shape != guides.shape:
-        raise InputError(f"guide_observed shape {guide_observed.shape} differs from guides shape {guides.shape}")
-    return guide_slices(guides.shape[1], guide_bands)
 
 
 def spatial_fill(
@@ -336,8 +318,8 @@ class _GuidedEngine:
         guide_bands: Sequence[int] | None = None,
     ) -> EngineResult:
         """Fill each patch from its guides where they apply, else by ``fillnodata``."""
-        check_batch(patches, observed, seeds)
-        slices = check_guides(patches, guides, guide_observed, guide_bands)
+        check_batch(patches, observed, seeds, guides=guides, guide_observed=guide_observed, guide_bands=guide_bands)
+        slices = guide_slices(guides.shape[1], guide_bands) if guides is not None else []
         values = np.asarray(patches, dtype=np.float64)
         usable = np.asarray(observed, dtype=bool) & np.isfinite(values)
         out = np.full(values.shape, np.nan, dtype=np.float32)

@@ -52,7 +52,7 @@ from dipfill.engines.guided import (
     DEFAULT_WINDOWS,
     LLHMEngine,
     RegressionEngine,
-    check_guides,
+    guide_slices,
     llhm_predict,
     regression_predict,
     spatial_fill,
@@ -162,8 +162,8 @@ class GuidedEngine:
         guide_bands: Sequence[int] | None = None,
     ) -> EngineResult:
         """Fill each patch with its judged guides blended into ``fillnodata``."""
-        check_batch(patches, observed, seeds)
-        slices = check_guides(patches, guides, guide_observed, guide_bands)
+        check_batch(patches, observed, seeds, guides=guides, guide_observed=guide_observed, guide_bands=guide_bands)
+        slices = guide_slices(guides.shape[1], guide_bands) if guides is not None else []
         values = np.asarray(patches, dtype=np.float64)
         usable = np.asarray(observed, dtype=bool) & np.isfinite(values)
         out = np.full(values.shape, np.nan, dtype=np.float32)
