@@ -27,7 +27,7 @@ from dipfill.engines.base import Engine, EngineResult, uses_guides
 from dipfill.pipeline.blocks import blend_block
 from dipfill.pipeline.patchstore import PatchStore
 from dipfill.pipeline.plan import batch_inputs, row_unions
-from dipfill.raster.guides import GuideSource, guide_band_counts, read_guides
+from dipfill.raster.guides import GuideSource, ItemGuide, guide_band_counts, read_guides
 from dipfill.storage import JsonFileCache, default_strategy_cache_path
 from dipfill.tiling import PatchWindow, crop
 
@@ -61,8 +61,7 @@ class FitTask:
     windows: tuple[PatchWindow, ...]
     indices: tuple[int, ...]  # positions of the windows in the patch store
     seeds: tuple[int, ...]
-    guides: tuple[GuideSource, ...] = ()  # opened on the scene's grid; read with the target's windows
-    guide_bands: tuple[int, ...] = ()  # bands per guide when a guide spans several sources (one per asset)
+    guides: tuple[GuideSource | ItemGuide, ...] = ()  # on the scene's grid; read with the target's windows
 
 
 #: Reads ``((row0, row1), (col0, col1))`` of the target: ``(data[band, y, x], valid[band, y, x])``.
@@ -90,7 +89,7 @@ def read_batch(read_pixels: PixelReader, windows: Sequence[PatchWindow], guides:
 
 
 def fill_batch(engine: Engine, read_pixels: PixelReader, windows: Sequence[PatchWindow], seeds: Sequence[int],
-               guides: Sequence[GuideSource] = (), guide_bands: Sequence[int] = ()) -> EngineResult:
+               guides: Sequence[GuideSource] = ()) -> EngineResult:
     """Read ``windows`` and fill them with ``engine``: with the guides' windows when there
     are guides and the engine uses them (:func:`~dipfill.engines.base.uses_guides`), without
     any guide argument otherwise."""
@@ -99,7 +98,7 @@ def fill_batch(engine: Engine, read_pixels: PixelReader, windows: Sequence[Patch
     if not guides:
         return engine.fill(patches, observed, seeds=list(seeds))
     return engine.fill(patches, observed, seeds=list(seeds), guides=gpatches, guide_observed=gobserved,
-                       guide_bands=list(guide_bands or guide_band_counts(guides)))
+                       guide_bands=list(guide_band_counts(guides)))
 
 
 class EngineWorker:
@@ -117,7 +116,7 @@ class EngineWorker:
         _maybe_fail()
         engine = self.fallback if task.fallback else self.engine
         result = fill_batch(engine, task.source.read_pixels, task.windows, task.seeds,  # type: ignore[arg-type]
-                            task.guides, task.guide_bands)
+                            task.guides)
         store = PatchStore(task.store_path)
         records = [(w.id, asdict(d)) for w, d in zip(task.windows, result.diagnostics)]
         for index, values, (_, record) in zip(task.indices, result.values, records):

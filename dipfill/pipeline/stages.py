@@ -76,7 +76,6 @@ class SceneJob:
     resumed: int = 0
     guides: GuideChoice | None = None  # what the guide search chose (None: not searched)
     guide_sources: tuple[ItemGuide, ...] = ()
-    guide_bands: tuple[int, ...] = ()  # bands per chosen guide (one source per asset)
 
 
 def output_id(item: Mapping[str, Any]) -> str:
@@ -199,9 +198,8 @@ def guide_stage(job: SceneJob, say: Progress) -> None:
         return
     # an item, or a composite's members (their median is read per window)
     sources = [open_item_guide(record.items, job.source.grid, bands=bands, sign=sign) for record in choice.guides]
-    counts = [g.count for g in sources]
-    job.guide_sources, job.guide_bands = tuple(sources), tuple(counts)
-    job.tasks = tuple(replace(t, guides=job.guide_sources, guide_bands=job.guide_bands) for t in job.tasks)
+    job.guide_sources = tuple(sources)
+    job.tasks = tuple(replace(t, guides=job.guide_sources) for t in job.tasks)
     say("guides", f"  {job.item_id}: guides " + ", ".join(
         f"{g.id} ({g.days_from_target:+.0f} d, {g.observed_gap_fraction:.0%} of the gaps)" for g in choice.guides),
         scene=scene, guides=choice.records())
