@@ -102,6 +102,24 @@ class GuideRecord:
             out.update(composite=self.composite, members=list(self.members), window=list(self.window or ()))
         return out
 
+    def to_json(self) -> dict[str, Any]:
+        """Every field, unrounded and with the item dicts: what a scene's patch store records,
+        so that a resumed scene gets this very guide back (:meth:`from_json`)."""
+        return {"id": self.id, "datetime": self.datetime, "days_from_target": self.days_from_target,
+                "observed_gap_fraction": self.observed_gap_fraction, "cloud_cover": self.cloud_cover,
+                "composite": self.composite, "members": list(self.members),
+                "window": list(self.window) if self.window is not None else None, "items": list(self.items)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "GuideRecord":
+        """The record :meth:`to_json` wrote (``KeyError``/``TypeError`` on a malformed one)."""
+        window = doc["window"]
+        return cls(id=str(doc["id"]), datetime=str(doc["datetime"]), days_from_target=float(doc["days_from_target"]),
+                   observed_gap_fraction=float(doc["observed_gap_fraction"]), cloud_cover=doc["cloud_cover"],
+                   composite=doc["composite"], members=tuple(doc["members"]),
+                   window=(str(window[0]), str(window[1])) if window is not None else None,
+                   items=tuple(dict(i) for i in doc["items"]))
+
 
 @dataclass(frozen=True)
 class GuideChoice:
@@ -151,6 +169,20 @@ class GuideChoice:
         return {"guides": self.records(), "reason": self.reason, "found": self.found,
                 "scored": [g.to_dict() for g in self.scored], "skipped": list(self.skipped),
                 "query": self.query.to_dict()}
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole choice as plain JSON values (items included): recorded in the scene's
+        patch store when it is made, so a resumed scene reuses it instead of searching a
+        catalog that may have changed since (:mod:`dipfill.pipeline.guide_resume`)."""
+        return {"guides": [g.to_json() for g in self.guides], "reason": self.reason, "query": self.query.to_dict(),
+                "scored": [g.to_json() for g in self.scored], "skipped": list(self.skipped), "found": self.found}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "GuideChoice":
+        """The choice :meth:`to_json` wrote; ``KeyError``/``TypeError``/``InputError`` on a malformed one."""
+        return cls(tuple(GuideRecord.from_json(g) for g in doc["guides"]), doc["reason"], GuideQuery(**doc["query"]),
+                   scored=tuple(GuideRecord.from_json(g) for g in doc["scored"]),
+                   skipped=tuple(str(s) for s in doc["skipped"]), found=int(doc["found"]))
 
 
 def _single(c: GuideCandidate, fraction: float) -> GuideRecord:

@@ -2,7 +2,9 @@
 
 A zarr v3 group with ``values[n, bands, P, P]`` (float32, one chunk per patch) and
 ``done[n]`` (uint8, one chunk per patch), plus ``diagnostics/<n>.json`` (how the patch was
-fitted: kept so that a resumed scene reports every patch, not only the refitted ones). A
+fitted: kept so that a resumed scene reports every patch, not only the refitted ones) and
+``guides.json`` (the scene's guide choice, written before any patch is fitted: a resumed
+scene reuses it, so its patches are never fitted with different guides). A
 worker writes a patch's values and diagnostics, then its done flag; each chunk has exactly
 one writer (zarr loses data when writers share a chunk or a
 shard). A rerun reads the flags and fits only what is missing. The group records the
@@ -17,12 +19,17 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
 from numpy.typing import NDArray
 
+from dipfill.storage import write_json
+
 __all__ = ["PatchStore"]
+
+_GUIDES = "guides.json"
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,19 @@ class PatchStore:
         """Diagnostics of every patch written with them, by index."""
         folder = Path(self.path) / "diagnostics"
         return {int(p.stem): json.loads(p.read_text()) for p in folder.glob("[0-9]*.json")} if folder.is_dir() else {}
+
+    def record_guides(self, choice: dict[str, Any]) -> None:
+        """Keep the scene's guide choice (plain JSON values) with its patches, atomically:
+        a resumed scene must fit its remaining patches with the same guides."""
+        write_json(Path(self.path) / _GUIDES, choice, indent=1)
+
+    def recorded_guides(self) -> dict[str, Any] | None:
+        """The guide choice :meth:`record_guides` kept; None when none was (or it is unreadable)."""
+        try:
+            doc = json.loads((Path(self.path) / _GUIDES).read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def read(self, index: int, height: int, width: int) -> NDArray[np.float32]:
         return zarr.open_group(self.path, mode="r")["values"][index, :, :height, :width]

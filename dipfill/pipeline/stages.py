@@ -10,7 +10,8 @@ reading the others. Memory is bounded by blocks and batches, not by the scene:
 * **plan** windows and batches from them (the same planner as ``dipfill fill``) and the
   fit tasks still to do (a resumed scene keeps its finished batches);
 * **guides** — for an engine that uses them, other acquisitions found through STAC and
-  ranked by the scene's gaps they observe (:func:`guide_stage`);
+  ranked by the scene's gaps they observe (:func:`guide_stage`); the choice is recorded in
+  the patch store, and a resumed scene reuses it;
 * **fit** — workers read their own windows, fit them, and write into the patch store;
 * **merge** — workers merge chunk-sized blocks from the store into the Zarr mosaic
   (one writer per chunk);
@@ -38,12 +39,13 @@ from dipfill.engines.base import PatchDiagnostics
 from dipfill.errors import InputError, RunInterrupted
 from dipfill.pipeline.blocks import BlockResult, block_tasks, merge_counts, preview_mosaic
 from dipfill.pipeline.executor import Executor, FitTask
+from dipfill.pipeline.guide_resume import GuidesNotReusable, open_guides, reopen_recorded
 from dipfill.pipeline.guides import GuideChoice, choose_guides
 from dipfill.pipeline.outputs import SceneProduct, mosaic_attrs, output_names, write_outputs
 from dipfill.pipeline.patchstore import PatchStore
 from dipfill.pipeline.plan import FillPlan, patch_seed, plan_from_mask
 from dipfill.pipeline.progress import Progress, SceneStatus, StageClock
-from dipfill.raster.guides import ItemGuide, open_item_guide
+from dipfill.raster.guides import ItemGuide
 from dipfill.raster.hrefs import signer
 from dipfill.raster.masks import OUTSIDE
 from dipfill.raster.scene import SceneSource, open_scene
@@ -153,9 +155,19 @@ def plan_stage(job: SceneJob) -> None:
     plan = plan_from_mask(mask.state, mask.nvalid, mask.bands, opts, with_fallback=opts.fallback != "none")
     job.plan, job.dtype = plan, mask.dtype
     del mask  # the plan keeps the one-byte state; the count of observed bands is done with
+    open_store(job)
+
+
+def open_store(job: SceneJob, *, fresh: bool = False) -> None:
+    """Open the scene's patch store (``fresh``: emptied first, the scene starts over) and
+    list the fit tasks it still needs."""
+    assert job.plan is not None
+    plan, opts = job.plan, job.request.options
     index = {w.id: i for i, w in enumerate(plan.windows)}
-    job.store = PatchStore.open(job.scene_dir / "patches.zarr", len(index), plan.shape[0], opts.patch,
-                                job.config_hash)
+    path = job.scene_dir / "patches.zarr"
+    if fresh:
+        PatchStore(str(path)).remove()
+    job.store = PatchStore.open(path, len(index), plan.shape[0], opts.patch, job.config_hash)
     done = job.store.done()
     job.tasks = tuple(
         FitTask(job.item_id, job.source, job.store.path, b.index, b.fallback, b.windows,
@@ -182,23 +194,37 @@ def guide_stage(job: SceneJob, say: Progress) -> None:
 
     The search and ranking are :func:`~dipfill.pipeline.guides.choose_guides`; each chosen
     item is read on the scene's grid with its own cloud mask (:class:`~dipfill.raster.guides.ItemGuide`),
-    in rank order. A scene without a usable guide is filled without one, and says why."""
-    assert job.plan is not None
+    in rank order. A scene without a usable guide is filled without one, and says why.
+
+    The choice is recorded in the patch store before any patch is fitted; a resumed scene
+    with fitted patches reuses it (a catalog changed since must not give the remaining
+    patches other guides), or, when it cannot (:mod:`~dipfill.pipeline.guide_resume`),
+    discards its patches and starts over, and says so."""
+    assert job.plan is not None and job.store is not None
     r = job.request
     query = GuideQuery(collection=r.guide_collection, window_days=r.guide_window, years=r.guide_years,
                        max_guides=r.max_guides, composite=r.guide_composite)  # type: ignore[arg-type]
     sign = signer(r.sign)
     bands = r.guide_bands or (r.bands if not r.guide_collection else None)
-    job.guides = choose_guides(r.stac, job.item, job.plan.state, job.source.grid, query, sign=sign, mask=r.mask,
-                               bands=bands)
-    scene, choice = str(job.item["id"]), job.guides
+    scene, grid = str(job.item["id"]), job.source.grid
+    choice: GuideChoice | None = None
+    fitted = int(job.store.done().sum())
+    if fitted:
+        try:
+            choice, job.guide_sources = reopen_recorded(job.store, query, grid, bands=bands, sign=sign)
+        except GuidesNotReusable as exc:
+            say("guides", f"  {job.item_id}: {fitted} fitted patches discarded, the scene starts over: {exc}",
+                scene=scene, restarted=True, patches_discarded=fitted, reason=str(exc))
+            open_store(job, fresh=True)
+    if choice is None:
+        choice = choose_guides(r.stac, job.item, job.plan.state, grid, query, sign=sign, mask=r.mask, bands=bands)
+        job.guide_sources = open_guides(choice, grid, bands=bands, sign=sign)
+        job.store.record_guides(choice.to_json())  # before any patch is fitted with them
+    job.guides = choice
     if not choice:
         say("guides", f"  {job.item_id}: filled without a guide: {choice.reason}", scene=scene, guides=[],
             reason=choice.reason)
         return
-    # an item, or a composite's members (their median is read per window)
-    sources = [open_item_guide(record.items, job.source.grid, bands=bands, sign=sign) for record in choice.guides]
-    job.guide_sources = tuple(sources)
     job.tasks = tuple(replace(t, guides=job.guide_sources) for t in job.tasks)
     say("guides", f"  {job.item_id}: guides " + ", ".join(
         f"{g.id} ({g.days_from_target:+.0f} d, {g.observed_gap_fraction:.0%} of the gaps)" for g in choice.guides),
