@@ -25,7 +25,7 @@ DEFAULT_COLLAR_CLOSING = 31
 GUIDE_RESAMPLINGS = ("bilinear", "nearest", "cubic", "cubic_spline", "lanczos", "average")
 
 #: The FillOptions fields that describe guides; left out of the hash when there are none.
-GUIDE_FIELDS = ("guides", "guide_bands", "guide_resampling")
+GUIDE_FIELDS = ("guides", "guide_bands", "guide_resampling", "guide_masks")
 
 
 def _opt(default: Any, help: str, **flag: Any) -> Any:
@@ -59,11 +59,20 @@ class FillOptions:
                                         metavar="B,B,...")
     guide_resampling: str = _opt("bilinear", "resampling of guides not on the input's grid; a pixel is a "
                                  "guide value only where every guide pixel the kernel uses is valid")
+    guide_masks: tuple[str, ...] = _opt((), "a raster marking the guide's own gaps (clouds, shadows): non-zero is "
+                                        "not evidence, as --mask marks the input's; any grid or CRS (nearest); "
+                                        "the k-th --guide-mask belongs to the k-th --guide; repeatable",
+                                        flag="--guide-mask", metavar="FILE")
 
     def __post_init__(self) -> None:
         # "like" types in, canonical tuples out: the CLI gives lists, a YAML "1,2,3"
         guides = (self.guides,) if isinstance(self.guides, str) else tuple(str(g) for g in self.guides)
         object.__setattr__(self, "guides", guides)
+        masks = (self.guide_masks,) if isinstance(self.guide_masks, str) else tuple(str(m) for m in self.guide_masks)
+        object.__setattr__(self, "guide_masks", masks)
+        if len(masks) > len(guides):
+            raise InputError(f"--guide-mask {masks[len(guides)]}: more --guide-mask ({len(masks)}) than --guide "
+                             f"({len(guides)}); the k-th mask belongs to the k-th --guide, so give its --guide too")
         object.__setattr__(self, "guide_bands", band_list(self.guide_bands))
         if self.guide_resampling not in GUIDE_RESAMPLINGS:
             raise InputError(f"--guide-resampling must be one of {', '.join(GUIDE_RESAMPLINGS)}, "
@@ -86,6 +95,10 @@ class FillOptions:
                 d.pop(name)
         else:
             d["guides"], d["guide_bands"] = list(self.guides), list(self.guide_bands)
+            if self.guide_masks:
+                d["guide_masks"] = list(self.guide_masks)
+            else:  # guides without masks hash as they did before masks existed
+                d.pop("guide_masks")
         return d
 
 

@@ -479,3 +479,218 @@ def test_a_stac_guide_item_never_gives_its_clouds_as_evidence() -> None:
     data, data_valid = open_scene(item, bands=bands, mask="fill").read_pixels()
     assert data_valid.mean() > 0.5  # the bands have data ...
     assert not valid.any() and not values.any()  # ... and all of it is cloud: no evidence
+
+
+# ------------------------------------------------------------------------- guide masks
+#: The mask's pieces in lon/lat: the file covers the west of the target only; a block of
+#: gaps (1 in its north half, 7 in its south: any non-zero marks a gap) with a nodata strip
+#: across it (nodata leaves the guide as it is).
+MASK_WEST, MASK_EAST, MASK_SOUTH, MASK_NORTH = 142.02, 142.12, -32.41, -32.26
+BLOCK_LON, BLOCK_LAT, NODATA_LAT = (142.06, 142.09), (-32.345, -32.305), (-32.332, -32.322)
+
+
+def write_guide_mask(path: Path, *, west: float = MASK_WEST, east: float = MASK_EAST) -> Path:
+    """A uint8 cloud mask in EPSG:4326 at 0.0005° (~47 × 55 m, vs the target's 25 m Albers)."""
+    res = 0.0005
+    width, height = round((east - west) / res), round((MASK_NORTH - MASK_SOUTH) / res)
+    transform = rasterio.Affine(res, 0, west, 0, -res, MASK_NORTH)
+    lon = west + (np.arange(width) + 0.5) * res
+    lat = MASK_NORTH - (np.arange(height) + 0.5) * res
+    data = np.zeros((height, width), np.uint8)
+    inside = ((BLOCK_LAT[0] < lat) & (lat < BLOCK_LAT[1]))[:, None] & ((BLOCK_LON[0] < lon) & (lon < BLOCK_LON[1]))
+    data[inside] = np.where(lat < sum(BLOCK_LAT) / 2, 7, 1)[:, None].repeat(width, 1)[inside]
+    data[((NODATA_LAT[0] < lat) & (lat < NODATA_LAT[1]))[:, None] & inside] = 255
+    with rasterio.open(path, "w", driver="GTiff", dtype="uint8", count=1, width=width, height=height,
+                       crs="EPSG:4326", transform=transform, nodata=255) as dst:
+        dst.write(data, 1)
+    return path
+
+
+def mask_on(raster: Path, mask: Path) -> np.ndarray:
+    """The mask's gaps on ``raster``'s own grid: non-zero where the mask is valid (read as a
+    one-band nearest guide of that grid)."""
+    with rasterio.open(raster) as ds:
+        shape = ds.shape
+    flags, flagged = read_guides([open_guide(str(mask), grid_of(raster), bands=[1], resampling="nearest")],
+                                 ((0, shape[0]), (0, shape[1])))
+    return flagged[0] & (flags[0] != 0)
+
+
+def with_holes(raster: Path, holes: np.ndarray, path: Path) -> Path:
+    """A copy of ``raster`` whose pixels under ``holes`` are its nodata: the guide absent there."""
+    with rasterio.open(raster) as src:
+        data, profile, tags, descriptions = src.read(), src.profile, src.tags(), src.descriptions
+    data[:, holes] = profile["nodata"]
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.update_tags(**tags)
+        dst.descriptions = descriptions
+    return path
+
+
+@pytest.fixture(scope="module")
+def guide_mask(tmp_path_factory) -> Path:
+    return write_guide_mask(tmp_path_factory.mktemp("mask") / "feb_clouds_4326.tif")
+
+
+def test_a_guide_mask_on_another_crs_makes_its_pixels_gaps(guide_mask: Path) -> None:
+    """February (on January's lattice) with a lon/lat cloud mask of another resolution: the
+    block's guide pixels are not valid and read as 0; the mask's nodata strip, the pixels
+    outside the mask file and the mask's zeros leave the guide exactly as it is. Checked
+    against the mask warped independently (rasterio, nearest), away from its edges."""
+    from scipy import ndimage
+
+    grid = grid_of(ARG25_JAN)
+    plain = open_guide(str(ARG25_FEB), grid)
+    masked = open_guide(str(ARG25_FEB), grid, mask=str(guide_mask))
+    assert masked.record() == {**plain.record(), "mask": str(guide_mask)}
+    assert masked.mask.bands == (1,) and masked.mask.resampling == "nearest"
+    values, valid = read_guides([masked], FULL)
+    before, before_valid = read_guides([plain], FULL)
+
+    with rasterio.open(guide_mask) as src:
+        flags = np.full((512, 512), 254, np.uint8)  # 254: outside the mask file
+        reproject(src.read(1), flags, src_transform=src.transform, src_crs=src.crs, dst_transform=grid.transform,
+                  dst_crs=grid.crs, src_nodata=253, dst_nodata=254, resampling=Resampling.nearest)
+    gap, kept = np.isin(flags, (1, 7)), np.isin(flags, (0, 254, 255))
+    assert gap.mean() > 0.05 and (flags == 254).mean() > 0.2 and (flags == 255).mean() > 0.01
+    assert (flags == 7).any() and (flags == 1).any()
+    inner = ndimage.binary_erosion(gap, iterations=2)
+    clear = ndimage.binary_erosion(kept, iterations=2)
+    assert not valid[:, inner].any() and not values[:, inner].any() and before_valid[:, inner].mean() > 0.5
+    np.testing.assert_array_equal(valid[:, clear], before_valid[:, clear])
+    np.testing.assert_array_equal(values[:, clear], before[:, clear])
+    # exactly: the guide pixels the mask covers are gaps, as if the guide had nodata there
+    np.testing.assert_array_equal(valid, before_valid & ~mask_on(ARG25_FEB, guide_mask)[None])
+    np.testing.assert_array_equal(values, np.where(valid, before, 0))
+
+
+def test_a_guide_mask_is_applied_on_the_guides_own_grid(tmp_path: Path, guide_4326: Path, guide_mask: Path) -> None:
+    """A warped guide (lon/lat, ~40 m) with its mask: the same bytes as the guide with nodata
+    under the mask's gaps on its own grid, so a target pixel whose kernel reaches a masked
+    guide pixel is not valid either (the mask is not a second, nearest cut on the target
+    grid, which would let a bilinear kernel average cloud into the pixels beside it)."""
+    grid = grid_of(ARG25_JAN)
+    holes = mask_on(guide_4326, guide_mask)
+    assert holes.mean() > 0.03
+    holed = with_holes(guide_4326, holes, tmp_path / "feb_4326_holed.tif")
+    masked = read_guides([open_guide(str(guide_4326), grid, mask=str(guide_mask))], FULL)
+    absent = read_guides([open_guide(str(holed), grid)], FULL)
+    np.testing.assert_array_equal(masked[1], absent[1])
+    np.testing.assert_array_equal(masked[0], absent[0])
+    plain_valid = read_guides([open_guide(str(guide_4326), grid)], FULL)[1]
+    assert (plain_valid & ~masked[1]).mean() > 0.03
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("text", SceneReadError, "guide mask: {path}: not a raster GDAL can read"),
+    ("far", InputError, "guide mask {path}: does not overlap the target"),
+    ("no_crs", InputError, "guide mask {path}: it has no CRS and is not on the pixel grid of guide"),
+    ("missing", SceneReadError, "guide mask: {path}: no such file"),
+])
+def test_open_guide_says_what_is_wrong_with_its_mask(tmp_path: Path, guide_4326: Path, case: str, error: type,
+                                                     message: str) -> None:
+    path = tmp_path / f"mask_{case}.tif"
+    if case == "text":
+        path.write_text("clouds: none\n")
+    elif case == "far":
+        write_guide_mask(path, west=143.0, east=143.1)
+    elif case == "no_crs":  # on the target's lattice (so placeable there) but not on the warped guide's
+        with rasterio.open(ARG25_JAN) as src:
+            profile = {**src.profile, "crs": None, "count": 1, "dtype": "uint8", "nodata": None}
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.zeros((1, 512, 512), np.uint8))
+    with pytest.raises(error) as exc:
+        open_guide(str(guide_4326), grid_of(ARG25_JAN), mask=str(path))
+    assert message.format(path=path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_guide_masks_enter_the_config_hash_only_when_given() -> None:
+    guided = FillOptions(guides=["a.tif", "b.tif"])
+    assert "guide_masks" not in guided.hashable_dict() and "guide_masks" not in FillOptions().hashable_dict()
+    assert config_hash(FillOptions(guides=["a.tif", "b.tif"], guide_masks=()).hashable_dict()) == config_hash(
+        guided.hashable_dict())
+    masked = FillOptions(guides=["a.tif", "b.tif"], guide_masks="m.tif")
+    assert masked.guide_masks == ("m.tif",) and masked.hashable_dict()["guide_masks"] == ["m.tif"]
+    assert config_hash(masked.hashable_dict()) != config_hash(guided.hashable_dict())
+    with pytest.raises(InputError, match=r"--guide-mask n.tif: more --guide-mask \(2\) than --guide \(1\)"):
+        FillOptions(guides=["a.tif"], guide_masks=["m.tif", "n.tif"])
+
+
+def test_fill_with_a_guide_mask_end_to_end(tmp_path: Path, guide_mask: Path) -> None:
+    """`dipfill fill --engine llhm --guide FEB --guide-mask CLOUDS`: the same bytes as the
+    guide with nodata under its clouds (so the target's gaps under the block get llhm's
+    no-guide fallback, fillnodata), not those of the unmasked guide there, and the unmasked
+    guide's fill far from the block, beyond fillnodata's reach (the guide is still used
+    elsewhere). The item records the mask; the config hashes it."""
+    from scipy import ndimage
+
+    holed = with_holes(ARG25_FEB, mask_on(ARG25_FEB, guide_mask), tmp_path / "LS7_ETM_095_082_20100201_holed.tif")
+    common = ["fill", str(ARG25_JAN), "--engine", "llhm", "--patch", "256", "--overlap", "32"]
+    runs = {"masked": ["--guide", str(ARG25_FEB), "--guide-mask", str(guide_mask)],
+            "holed": ["--guide", str(holed)], "plain": ["--guide", str(ARG25_FEB)],
+            "none": ["--engine", "fillnodata"]}
+    filled = {}
+    for name, extra in runs.items():
+        assert main([*common, "--out", str(tmp_path / name), *extra]) == 0
+        with rasterio.open(next((tmp_path / name).glob("*_filled.tif"))) as ds:
+            filled[name] = ds.read()
+    with rasterio.open(ARG25_JAN) as src:
+        gaps = src.read() == -999
+    np.testing.assert_array_equal(filled["masked"], filled["holed"])
+
+    under = mask_on(ARG25_FEB, guide_mask)[None] & gaps & feb()[1]  # target gaps under the guide's clouds
+    far = ~ndimage.binary_dilation(mask_on(ARG25_FEB, guide_mask), iterations=160)[None] & gaps
+    assert under.sum() > 1000 and far.sum() > 1000
+    assert (filled["masked"][under] != filled["plain"][under]).mean() > 0.9
+    np.testing.assert_array_equal(filled["masked"][far], filled["plain"][far])
+    seen = far & feb()[1]  # where the guide observes the target's gaps, far from its clouds: it is used
+    assert (filled["masked"][seen] != filled["none"][seen]).mean() > 0.9
+
+    item = item_of(tmp_path / "masked")
+    assert item["properties"]["dipfill:guides"] == [
+        {"href": str(ARG25_FEB), "datetime": "2010-02-01", "bands": [1, 2, 3], "resampling": "bilinear",
+         "mask": str(guide_mask)}]
+    assert item["properties"]["dipfill:config"]["guide_masks"] == [str(guide_mask)]
+    plain = item_of(tmp_path / "plain")
+    assert "guide_masks" not in plain["properties"]["dipfill:config"]
+    assert item["properties"]["dipfill:config_hash"] != plain["properties"]["dipfill:config_hash"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("more_masks", "--guide-mask {mask2}: more --guide-mask (2) than --guide (1)"),
+    ("no_guide", "--guide-mask {mask}: more --guide-mask (1) than --guide (0)"),
+    ("text", "guide mask: {text}: not a raster GDAL can read"),
+])
+def test_bad_guide_mask_is_one_line_exit_1_and_no_output(tmp_path: Path, guide_mask: Path, case: str, message: str,
+                                                         capsys) -> None:
+    text = tmp_path / "clouds.txt"
+    text.write_text("0 0 1 1\n")
+    mask2 = tmp_path / "second_mask.tif"
+    extra = {"more_masks": ["--guide", str(ARG25_FEB), "--guide-mask", str(guide_mask), "--guide-mask", str(mask2)],
+             "no_guide": ["--guide-mask", str(guide_mask)],
+             "text": ["--guide", str(ARG25_FEB), "--guide-mask", str(text)]}[case]
+    out = tmp_path / "out"
+    rc = main(["fill", str(ARG25_JAN), "--out", str(out), "--engine", "llhm", *extra])
+    err = capsys.readouterr().err
+    assert rc == 1 and not out.exists()
+    assert message.format(mask=guide_mask, mask2=mask2, text=text) in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_eval_guides_take_their_masks(tmp_path: Path, guide_mask: Path, capsys) -> None:
+    """`dipfill eval --guide ... --guide-mask ...` opens the guides with the same checks:
+    the mask reaches the guide (and the report's guide record); one mask too many is one line."""
+    from types import SimpleNamespace
+
+    from dipfill.eval.experiments import EvalOptions, _open_guides
+
+    truth = SimpleNamespace(scene=SimpleNamespace(grid=grid_of(ARG25_JAN)), path=str(ARG25_JAN))
+    (guide,) = _open_guides(EvalOptions(guides=(str(ARG25_FEB),), guide_masks=(str(guide_mask),)), truth)
+    assert guide.record()["mask"] == str(guide_mask)
+    out = tmp_path / "eval"
+    rc = main(["eval", str(ARG25_JAN), str(ARG25_FEB), "--out", str(out), "--method", "fillnodata",
+               "--guide", str(ARG25_FEB), "--guide-mask", str(guide_mask), "--guide-mask", str(guide_mask)])
+    err = capsys.readouterr().err
+    assert rc == 1 and not out.exists() and "more --guide-mask (2) than --guide (1)" in err
+    assert len(err.strip().splitlines()) == 1, err

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--guide-bands", metavar="B,B,...", help="1-based bands taken from every guide (default: all)")
     g.add_argument("--guide-resampling", default="bilinear", choices=GUIDE_RESAMPLINGS,
                    help="resampling of guides not on the truth's grid (default: bilinear)")
+    g.add_argument("--guide-mask", action="append", default=None, metavar="FILE",
+                   help="a raster marking the guide's own gaps (non-zero: not evidence; any grid or CRS); the "
+                        "k-th belongs to the k-th --guide; repeatable (default: none)")
     g.add_argument("--shift-mask", type=int, default=0, metavar="ROWS",
                    help="shift the donor's gap mask down ROWS rows before hiding, so the donor date itself "
                         "observes the hidden pixels and can be a guide (default: 0)")
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         guides=tuple(args.guide or ()),
         guide_bands=band_list(args.guide_bands or ()),
         guide_resampling=args.guide_resampling,
+        guide_masks=tuple(args.guide_mask or ()),
         shift_mask=args.shift_mask,
     )
 

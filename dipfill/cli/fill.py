@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"patches   {report.windows_filled} of {report.windows_total} windows had gaps and were fitted")
     for i, g in enumerate(report.guides, start=1):
         print(f"guide {i:<3} {g['href']}  {g['datetime'] or 'date unknown'}  bands {','.join(map(str, g['bands']))}  "
-              f"{g['resampling']}")
+              f"{g['resampling']}{'  mask ' + g['mask'] if g.get('mask') else ''}")
     steps = [d.steps for d in report.diagnostics.values() if d.engine == args.engine and d.steps]
     if steps:
         print(f"steps     per patch: min {min(steps)}, median {int(statistics.median(steps))}, max {max(steps)}")

@@ -29,6 +29,7 @@ _CHOICES = {"engine": ENGINES, "fallback": (*ENGINES[1:], "none"), "guide_resamp
 _KINDS: dict[str, dict[str, Any]] = {
     "guides": {"action": "append", "default_text": "none"},
     "guide_bands": {"type": str, "default_text": "all"},
+    "guide_masks": {"action": "append", "default_text": "none"},
 }
 
 

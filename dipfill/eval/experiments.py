@@ -81,6 +81,7 @@ class EvalOptions:
     guides: Sequence[str] = ()  # guide rasters, rank order
     guide_bands: tuple[int, ...] = ()  # 1-based bands of every guide (default all)
     guide_resampling: str = "bilinear"
+    guide_masks: Sequence[str] = ()  # the k-th marks the k-th guide's own gaps (non-zero)
     shift_mask: int = 0  # move the donor's gaps down this many rows
 
 
@@ -181,8 +182,13 @@ def _open_guides(options: EvalOptions, truth: Date) -> list["GuideSource"]:
     height = truth.scene.grid.shape[0]
     if options.shift_mask >= height:
         raise InputError(f"--shift-mask {options.shift_mask}: {truth.path} has only {height} rows")
+    guides, masks = list(options.guides), [str(m) for m in options.guide_masks]
+    if len(masks) > len(guides):
+        raise InputError(f"--guide-mask {masks[len(guides)]}: more --guide-mask ({len(masks)}) than --guide "
+                         f"({len(guides)}); the k-th mask belongs to the k-th --guide, so give its --guide too")
+    masks += [None] * (len(guides) - len(masks))  # type: ignore[list-item]
     return [open_guide(str(g), truth.scene.grid, bands=options.guide_bands or None,
-                       resampling=options.guide_resampling) for g in options.guides]
+                       resampling=options.guide_resampling, mask=m) for g, m in zip(guides, masks)]
 
 
 def _same_file(a: str, b: str) -> bool:

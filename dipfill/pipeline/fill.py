@@ -171,12 +171,15 @@ def fill_files(
         raise InputError(f"{scene.sources[0]}: no observed pixel inside the footprint")
     item_id = sanitize_id(item_id or _default_item_id(scene.sources)) + "-dipfill"
     acq = datetime or acquisition_date(scene)
+    masks = options.guide_masks + (None,) * (len(options.guides) - len(options.guide_masks))
     guides = tuple(
-        open_guide(href, scene.grid, bands=options.guide_bands or None, resampling=options.guide_resampling)
-        for href in options.guides
+        open_guide(href, scene.grid, bands=options.guide_bands or None, resampling=options.guide_resampling,
+                   mask=mask)
+        for href, mask in zip(options.guides, masks)
     )
     # the item records the guides as opened (absolute paths, no secrets): that is what is hashed
-    options = replace(options, guides=tuple(g.record()["href"] for g in guides))
+    options = replace(options, guides=tuple(g.record()["href"] for g in guides),
+                      guide_masks=tuple(g.record()["mask"] for g in guides if g.mask is not None))
 
     engine = make_engine(options.engine, strategy_cache=JsonFileCache(default_strategy_cache_path()),
                          **dict(options.engine_options))

@@ -29,6 +29,14 @@ source window its kernel needs, in float32: a target pixel's guide value does no
 which window it was read in (tested), so batches, resumed runs, `dipfill fill` and
 `dipfill run` see the same bytes. Recent blocks are kept per process, up to 64 MB (a
 worker reading overlapping windows warps each block once).
+
+Masks. A guide may come with a mask raster (``--guide-mask``: clouds, shadows of another
+date): non-zero marks the guide's own gaps, as ``--mask`` marks the target's. A mask pixel
+that is itself nodata or outside the mask file leaves the guide pixel as it is. The mask is
+any raster GDAL reads, on any grid or CRS: it is read onto the *guide's* own grid with
+nearest resampling (as a one-band nearest :class:`GuideSource` of that grid, by the same
+reader) and removes those guide pixels before the guide's kernel sees them, so a target
+pixel whose kernel reaches a masked guide pixel is not valid either, as for any guide gap.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -91,6 +99,9 @@ class GuideSource:
     datetime: str | None = None
     band_names: tuple[str, ...] = ()
     gdal_options: tuple[tuple[str, str], ...] = ()
+    #: The guide's gap mask (non-zero: not evidence), a one-band nearest source on the
+    #: guide's own grid (see the module doc), or None.
+    mask: GuideSource | None = None
 
     @property
     def count(self) -> int:
@@ -107,6 +118,8 @@ class GuideSource:
         }
         if self.nodata is not None:
             rec["nodata"] = self.nodata
+        if self.mask is not None:
+            rec["mask"] = redact_href(self.mask.href)
         return rec
 
 
@@ -145,42 +158,64 @@ def open_guide(
     resampling: str = "bilinear",
     nodata: float | None = None,
     gdal_options: Mapping[str, str] | None = None,
+    mask: str | None = None,
 ) -> GuideSource:
     """Check ``href`` as a guide for the target ``grid`` and describe it.
 
     ``bands``: 1-based band indexes (default all). ``resampling``: one of
     :data:`~dipfill.specs.GUIDE_RESAMPLINGS`. ``nodata``: use this instead of the file's
-    nodata. Raises :class:`SceneReadError` (missing, not a raster) or :class:`InputError`
-    (cannot be placed on the grid, bands out of range, no overlap) naming the file and
-    the fix. Only the header is read.
+    nodata. ``mask``: a raster whose non-zero pixels are the guide's own gaps (any grid or
+    CRS; see the module doc), checked like the guide. Raises :class:`SceneReadError`
+    (missing, not a raster) or :class:`InputError` (cannot be placed on the grid, bands
+    out of range, no overlap) naming the file and the fix. Only the headers are read.
     """
     if resampling not in GUIDE_RESAMPLINGS:
         raise InputError(f"guide resampling must be one of {', '.join(GUIDE_RESAMPLINGS)}, got {resampling!r}")
+    options = dict(gdal_options or {})
+    source, header = _open_source(href, grid, "guide", bands=bands, resampling=resampling, nodata=nodata,
+                                  options=options)
+    if mask is None:
+        return source
+    crs, transform, width, height = header
+    # the guide's own grid: where its mask applies (a guide without a CRS lies on the target's lattice)
+    own = Grid(crs if crs is not None else grid.crs, transform, width, height)
+    checked, (mcrs, mtransform, _, _) = _open_source(mask, grid, "guide mask", bands=(1,), resampling="nearest",
+                                                     nodata=None, options=options)
+    if _aligned_offset(mcrs, mtransform, own) is None and (mcrs is None or own.crs is None):
+        raise InputError(f"guide mask {redact_href(checked.href)}: it has no CRS and is not on the pixel grid of "
+                         f"guide {redact_href(source.href)}, so it cannot be placed on it; give it a CRS "
+                         "(gdal_edit.py -a_srs EPSG:...)")
+    return replace(source, mask=replace(checked, grid=own, datetime=None, band_names=()))
+
+
+def _open_source(href: str, grid: Grid, what: str, *, bands: Sequence[int] | None, resampling: str,
+                 nodata: float | None, options: dict[str, str]) -> tuple[GuideSource, tuple[Any, Any, int, int]]:
+    """:func:`open_guide`'s checks of one file (``what``: "guide" or "guide mask", for the
+    messages) and its ``(crs, transform, width, height)``."""
     if _local(href) and os.path.exists(href):
         href = os.path.abspath(href)
     name = redact_href(href)
-    options = dict(gdal_options or {})
-    with gdal_env(options), open_raster(href, "guide") as ds:
+    with gdal_env(options), open_raster(href, what) as ds:
         count, crs, transform, tags = ds.count, ds.crs, ds.transform, dict(ds.tags())
         descriptions = ds.descriptions
         bounds, width, height = ds.bounds, ds.width, ds.height
     chosen = tuple(int(b) for b in bands) if bands else tuple(range(1, count + 1))
     outside = [b for b in chosen if not 1 <= b <= count]
     if outside:
-        raise InputError(f"guide {name}: band {outside[0]} does not exist (it has {count} band"
+        raise InputError(f"{what} {name}: band {outside[0]} does not exist (it has {count} band"
                          f"{'s' if count != 1 else ''}: 1..{count}); fix --guide-bands")
     offset = _aligned_offset(crs, transform, grid)
     if offset is None and (crs is None or grid.crs is None):
         which = "it has no CRS" if crs is None else "the target has no CRS"
-        raise InputError(f"guide {name}: {which} and the guide is not on the target's pixel grid, so it cannot "
-                         "be placed; give both a CRS (gdal_edit.py -a_srs EPSG:...) or warp the guide onto the "
+        raise InputError(f"{what} {name}: {which} and the {what} is not on the target's pixel grid, so it cannot "
+                         f"be placed; give both a CRS (gdal_edit.py -a_srs EPSG:...) or warp the {what} onto the "
                          "target grid")
     if not _overlaps(grid, crs, transform, bounds, width, height, offset):
         where = crs.to_string() if crs else "the target grid units"
-        raise InputError(f"guide {name}: does not overlap the target (guide bounds "
-                         f"{tuple(round(v, 6) for v in bounds)} in {where}); give a guide of the same place")
+        raise InputError(f"{what} {name}: does not overlap the target ({what} bounds "
+                         f"{tuple(round(v, 6) for v in bounds)} in {where}); give a {what} of the same place")
     scene = Scene(data=np.empty((0, 0, 0), np.uint8), grid=grid, nodata=None, band_names=[], sources=[href], tags=tags)
-    return GuideSource(
+    source = GuideSource(
         href=href,
         grid=grid,
         bands=chosen,
@@ -190,6 +225,7 @@ def open_guide(
         band_names=tuple(descriptions[b - 1] or f"band{b}" for b in chosen),
         gdal_options=tuple(sorted(options.items())),
     )
+    return source, (crs, transform, width, height)
 
 
 def _overlaps(grid: Grid, crs: Any, transform: Any, bounds: Any, width: int, height: int,
@@ -314,7 +350,7 @@ def _read_guide(guide: GuideSource, r0: int, r1: int, c0: int,
             return v.astype(np.float32), ok
         values = np.zeros((guide.count, r1 - r0, c1 - c0), np.float32)
         valid = np.zeros(values.shape, bool)
-        stamp = _stamp(guide.href)
+        stamp = _stamp(guide.href) if guide.mask is None else (_stamp(guide.href), _stamp(guide.mask.href))
         for br in range(r0 // BLOCK, (r1 - 1) // BLOCK + 1):
             for bc in range(c0 // BLOCK, (c1 - 1) // BLOCK + 1):
                 key = (guide, stamp, br, bc)
@@ -367,6 +403,9 @@ def _read_source(ds: Any, guide: GuideSource, r0: int, r1: int, c0: int, c1: int
                              f"({redact_href(str(exc))})") from exc
     if np.issubdtype(data.dtype, np.floating):
         ok &= np.isfinite(data)
+    if guide.mask is not None:  # the mask on the guide's own grid: non-zero where it is valid is a gap
+        flags, flagged = _read_guide(guide.mask, rr0, rr1, cc0, cc1)
+        ok &= ~(flagged[0] & (flags[0] != 0))
     sl = (slice(None), slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
     values[sl] = np.where(ok, data, 0)
     valid[sl] = ok
