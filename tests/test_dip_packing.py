@@ -67,7 +67,8 @@ def test_packed_members_equal_separate_networks_in_float64(overrides):
 def test_a_stopped_member_does_not_move(channels_last):
     """Also with channels_last weights (the CUDA layout), where rows are not a plain view."""
     cfg = preset("mcpn-core", channels_down=(8, 8), channels_up=(8, 8), channels_skip=(4, 4),
-                 input_channels=4, steps=60, stopping="holdout", check_every=1, patience=1)
+                 input_channels=4, steps=60, stopping="holdout", check_every=1, patience=1,
+                 exp_weight=0)  # the raw output, whose held-out score jumps: member 0 stops at once
     z, target, mask = _problem(cfg, 2)
     holdout = torch.zeros_like(mask)
     holdout[0, :, :8, :8] = 1  # member 0: scored on pixels it never fits -> stops early

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from dipfill.engines.base import EngineResult, PatchDiagnostics, check_batch
 from dipfill.errors import InputError
 
-__all__ = ["FillnodataEngine", "TeleaEngine", "NSEngine"]
+__all__ = ["FillnodataEngine", "TeleaEngine", "NSEngine", "spatial_fill"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,16 @@ class FillnodataEngine(_BandwiseEngine):
             max_search_distance=float(self.max_search_distance),
             smoothing_iterations=int(self.smoothing_iterations),
         )
+
+
+def spatial_fill(
+    values: NDArray, observed: NDArray[np.bool_], *, max_search_distance: float = 100.0
+) -> NDArray[np.float64]:
+    """``fillnodata`` of ``values [C, H, W]`` from its observed pixels (the one spatial
+    predictor, reused rather than re-implemented); NaN where GDAL cannot reach."""
+    engine = FillnodataEngine(max_search_distance=max_search_distance)
+    out = engine.fill(np.asarray(values, np.float32)[None], observed[None], seeds=[0])
+    return out.values[0].astype(np.float64)
 
 
 # Working range for cv2.inpaint. Measured on this build (opencv-python-headless 5.0.0):

@@ -36,6 +36,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("mse", "ssim", "mse+ssim"),
     "device": ("auto", "cpu", "cuda"),
     "stopping": ("fixed", "holdout", "emv"),
+    "blend": ("none", "fillnodata"),
     "strategy": ("auto", "loop", "packed"),
     "compile": ("auto", "on", "off"),
     "precision": ("auto", "fp32", "bf16"),
@@ -87,6 +88,16 @@ class DIPConfig:
     patience: int = 8
     holdout_fraction: float = 0.05
     emv_alpha: float = 0.1
+    # Output EMA (dipfill.engines.fit): the kept prediction averages the outputs with this
+    # weight on the past (the DIP reference's exp_weight 0.99); 0 keeps the last output.
+    exp_weight: float = 0.99
+    # Judged blend with interpolation (dipfill.engines.dip): "fillnodata" predicts the
+    # held-out pixels with GDAL's fillnodata too and writes w·DIP + (1 − w)·fillnodata in
+    # the gaps, w in [0, 1] the least-squares weight there lowered by blend_z jackknife
+    # standard errors: DIP has to show on this patch and band that it beats interpolation.
+    # "none" writes the network's output alone. Needs held-out pixels (holdout_fraction).
+    blend: str = "fillnodata"
+    blend_z: float = 1.0
     # Observed pixels whose value is <= this stay out of the loss. Paper 001 fits NDVI on
     # vegetation only (NDVI <= 0 excluded): loss_min_value=0 on NDVI. None: all observed.
     loss_min_value: float | None = None
@@ -129,12 +140,21 @@ class DIPConfig:
             raise InputError("dip check_every and patience must be >= 1")
         if not 0 < self.holdout_fraction < 0.5:
             raise InputError(f"dip holdout_fraction must be in (0, 0.5), got {self.holdout_fraction}")
+        if not self.blend_z >= 0:
+            raise InputError(f"dip blend_z must be >= 0, got {self.blend_z}")
+        if not 0 <= self.exp_weight < 1:
+            raise InputError(f"dip exp_weight must be in [0, 1), got {self.exp_weight}")
         if not 0 < self.emv_alpha < 1:
             raise InputError(f"dip emv_alpha must be in (0, 1), got {self.emv_alpha}")
 
     @property
     def depth(self) -> int:
         return len(self.channels_down)
+
+    @property
+    def holds_out(self) -> bool:
+        """Whether observed pixels are held out of the loss (to stop on, or to judge the blend)."""
+        return self.stopping == "holdout" or self.blend != "none"
 
     @property
     def net_input_channels(self) -> int:

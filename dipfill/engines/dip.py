@@ -33,12 +33,13 @@ import torch
 from numpy.typing import NDArray
 
 from dipfill.engines.base import EngineResult, PatchDiagnostics, check_batch
+from dipfill.engines.blend import judged_blend
 from dipfill.engines.cache import MemoryStrategyCache, StrategyCache
 from dipfill.engines.config import PRESETS, DIPConfig, Monitor, padded_size, preset
 from dipfill.engines.dipnet import pack_members
 from dipfill.engines.fit import FitOutcome, fit_members
 from dipfill.engines.normalize import NormParams, denormalize, normalize
-from dipfill.engines.stopping import stripe_holdout
+from dipfill.engines.holdout import stripe_holdout
 from dipfill.engines.strategy import Plan, describe, prepare_net, resolve_plan
 from dipfill.errors import InputError
 
@@ -89,6 +90,9 @@ class _Prepared:
     target: NDArray[np.float32]  # [C, PH, PW]
     train: NDArray[np.float32]
     holdout: NDArray[np.float32] | None
+    values: NDArray[np.float64]  # [C, H, W] as given (for the blend's interpolation)
+    observed: NDArray[np.bool_]  # [C, H, W] usable pixels
+    held: NDArray[np.bool_] | None  # [C, H, W] observed pixels kept out of the loss
 
 
 @dataclass(frozen=True)
@@ -146,8 +150,11 @@ class DIPEngine:
             fit = self._fit_group(group, device, plan, (count, bands, height, width), monitor)
             seconds = (time.perf_counter() - start) / len(group)
             for j, p in enumerate(group):
-                pred = fit.prediction[j, :, :height, :width].double().cpu().numpy()
-                out[p.index][p.has_obs] = denormalize(pred, p.params)[p.has_obs].astype(np.float32)
+                pred = denormalize(fit.prediction[j, :, :height, :width].double().cpu().numpy(), p.params)
+                blend: dict = {}
+                if cfg.blend != "none" and p.held is not None:
+                    pred, blend = judged_blend(p.values, p.observed, p.held, pred, z=cfg.blend_z)
+                out[p.index][p.has_obs] = pred[p.has_obs].astype(np.float32)
                 diagnostics[p.index] = PatchDiagnostics(
                     engine=self.name,
                     steps=int(fit.steps[j]),
@@ -159,6 +166,7 @@ class DIPEngine:
                         "stopped_by": fit.stopped_by[j],
                         "device": device.type,
                         "plan": {k: v for k, v in describe(plan).items() if k != "seconds_per_patch_step"},
+                        **blend,
                     },
                 )
         return EngineResult(out, diagnostics)
@@ -173,13 +181,14 @@ class DIPEngine:
             return None
         norm, params = normalize(np.where(obs, vals, 0.0), obs, percentiles=cfg.percentiles, target=cfg.target_range)
         train = obs if cfg.loss_min_value is None else obs & (vals > cfg.loss_min_value)
-        holdout = None
-        if cfg.stopping == "holdout":
+        holdout = held = None
+        if cfg.holds_out:
             rng = np.random.default_rng(seed)
             held = stripe_holdout(obs.any(axis=0), cfg.holdout_fraction, rng)[None] & obs
             train = train & ~held
             holdout = self._pad(held)
-        return _Prepared(index, seed, params, has_obs, self._pad(np.where(obs, norm, 0.0)), self._pad(train), holdout)
+        return _Prepared(index, seed, params, has_obs, self._pad(np.where(obs, norm, 0.0)), self._pad(train), holdout,
+                         vals, obs, held)
 
     def _pad(self, a: NDArray) -> NDArray[np.float32]:
         """Zero-pad ``[C, H, W]`` to sizes the network can halve ``depth`` times."""
@@ -203,7 +212,7 @@ class DIPEngine:
         def tensor(arrays: list[NDArray]) -> torch.Tensor:
             return torch.from_numpy(np.stack(arrays)).to(device)
 
-        holdout = tensor([p.holdout for p in group]) if cfg.stopping == "holdout" else None
+        holdout = tensor([p.holdout for p in group]) if cfg.holds_out else None
         relay = None
         if monitor is not None:
             def relay(step: int, pred: torch.Tensor, score: NDArray[np.float64]) -> None:

@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dipfill.engines.base import EngineResult, PatchDiagnostics, check_batch
-from dipfill.engines.classical import FillnodataEngine
+from dipfill.engines.classical import spatial_fill
 from dipfill.errors import InputError
 
 __all__ = [
@@ -72,16 +72,6 @@ def guide_slices(n_guide_bands: int, guide_bands: Sequence[int] | None) -> list[
         )
     edges = np.cumsum([0, *counts])
     return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def spatial_fill(
-    values: NDArray, observed: NDArray[np.bool_], *, max_search_distance: float = 100.0
-) -> NDArray[np.float64]:
-    """``fillnodata`` of ``values [C, H, W]`` from its observed pixels (the one spatial
-    predictor, reused rather than re-implemented); NaN where GDAL cannot reach."""
-    engine = FillnodataEngine(max_search_distance=max_search_distance)
-    out = engine.fill(np.asarray(values, np.float32)[None], observed[None], seeds=[0])
-    return out.values[0].astype(np.float64)
 
 
 # ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["stripe_holdout"]
+__all__ = ["blend_weight", "stripe_holdout"]
 
 
 def _shifted(mask: NDArray[np.bool_], dy: int, dx: int) -> NDArray[np.bool_]:
@@ -80,3 +80,30 @@ def _blobs(observed: NDArray[np.bool_], size: int, rng: np.random.Generator) -> 
     h, w = observed.shape
     cells = rng.random((-(-h // size), -(-w // size))) < 0.5
     return np.kron(cells, np.ones((size, size), dtype=bool))[:h, :w] & observed
+
+
+def blend_weight(
+    truth: NDArray, guided: NDArray, spatial: NDArray, blocks: NDArray | None = None
+) -> tuple[float, float]:
+    """The ``w`` in [0, 1] minimising Σ (truth − w·guided − (1 − w)·spatial)², and its
+    delete-one-block jackknife standard error over ``blocks`` (one label per pixel; None:
+    every pixel its own block).
+
+    With ``es = truth − spatial`` and ``d = guided − spatial`` the error is ``es − w·d``, so
+    ``w = Σ es·d / Σ d²``, clipped; 0 (and se 0) when the two predictions agree everywhere.
+    """
+    es = np.asarray(truth, np.float64) - np.asarray(spatial, np.float64)
+    d = np.asarray(guided, np.float64) - np.asarray(spatial, np.float64)
+    labels = np.arange(es.size) if blocks is None else np.unique(np.asarray(blocks), return_inverse=True)[1]
+    a, b = np.bincount(labels, es * d), np.bincount(labels, d * d)
+    total_a, total_b = float(a.sum()), float(b.sum())
+    if not total_b > 0:
+        return 0.0, 0.0
+    w = float(np.clip(total_a / total_b, 0.0, 1.0))
+    n = a.size
+    if n < 3:
+        return w, 1.0  # no spread to measure: as uncertain as a weight can be
+    with np.errstate(invalid="ignore", divide="ignore"):
+        wj = np.clip((total_a - a) / (total_b - b), 0.0, 1.0)
+    wj = np.where(np.isfinite(wj), wj, w)
+    return w, float(np.sqrt((n - 1) / n * np.sum((wj - wj.mean()) ** 2)))
