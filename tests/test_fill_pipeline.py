@@ -172,7 +172,8 @@ def test_stac_item_describes_outputs(filled: Path) -> None:
 
     files = outputs(filled)
     raw = json.loads(files["item"].read_text())
-    assert raw["properties"]["proj:epsg"] == 3577  # stackstac needs it; pystac drops it on read
+    # projection v2.0.0 (the version declared): proj:code; the removed proj:epsg is not written
+    assert raw["properties"]["proj:code"] == "EPSG:3577" and "proj:epsg" not in raw["properties"]
     item = pystac.Item.from_file(str(files["item"]))
     assert item.id.endswith("-dipfill")
     assert item.datetime.date().isoformat() == "2010-01-16"

@@ -71,10 +71,12 @@ def test_odc_stac_and_stackstac_read_the_same_pixels_as_the_cog(stac_api, publis
     assert np.array_equal(odc_stack, cog[: len(names)])
 
     # stackstac takes one band per asset: the item has one-band VRT assets over the COG.
-    # It reads proj:epsg, which pystac (>= 1.12) drops on read in favour of proj:code, so
-    # hand it the API's JSON as users of pystac-client's items_as_dicts() do.
+    # stackstac 0.5 reads only proj:epsg, which projection v2 (the item's) removed in favour
+    # of proj:code (gjoseph92/stackstac#262): users copy the code back on the dicts they
+    # hand it, as here.
     raw = next(Client.open(stac_api.url).search(collections=["dipfill-test"]).items_as_dicts())
-    assert raw["properties"]["proj:epsg"] == 3577
+    assert raw["properties"]["proj:code"] == "EPSG:3577" and "proj:epsg" not in raw["properties"]
+    raw["properties"]["proj:epsg"] = int(raw["properties"]["proj:code"].removeprefix("EPSG:"))
     arr = stackstac.stack([raw], assets=["filled_1", "filled_2", "filled_3"], dtype="float64",
                           fill_value=np.nan, rescale=False)
     values = arr.isel(time=0).values

@@ -1,8 +1,10 @@
 """Describe one filled scene as a STAC item: metadata out, nothing else.
 
-Projection is written both ways (``proj:code`` for STAC 1.1 / projection v2 readers and
-``proj:epsg`` for stackstac), and band information both as ``raster:bands`` (raster
-extension, read by odc-stac and titiler) and STAC 1.1 ``bands``.
+Projection is ``proj:code`` (``"EPSG:3577"``; ``proj:wkt2`` for a CRS without one) as the
+projection extension v2.0.0 the item declares: v2 removed ``proj:epsg`` and its schema
+rejects it. stackstac (0.5) still reads only ``proj:epsg``: pass it ``epsg=`` or copy the
+code into ``proj:epsg`` on the dicts you hand it. Band information is written both as
+``raster:bands`` (raster extension, read by odc-stac and titiler) and STAC 1.1 ``bands``.
 """
 
 from __future__ import annotations
@@ -117,8 +119,7 @@ def build_item(spec: ItemSpec) -> pystac.Item:
     )
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     if spec.epsg is not None:
-        proj.code = f"EPSG:{spec.epsg}"
-        item.properties["proj:epsg"] = spec.epsg
+        proj.code = f"EPSG:{spec.epsg}"  # v2: no proj:epsg (the schema forbids it)
     else:
         proj.wkt2 = spec.wkt2
     proj.shape = list(spec.shape)
