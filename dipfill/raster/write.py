@@ -148,20 +148,28 @@ def create_zarr_mosaic(
 ) -> None:
     """Create an empty Zarr v3 group for a filled scene: ``bands[band, y, x]`` and ``qa[y, x]``.
 
-    Dimension names and georeferencing attributes (CRS WKT, GDAL geotransform) let
-    xarray and GDAL's Zarr driver place the arrays; chunks are one band by ``chunk``².
-    Filled by :func:`write_mosaic_block`, one writer per chunk.
+    Georeferenced the CF way, so ``xarray.open_zarr`` gives a Dataset that rioxarray and
+    odc-geo place: dimension coordinates ``band`` (1-based), ``x`` and ``y`` (pixel
+    centres; only for a north-up grid, where they exist) and a scalar ``spatial_ref``
+    grid mapping (``crs_wkt``, ``spatial_ref``, ``GeoTransform``) named by ``grid_mapping``
+    and ``coordinates`` on both data arrays. The group's attributes repeat the CRS and GDAL
+    geotransform. Metadata is consolidated (it never changes after this call); chunks are
+    one band by ``chunk``². Filled by :func:`write_mosaic_block`, one writer per chunk.
     """
     import zarr
 
     count, height, width = shape
     cy, cx = min(chunk, height), min(chunk, width)
+    wkt = grid.crs.to_wkt() if grid.crs else None
+    epsg = grid.crs.to_epsg() if grid.crs else None
     geo = {
-        "crs_wkt": grid.crs.to_wkt() if grid.crs else None,
-        "proj:epsg": grid.crs.to_epsg() if grid.crs else None,
+        "crs_wkt": wkt,
+        "proj:code": f"EPSG:{epsg}" if epsg else None,
+        "proj:epsg": epsg,
         "geotransform": list(grid.transform.to_gdal()),
         "band_names": list(band_names),
     }
+    cf = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     root.attrs.update({**attrs, **geo})
     fill = None if nodata is None else np.asarray(nodata).astype(dtype).item()
@@ -172,7 +180,7 @@ def create_zarr_mosaic(
         dtype=dtype,
         fill_value=fill if fill is not None else 0,
         dimension_names=("band", "y", "x"),
-        attributes={"nodata": fill, **geo},
+        attributes={"nodata": fill, "long_name": list(band_names), **cf, **geo},
     )
     root.create_array(
         "qa",
@@ -181,8 +189,47 @@ def create_zarr_mosaic(
         dtype=np.uint8,
         fill_value=0,
         dimension_names=("y", "x"),
-        attributes={"flag_values": attrs.get("qa_flag_values"), **geo},
+        attributes={"flag_values": attrs.get("qa_flag_values"), **cf, **geo},
     )
+    _write_coordinates(root, grid, count)
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not (yet) in the v3 spec; xarray reads it
+        # and, without it, warns on every open_zarr
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
+
+
+def _write_coordinates(root: Any, grid: Grid, count: int) -> None:
+    """``band``, ``x``, ``y`` and ``spatial_ref`` arrays of a mosaic (the CF conventions
+    rioxarray writes and reads)."""
+    t = grid.transform
+    height, width = grid.shape
+    band = root.create_array("band", shape=(count,), dtype=np.int32, fill_value=0, dimension_names=("band",))
+    band[:] = np.arange(1, count + 1, dtype=np.int32)
+    if t.b == 0 and t.d == 0:  # north-up: one x per column, one y per row
+        x = root.create_array("x", shape=(width,), dtype=np.float64, fill_value=0.0, dimension_names=("x",),
+                              attributes={"axis": "X", "long_name": "x coordinate of pixel centre",
+                                          "standard_name": "projection_x_coordinate", **_units(grid)})
+        x[:] = t.c + t.a * (np.arange(width) + 0.5)
+        y = root.create_array("y", shape=(height,), dtype=np.float64, fill_value=0.0, dimension_names=("y",),
+                              attributes={"axis": "Y", "long_name": "y coordinate of pixel centre",
+                                          "standard_name": "projection_y_coordinate", **_units(grid)})
+        y[:] = t.f + t.e * (np.arange(height) + 0.5)
+    wkt = grid.crs.to_wkt() if grid.crs else None
+    ref = {"GeoTransform": " ".join(repr(float(v)) for v in t.to_gdal())}
+    if wkt:
+        ref.update(crs_wkt=wkt, spatial_ref=wkt)
+    spatial_ref = root.create_array("spatial_ref", shape=(), dtype=np.int32, fill_value=0, dimension_names=(),
+                                    attributes=ref)
+    spatial_ref[...] = 0
+
+
+def _units(grid: Grid) -> dict[str, str]:
+    """CF ``units`` of the grid's projected axes (metre, or the CRS's own linear unit)."""
+    if grid.crs is None or not grid.crs.is_projected:
+        return {}
+    unit = grid.crs.linear_units
+    return {"units": "m" if unit in ("metre", "meter", "m") else unit}
 
 
 def write_mosaic_block(path: str | os.PathLike[str], origin: tuple[int, int], bands: NDArray,
