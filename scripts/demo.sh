@@ -34,7 +34,7 @@ c = item["properties"]["dipfill:counts"]
 gap = c["filled"] + c["filled_fallback"] + c["unfilled"]
 print(f"{item['id']}: filled {c['filled'] + c['filled_fallback']} of {gap} gap pixels "
       f"({100 * (c['filled'] + c['filled_fallback']) / max(gap, 1):.2f} %), observed {c['observed']}, outside {c['outside']}")
-print(f"  outputs in {sys.argv[1].rsplit('/', 1)[0]}/ (COG, QA COG, mosaic.zarr, quicklook PNG, item JSON)")
+print(f"  outputs in {sys.argv[1].rsplit('/', 1)[0]}/ (COG, QA COG, Zarr mosaic, quicklook PNG, item JSON)")
 PY
 done
 echo "static catalog: ${OUT}/catalog.json; run record: $(ls "${OUT}"/runs/*.json)"

@@ -71,3 +71,23 @@ def test_odc_geo_and_rioxarray_read_the_grid(filled: Path) -> None:
         return
     assert ds["bands"].rio.crs == crs
     assert tuple(ds["bands"].rio.transform())[:6] == pytest.approx(tuple(transform)[:6])
+
+
+def test_two_scenes_filled_into_one_out_each_keep_their_own_mosaic(tmp_path: Path) -> None:
+    """One mosaic per scene, named after the item: a second fill into the same --out never
+    takes over the first item's mosaic."""
+    import zarr
+
+    from tests._data import ARG25_FEB
+
+    out = tmp_path / "out"
+    for src in (ARG25_JAN, ARG25_FEB):
+        assert main(["fill", str(src), "--out", str(out), "--engine", "fillnodata"]) == 0
+    hrefs = set()
+    for src in (ARG25_JAN, ARG25_FEB):
+        mosaic, cog = mosaic_of(out, src.stem)
+        with rasterio.open(cog) as f:
+            assert np.array_equal(zarr.open_group(str(mosaic), mode="r")["bands"][...], f.read()), src.name
+        assert mosaic.name == f"{src.stem}-dipfill_mosaic.zarr"
+        hrefs.add(mosaic.name)
+    assert len(hrefs) == 2

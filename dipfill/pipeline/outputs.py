@@ -52,7 +52,7 @@ def output_names(item_id: str, bands: int) -> dict[str, str]:
     names = {
         "filled": f"{item_id}_filled.tif",
         "qa": f"{item_id}_qa.tif",
-        "mosaic": "mosaic.zarr",
+        "mosaic": f"{item_id}_mosaic.zarr",
         "quicklook": f"{item_id}_quicklook.png",
         "patches": f"{item_id}_patches.json",
         "item": f"{item_id}.json",
