@@ -4,19 +4,36 @@ The one place that knows how outputs reach their storage. Every writer of dipfil
 the Zarr mosaic, items, catalogs, run records, reports) goes through :func:`staged`, so a
 crashed or killed run leaves either the old file or the new one, never a torn one; object
 storage (a later store abstraction) replaces this module, not its callers.
+
+Several processes may write into one output directory at once (two cron runs, a run and a
+``dipfill fill``): a temporary is named after its owner (``.NAME.tmp-HOST.PID.RANDOM``), a
+process removes only its own, and :func:`remove_stale_temporaries` only those whose owner
+is provably gone (same host, process no longer running).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["staged", "write_json", "remove", "JsonFileCache", "default_strategy_cache_path"]
+__all__ = ["staged", "write_json", "remove", "temporary_path", "remove_stale_temporaries", "exclusive",
+           "JsonFileCache", "default_strategy_cache_path"]
+
+log = logging.getLogger(__name__)
+
+#: How many times :func:`staged` retries moving a directory into place while other
+#: processes keep replacing it.
+_REPLACE_ATTEMPTS = 100
+_OWNED = re.compile(r"\.(?:tmp|old)-(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+$")
 
 
 def remove(path: Path) -> None:
@@ -24,29 +41,137 @@ def remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
-        path.unlink()
+        path.unlink(missing_ok=True)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()).strip("-")[:40] or "host"
+
+
+def temporary_path(final: str | os.PathLike[str], kind: str = "tmp") -> Path:
+    """A hidden sibling of ``final`` that no other process or call will pick:
+    ``.NAME.KIND-HOST.PID.RANDOM``."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.{kind}-{_host()}.{os.getpid()}.{uuid.uuid4().hex[:12]}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temporaries(final: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries of ``final`` left by dead processes (a killed run) and return them.
+
+    Only those named by :func:`temporary_path` on this host whose process is not running:
+    a live process's temporary (another run writing the same output now), one from another
+    host (a shared file system) or one of unknown owner (older names) stays.
+    """
+    final = Path(final)
+    removed = []
+    for path in final.parent.glob(f".{final.name}.*-*"):
+        owner = _OWNED.search(path.name)
+        if owner is None or owner["host"] != _host():
+            continue
+        pid = int(owner["pid"])
+        if pid == os.getpid() or _running(pid):
+            continue
+        log.info("removing %s, left by process %d which is no longer running", path, pid)
+        remove(path)
+        removed.append(path)
+    return removed
+
+
+def _move_dir_into_place(tmp: Path, final: Path) -> None:
+    """Rename the directory ``tmp`` onto ``final``. A directory cannot replace a non-empty
+    one, so an existing ``final`` is moved aside (to a name of our own) and deleted; when
+    another process puts its own in place meanwhile, we try again: the last one wins and
+    no one fails."""
+    for _ in range(_REPLACE_ATTEMPTS):
+        try:
+            os.replace(tmp, final)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        old = temporary_path(final, "old")
+        try:
+            os.replace(final, old)
+        except FileNotFoundError:
+            continue  # another writer moved it aside first
+        try:
+            os.replace(tmp, final)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        finally:
+            remove(old)
+    raise OSError(errno.EBUSY, f"could not move {tmp.name} onto {final}: other processes keep replacing it")
 
 
 @contextlib.contextmanager
 def staged(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling path; on success move it onto ``final`` in one rename.
 
-    Directories (Zarr stores) cannot be atomically replaced when the target exists, so
-    an existing target is first renamed aside and deleted after the new one is in place.
+    The temporary is this call's own (:func:`temporary_path`) and is removed if anything
+    fails. Directories (Zarr stores) cannot be atomically replaced when the target exists,
+    so an existing target is first renamed aside and deleted after the new one is in place.
     """
     final = Path(final)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_path(final)
     try:
         yield tmp
-        if tmp.is_dir() and final.exists():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            remove(old)
+        if tmp.is_dir():
+            _move_dir_into_place(tmp, final)
         else:
             os.replace(tmp, final)
     finally:
         remove(tmp)
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | os.PathLike[str], *, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (created if missing) for the block, waiting
+    while another process holds it; ``on_wait(holder)`` is called once before waiting, with
+    what the holder wrote (``HOST PID``).
+
+    An advisory ``flock``: the kernel releases it when its holder exits or is killed, so a
+    crashed run never leaves a scene locked. The file stays (removing it would let two
+    processes lock two different files of one name). Where ``fcntl`` is missing (Windows)
+    the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(lock_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            if on_wait is not None:
+                on_wait(f.read().strip() or "another process")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{_host()} {os.getpid()}\n")
+            f.flush()
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            f.flush()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_json(path: str | os.PathLike[str], doc: Any, *, indent: int = 2) -> None:

@@ -10,6 +10,10 @@ hash is skipped without engine work; a scene with a patch store resumes from its
 flags, refitting only whole unfinished batches, so the bytes equal an uninterrupted run.
 A scene that fails is recorded and the run goes on; a cluster that cannot be joined
 stops the run once (:class:`~dipfill.errors.ClusterError`), blaming no scene.
+
+Runs may overlap in one ``--out`` (cron): a scene is processed under a lock
+(``<scene dir>/.dipfill.lock``, released by the kernel if its run dies), so a second run
+waits for it and then finds it current; temporaries are each process's own.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from typing import Any, Callable
 from dipfill.errors import ClusterError, DipfillError, InputError, RunInterrupted
 from dipfill.pipeline.executor import Executor
 from dipfill.pipeline.progress import Progress, RunSummary, SceneStatus, request_record, write_summary
-from dipfill.pipeline.stages import current_status, process_scene, run_config
+from dipfill.pipeline.stages import SCENE_LOCK, current_status, process_scene, run_config, scene_dir
 from dipfill.raster.hrefs import redact_href, redact_text, signer
 from dipfill.specs import RunRequest
 from dipfill.stac.item import config_hash
 from dipfill.stac.search import SearchQuery, search
+from dipfill.storage import exclusive
 
 __all__ = ["RunRequest", "RunSummary", "run", "run_config", "parse_since", "RunInterrupted", "signer"]
 
@@ -95,10 +100,18 @@ def run(
             try:
                 status = current_status(record, out, chash, request)
                 if status is None:
-                    if pool is None:
-                        pool = _engine_pool(request, ray_address, num_cpus)  # ClusterError: the run stops
+                    # One run per scene at a time (two cron runs into one --out): the other
+                    # waits, then finds the scene current instead of sharing its patch store.
+                    with exclusive(scene_dir(out, record) / SCENE_LOCK,
+                                   on_wait=lambda holder, rid=record.get("id"): log.info(
+                                       "scene %s is being processed by another run (%s): waiting", rid, holder)):
                         start = time.perf_counter()
-                    status = process_scene(record, request, out, chash, pool, say, budget)
+                        status = None if request.force else current_status(record, out, chash, request)
+                        if status is None:
+                            if pool is None:
+                                pool = _engine_pool(request, ray_address, num_cpus)  # ClusterError: the run stops
+                                start = time.perf_counter()
+                            status = process_scene(record, request, out, chash, pool, say, budget)
             except (RunInterrupted, ClusterError):
                 raise
             except (DipfillError, OSError, ValueError, KeyError) as exc:

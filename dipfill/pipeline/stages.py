@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,9 +54,9 @@ from dipfill.specs import RunRequest
 from dipfill.stac.guides import GuideQuery
 from dipfill.stac.item import ItemExtras, sanitize_id, self_href
 from dipfill.stac.publish import add_to_static_catalog, publish_item
-from dipfill.storage import staged
+from dipfill.storage import remove_stale_temporaries, staged
 
-__all__ = ["SceneJob", "process_scene", "current_status", "source_version", "output_id"]
+__all__ = ["SceneJob", "SCENE_LOCK", "process_scene", "current_status", "scene_dir", "source_version", "output_id"]
 
 
 @dataclass
@@ -83,6 +82,10 @@ class SceneJob:
 def output_id(item: Mapping[str, Any]) -> str:
     """The output item's id (and directory name): the source id, sanitised, ``-dipfill``."""
     return sanitize_id(str(item["id"])) + "-dipfill"
+
+
+#: A scene directory's lock file: held while a run processes the scene (see ``pipeline.run``).
+SCENE_LOCK = ".dipfill.lock"
 
 
 def scene_dir(out: Path, item: Mapping[str, Any]) -> Path:
@@ -265,8 +268,8 @@ def merge_stage(job: SceneJob, executor: Executor) -> list[BlockResult]:
     # scene that the next run reprocesses, never an item describing mixed outputs.
     names = output_names(job.item_id, plan.shape[0])
     (job.scene_dir / names["item"]).unlink(missing_ok=True)
-    for stale in job.scene_dir.glob(f".{names['mosaic']}.tmp-*"):  # left by a killed driver
-        shutil.rmtree(stale, ignore_errors=True)
+    # left by a killed driver; never another live run's (two cron runs may share --out)
+    remove_stale_temporaries(job.scene_dir / names["mosaic"])
     blocks: list[BlockResult] = []
     with staged(job.scene_dir / names["mosaic"]) as tmp:
         create_zarr_mosaic(tmp, plan.shape, job.dtype, job.source.grid, nodata=job.nodata,
