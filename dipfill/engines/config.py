@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from dipfill.errors import InputError
 
-__all__ = ["DIPConfig", "PRESETS", "DEFAULT_PRESET", "preset", "padded_size", "Monitor"]
+__all__ = ["DIPConfig", "PRESETS", "DEFAULT_PRESET", "preset", "padded_size", "Monitor", "coerce_field_types"]
 
 #: The preset of ``make_engine("dip")`` and of the CLI when none is named: paper 000.
 DEFAULT_PRESET = "landsat2020"
@@ -41,6 +41,93 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "compile": ("auto", "on", "off"),
     "precision": ("auto", "fp32", "bf16"),
 }
+
+
+def _number(value: Any) -> bool:
+    """A real number that is not a bool (``True`` is an int to Python, not to a user)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as an int when it is one (``300``, ``300.0``), else None."""
+    if not _number(value):
+        return None
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        return None
+    return int(value)
+
+
+def _as_float(value: Any) -> float | None:
+    return float(value) if _number(value) else None
+
+
+def _as_bool(value: Any) -> bool | None:
+    return bool(value) if isinstance(value, (bool, np.bool_)) else None
+
+
+def _as_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _as_ints(value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, (tuple, list)):
+        return None
+    items = tuple(_as_int(v) for v in value)
+    return None if any(v is None for v in items) else items  # type: ignore[return-value]
+
+
+def _as_float_pair(value: Any) -> tuple[float, float] | None:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return None
+    items = tuple(_as_float(v) for v in value)
+    return None if any(v is None for v in items) else items  # type: ignore[return-value]
+
+
+def _as_optional_float(value: Any) -> float | None:
+    return None if value is None else _as_float(value)
+
+
+# What each annotation of a config field accepts, its converter (None: not of that type) and
+# how to say so: a value of the wrong type from --dip, a YAML config or a notebook is an
+# InputError naming the option, never a TypeError deep in the engine.
+_KINDS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "int": (_as_int, "an integer (e.g. 300)"),
+    "float": (_as_float, "a number (e.g. 0.01)"),
+    "bool": (_as_bool, "true or false"),
+    "str": (_as_str, "a string"),
+    "tuple[int, ...]": (_as_ints, "a list of integers, one per level (e.g. [128,128,128,128,128])"),
+    "tuple[float, float]": (_as_float_pair, "a list of two numbers (e.g. [1,99])"),
+    "float | None": (_as_optional_float, "a number or null"),
+}
+
+
+def coerce_field_types(config: Any, what: str) -> None:
+    """Check every field of the frozen dataclass ``config`` against its annotation and store
+    it in its canonical type (``300.0`` → ``300`` for an int, ``[4, 4]`` → ``(4, 4)``,
+    ``1`` → ``1.0`` for a float). A value of another type raises :class:`InputError`
+    naming ``what`` and the field (``"dip steps must be an integer (e.g. 300), got 'abc'"``).
+    """
+    for f in fields(config):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if kind not in _KINDS:  # a field of a type no option sets
+            continue
+        convert, expected = _KINDS[kind]
+        value = getattr(config, f.name)
+        if value is None and kind == "float | None":
+            continue
+        converted = convert(value)
+        if converted is None:
+            raise InputError(f"{what} {f.name} must be {expected}, got {_shown(value)}")
+        object.__setattr__(config, f.name, converted)
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: ``null`` for None, JSON-like lists."""
+    if value is None:
+        return "null"
+    if isinstance(value, tuple):
+        return "[" + ",".join(_shown(v) for v in value) + "]"
+    return repr(value)
 
 
 @dataclass(frozen=True)
@@ -113,8 +200,7 @@ class DIPConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise InputError(f"dip {name} must be one of {', '.join(allowed)}; got {value!r}")
-        for name in ("channels_down", "channels_up", "channels_skip"):
-            object.__setattr__(self, name, tuple(int(c) for c in getattr(self, name)))
+        coerce_field_types(self, "dip")
         depth = len(self.channels_down)
         if depth < 1 or len(self.channels_up) != depth or len(self.channels_skip) != depth:
             raise InputError(
