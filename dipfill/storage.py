@@ -25,8 +25,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from dipfill.errors import InputError
+
 __all__ = ["staged", "write_json", "remove", "temporary_path", "remove_stale_temporaries", "exclusive",
-           "JsonFileCache", "default_strategy_cache_path"]
+           "check_output_dir", "JsonFileCache", "default_strategy_cache_path"]
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,36 @@ def exclusive(lock_file: str | os.PathLike[str], *, on_wait: Callable[[str], Non
             f.truncate()
             f.flush()
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_output_dir(path: str | os.PathLike[str], *, flag: str = "--out") -> Path:
+    """Check, before any work, that outputs can be written in the directory ``path``
+    (existing, or to be created): it is not a file, no part of it is a file, and the
+    nearest existing directory takes a new file. Creates nothing that stays; raises
+    :class:`~dipfill.errors.InputError` naming ``flag``, the path and the fix.
+
+    Why try a file rather than ``os.access``: root passes every permission check, yet a
+    read-only mount or a pseudo file system still refuses the write at the end of a fill.
+    """
+    out = Path(path)
+    if str(path) == "":
+        raise InputError(f"{flag} is empty; give the directory to write the outputs in")
+    nearest = out
+    while not nearest.exists() and nearest != nearest.parent:
+        if nearest.is_symlink():  # a dangling link: nothing can be created through it
+            raise InputError(f"{flag} {out}: {nearest} is a broken symbolic link; choose another {flag}")
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        where = "is a file" if nearest == out else f"lies under {nearest}, which is a file"
+        raise InputError(f"{flag} {out} {where}, not a directory; choose a directory for the outputs")
+    probe = temporary_path(nearest / "dipfill-write-check")
+    try:
+        probe.touch(exist_ok=False)
+    except OSError as exc:
+        raise InputError(f"{flag} {out}: cannot write in {nearest} ({exc.strerror or exc}); "
+                         f"choose a directory you can write to") from None
+    probe.unlink(missing_ok=True)
+    return out
 
 
 def write_json(path: str | os.PathLike[str], doc: Any, *, indent: int = 2) -> None:

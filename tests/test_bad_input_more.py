@@ -3,12 +3,19 @@ value and the fix, exit 1, no traceback, and nothing left in --out."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from dipfill.cli.main import main
 from dipfill.engines.config import DIPConfig, preset
 from dipfill.errors import InputError
-from tests._data import ARG25_JAN
+from dipfill.pipeline.fill import fill_files
+from dipfill.specs import FillOptions
+from tests._data import ARG25_JAN, DATA
+
+CATALOG = DATA / "arg25_menindee" / "stac" / "catalog.json"
 
 
 def fill(out, *inputs: object, extra: tuple[str, ...] = ()) -> int:
@@ -66,3 +73,172 @@ def test_dip_config_stores_values_in_their_field_types() -> None:
     assert DIPConfig(loss_min_value=None).loss_min_value is None
     with pytest.raises(InputError, match="dip steps must be an integer"):
         DIPConfig(steps="300")  # a notebook's string is not silently a number either
+
+
+# --- --out, --datetime, --catalog: checked before any work, nothing written ----------------
+
+
+def no_fill_work(monkeypatch) -> None:
+    """Fail the test if a fill reaches the engines: these errors must come before."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fill was computed before the bad option was found")
+
+    monkeypatch.setattr("dipfill.pipeline.fill.fill_arrays", refuse)
+
+
+def unwritable_dir(tmp_path):
+    """A directory this process cannot create files in (root passes every permission check:
+    then a pseudo file system that refuses new files)."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        return locked
+    if os.access("/sys", os.F_OK):
+        try:
+            (Path("/sys") / ".dipfill-probe").touch()
+        except OSError:
+            return Path("/sys")
+    pytest.skip("no directory this root process cannot write in")
+
+
+def test_out_that_is_a_file_is_refused_before_the_fill(tmp_path, monkeypatch, capsys) -> None:
+    no_fill_work(monkeypatch)
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    assert fill(target, ARG25_JAN) == 1
+    err = one_line_error(capsys)
+    assert f"--out {target} is a file, not a directory" in err and "choose a directory" in err
+    assert target.read_text() == "mine\n"
+
+
+def test_out_under_a_file_is_refused_before_the_fill(tmp_path, monkeypatch, capsys) -> None:
+    no_fill_work(monkeypatch)
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    assert fill(target / "sub" / "out", ARG25_JAN) == 1
+    err = one_line_error(capsys)
+    assert f"lies under {target}, which is a file" in err
+    assert target.read_text() == "mine\n"
+
+
+def test_out_that_cannot_be_written_is_refused_before_the_fill(tmp_path, monkeypatch, capsys) -> None:
+    no_fill_work(monkeypatch)
+    locked = unwritable_dir(tmp_path)
+    assert fill(locked / "dipfill-out", ARG25_JAN) == 1
+    err = one_line_error(capsys)
+    assert f"--out {locked / 'dipfill-out'}: cannot write in {locked}" in err and "choose a directory" in err
+    assert not (locked / "dipfill-out").exists()
+
+
+def test_run_out_that_is_a_file_is_one_line(tmp_path, capsys) -> None:
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    rc = main(["run", "--stac", str(CATALOG), "--out", str(target), "--engine", "fillnodata"])
+    assert rc == 1
+    err = one_line_error(capsys)
+    assert f"--out {target} is a file, not a directory" in err
+    assert target.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_bad_datetime_is_one_line_and_writes_nothing(tmp_path, existing, monkeypatch, capsys) -> None:
+    no_fill_work(monkeypatch)
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "keep.txt").write_text("x")
+    assert fill(out, ARG25_JAN, extra=("--datetime", "garbage")) == 1
+    err = one_line_error(capsys)
+    assert "--datetime 'garbage' is not an ISO 8601 date" in err and "2010-01-16" in err
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
+
+
+def test_datetime_is_stated_in_utc() -> None:
+    from dipfill.pipeline.fill import check_datetime
+
+    assert check_datetime("2010-01-16") == "2010-01-16"
+    assert check_datetime("2010-01-16T00:35:00Z") == "2010-01-16T00:35:00+00:00"
+    assert check_datetime("2010-01-16T10:35:00+10:00") == "2010-01-16T00:35:00+00:00"
+
+
+def test_catalog_that_is_a_file_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys) -> None:
+    no_fill_work(monkeypatch)
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    out = tmp_path / "out"
+    assert fill(out, ARG25_JAN, extra=("--catalog", str(target))) == 1
+    err = one_line_error(capsys)
+    assert f"--catalog {target} is a file, not a catalog directory" in err and "catalog.json" in err
+    assert not out.exists() and target.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("doc, message", [("not json", "is not a STAC catalog"),
+                                          ('{"type": "Feature"}', "is not a STAC catalog (type 'Feature')")])
+def test_catalog_directory_without_a_catalog_is_one_line(tmp_path, doc, message, monkeypatch, capsys) -> None:
+    no_fill_work(monkeypatch)
+    root = tmp_path / "cat"
+    root.mkdir()
+    (root / "catalog.json").write_text(doc)
+    out = tmp_path / "out"
+    assert fill(out, ARG25_JAN, extra=("--catalog", str(root))) == 1
+    assert message in one_line_error(capsys)
+    assert not out.exists() and [p.name for p in root.iterdir()] == ["catalog.json"]
+
+
+def test_catalog_json_path_stands_for_its_directory(tmp_path) -> None:
+    root = tmp_path / "cat"
+    assert fill(tmp_path / "a", ARG25_JAN, extra=("--catalog", str(root))) == 0
+    assert fill(tmp_path / "b", ARG25_JAN, extra=("--catalog", str(root / "catalog.json"), "--id", "other")) == 0
+    items = sorted(p.name for p in (root / "dipfill").iterdir() if p.is_dir())
+    assert items == ["LS7_ETM_095_082_20100116_B3B4B5_crop512-dipfill", "other-dipfill"]
+
+
+def test_a_write_that_fails_midway_leaves_no_products(tmp_path, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("dipfill.pipeline.outputs.write_quicklook", broken)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        fill_files([str(ARG25_JAN)], out, options=FillOptions(engine="fillnodata"))
+    assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(OSError, match="No space left"):
+        fill_files([str(ARG25_JAN)], out, options=FillOptions(engine="fillnodata"))
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # temporaries included
+
+
+# --- --rgb: band numbers the file has ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("rgb, bad", [("9,9,9", 9), ("1,2,4", 4)])
+def test_rgb_band_out_of_range_is_one_line(tmp_path, rgb, bad, monkeypatch, capsys) -> None:
+    no_fill_work(monkeypatch)
+    out = tmp_path / "out"
+    assert fill(out, ARG25_JAN, extra=("--rgb", rgb)) == 1
+    err = one_line_error(capsys)
+    assert f"--rgb {rgb}: band {bad} is out of range; {ARG25_JAN.name} has 3 band(s)" in err
+    assert "from 1 to 3" in err and not out.exists()
+
+
+def test_rgb_default_on_a_single_band_file_is_grey_and_explicit_bands_are_checked(tmp_path, capsys) -> None:
+    import rasterio
+
+    with rasterio.open(ARG25_JAN) as src:
+        profile = {**src.profile, "count": 1}
+        band = src.read(1)
+    single = tmp_path / "b3.tif"
+    with rasterio.open(single, "w", **profile) as dst:
+        dst.write(band, 1)
+    assert fill(tmp_path / "grey", single) == 0
+    assert (tmp_path / "grey" / "b3-dipfill_quicklook.png").exists()
+    assert fill(tmp_path / "ones", single, extra=("--rgb", "1,1,1")) == 0
+    capsys.readouterr()
+    assert fill(tmp_path / "bad", single, extra=("--rgb", "1,2,3")) == 1
+    assert "band 2 is out of range; b3.tif has 1 band(s)" in one_line_error(capsys)
+

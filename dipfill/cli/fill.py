@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("output naming")
     o.add_argument("--id", dest="item_id", help="item id (default: from the input file name); '-dipfill' is appended")
     o.add_argument("--datetime", help="acquisition date/time, ISO 8601 (default: from tags or file name)")
-    o.add_argument("--rgb", default="1,2,3", help="1-based bands for the quicklook's R,G,B (default: 1,2,3)")
+    o.add_argument("--rgb", help="1-based bands for the quicklook's R,G,B (default: 1,2,3; band 1 as grey "
+                                 "with fewer than 3 bands)")
     c = p.add_argument_group("STAC output")
     c.add_argument("--catalog", metavar="ROOT",
                    help="also add the item to the static catalog at ROOT (ROOT/<collection>/<id>/), "
@@ -58,8 +59,13 @@ def parse_rgb(text: str) -> tuple[int, int, int]:
 def run(args: argparse.Namespace) -> int:
     from dipfill.pipeline.fill import fill_files
 
-    rgb = parse_rgb(args.rgb)
+    from dipfill.stac.item import sanitize_id
+    from dipfill.stac.publish import check_catalog_root
+
+    rgb = parse_rgb(args.rgb) if args.rgb is not None else None
     options = fill_options(vars(args))
+    if args.catalog:  # before any work: a catalog that cannot take the item must not cost a fill
+        args.catalog = str(check_catalog_root(args.catalog, sanitize_id(args.collection)))
 
     tty = sys.stderr.isatty() and not args.json
 

@@ -15,6 +15,7 @@ Two layers, so a notebook can use either:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
@@ -30,16 +31,16 @@ from dipfill.engines.base import Engine, PatchDiagnostics, uses_guides
 from dipfill.errors import InputError
 from dipfill.pipeline.compose import assemble, qa_counts
 from dipfill.pipeline.executor import fill_batch
-from dipfill.pipeline.outputs import SceneProduct, write_outputs
+from dipfill.pipeline.outputs import SceneProduct, output_names, write_outputs
 from dipfill.pipeline.plan import patch_seed, plan_fill
 from dipfill.raster.guides import GuideSource, open_guide
 from dipfill.raster.masks import QA_OUTSIDE, footprint_from_validity
 from dipfill.raster.read import Scene, acquisition_date, data_validity, footprint_from_geojson, read_mask, read_scene
 from dipfill.raster.write import Preview
 from dipfill.specs import FillOptions
-from dipfill.storage import JsonFileCache, default_strategy_cache_path
+from dipfill.storage import JsonFileCache, check_output_dir, default_strategy_cache_path, remove
 
-__all__ = ["FillResult", "FillReport", "fill_arrays", "fill_files"]
+__all__ = ["FillResult", "FillReport", "fill_arrays", "fill_files", "check_datetime", "check_rgb"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,38 @@ def _default_item_id(sources: Sequence[str]) -> str:
     return prefix or stems[0]
 
 
+def check_datetime(text: str) -> str:
+    """``--datetime`` as the item will read it (ISO 8601; a final ``Z`` means UTC, another
+    offset is converted to UTC), or an :class:`InputError` naming the value and what to
+    give instead."""
+    value = text.strip()
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"--datetime {text!r} is not an ISO 8601 date or date-time; "
+                         "give e.g. 2010-01-16 or 2010-01-16T00:35:00Z") from None
+    # the item states UTC: a time with another offset is converted, not relabelled
+    return when.astimezone(dt.timezone.utc).isoformat() if when.tzinfo is not None else value
+
+
+def check_rgb(rgb: Sequence[int] | None, scene: Scene) -> tuple[int, int, int]:
+    """The quicklook's 0-based R, G, B bands: ``rgb`` checked against the scene's bands, or
+    by default bands 1-3 (band 1 as grey when the scene has fewer than three)."""
+    count = scene.data.shape[0]
+    if rgb is None:
+        return (0, 1, 2) if count >= 3 else (0, 0, 0)
+    bad = [i + 1 for i in rgb if not 0 <= i < count]
+    if len(rgb) != 3 or bad:
+        what = os.path.basename(scene.sources[0]) if len(scene.sources) == 1 else f"the {len(scene.sources)} inputs"
+        given = ",".join(str(i + 1) for i in rgb)
+        raise InputError(f"--rgb {given}: band {bad[0] if bad else '?'} is out of range; {what} "
+                         f"{'has' if len(scene.sources) == 1 else 'have'} {count} band(s), so give three "
+                         f"numbers from 1 to {count}")
+    return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+
+
 def fill_files(
     inputs: Sequence[str],
     out_dir: str | os.PathLike[str],
@@ -148,18 +181,25 @@ def fill_files(
     mask: str | None = None,
     item_id: str | None = None,
     datetime: str | None = None,
-    rgb: Sequence[int] = (0, 1, 2),
+    rgb: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> FillReport:
     """Fill the raster(s) ``inputs`` and write all outputs into ``out_dir``.
 
-    Inputs are fully validated before anything is written; if writing fails midway,
-    temporary files are removed and no STAC item is written.
+    ``rgb``: the quicklook's 0-based bands (default: the first three, or band 1 as grey).
+    Inputs, options and ``out_dir`` are fully validated before any engine work or any
+    write. Every file is written under a temporary name and renamed, with the STAC item
+    last; if writing fails midway, the outputs this call created are removed again and
+    no item is written.
     """
     from dipfill.stac.item import sanitize_id
 
     t0 = time.perf_counter()
+    check_output_dir(out_dir)
+    if datetime is not None:
+        datetime = check_datetime(datetime)
     scene = read_scene(inputs)
+    rgb = check_rgb(rgb, scene)
     data_valid = data_validity(scene.data, scene.nodata)
     if not data_valid.any():
         raise InputError(f"{scene.sources[0]}: every pixel is nodata; nothing to fill from")
@@ -215,7 +255,7 @@ def fill_files(
         diagnostics=result.diagnostics,
         guides=[g.record() for g in guides],
     )
-    outputs = write_outputs(Path(out_dir), item_id, product, options, acq, rgb)
+    outputs = _write_or_undo(Path(out_dir), item_id, product, options, acq, rgb)
     return FillReport(
         item_id=item_id,
         outputs=outputs,
@@ -231,3 +271,20 @@ def fill_files(
     )
 
 
+def _write_or_undo(out: Path, item_id: str, product: SceneProduct, options: FillOptions, acquired: str | None,
+                   rgb: Sequence[int]) -> dict[str, str]:
+    """:func:`write_outputs`, and on failure remove the outputs it created (each already
+    complete: they are renamed into place) so that no product without its item is left;
+    outputs of an earlier fill of this id stay, and so does ``out`` when it existed."""
+    created = not out.exists()
+    paths = [out / name for name in output_names(item_id, len(product.band_names)).values()]
+    existed = {p for p in paths if p.exists() or p.is_symlink()}
+    try:
+        return write_outputs(out, item_id, product, options, acquired, rgb)
+    except BaseException:
+        for p in paths:
+            if p not in existed:
+                remove(p)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise

@@ -34,7 +34,7 @@ from dipfill.raster.hrefs import redact_href, redact_text, signer
 from dipfill.specs import RunRequest
 from dipfill.stac.item import config_hash
 from dipfill.stac.search import SearchQuery, search
-from dipfill.storage import exclusive
+from dipfill.storage import check_output_dir, exclusive
 
 __all__ = ["RunRequest", "RunSummary", "run", "run_config", "parse_since", "RunInterrupted", "signer"]
 
@@ -83,7 +83,7 @@ def run(
     (simulates a driver killed mid-run, for resume tests).
     """
     t0 = time.perf_counter()
-    out = Path(request.out)
+    out = check_output_dir(request.out)  # before the search: a run that cannot write must not start
     chash = config_hash(run_config(request))
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     records = find_scenes(request)

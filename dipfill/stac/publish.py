@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from dipfill.storage import write_json
+from dipfill.errors import InputError
+from dipfill.storage import check_output_dir, write_json
 from dipfill.stac.catalog import (
     catalog_with_collection,
     collection_with_item,
@@ -22,7 +23,7 @@ from dipfill.stac.catalog import (
 )
 from dipfill.stac.transport import DEFAULT_BACKOFF, DEFAULT_RETRIES, DEFAULT_TIMEOUT, make_stac_io, stac_error
 
-__all__ = ["add_to_static_catalog", "publish_to_api", "publish_item", "absolute_item"]
+__all__ = ["add_to_static_catalog", "check_catalog_root", "publish_to_api", "publish_item", "absolute_item"]
 
 
 def _read(path: Path, default: dict[str, Any]) -> dict[str, Any]:
@@ -31,6 +32,35 @@ def _read(path: Path, default: dict[str, Any]) -> dict[str, Any]:
 
 def _write(path: Path, doc: Mapping[str, Any]) -> None:
     write_json(path, doc)
+
+
+def check_catalog_root(root: str | Path, collection_id: str, *, flag: str = "--catalog") -> Path:
+    """The static catalog root ``root`` stands for, checked before any work: a directory
+    (existing or to be created) we can write in, whose ``catalog.json`` and
+    ``<collection_id>/collection.json``, where present, are a STAC catalog and collection.
+    The path of a ``catalog.json`` itself stands for its directory. Anything else is an
+    :class:`~dipfill.errors.InputError` naming ``flag``, the path and the fix."""
+    path = Path(root)
+    if path.is_file() and path.name == "catalog.json":
+        path = path.parent
+    elif path.is_file():
+        raise InputError(f"{flag} {root} is a file, not a catalog directory; give the directory that holds "
+                         "catalog.json (or a new directory to start a catalog in)")
+    check_output_dir(path, flag=flag)
+    check_output_dir(path / collection_id, flag=flag)
+    for doc_path, kind in ((path / "catalog.json", "Catalog"), (path / collection_id / "collection.json", "Collection")):
+        if not doc_path.exists():
+            continue
+        try:
+            doc = json.loads(doc_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise InputError(f"{flag} {root}: {doc_path} is not a STAC {kind.lower()} ({exc}); "
+                             f"give another {flag} directory") from None
+        if not isinstance(doc, dict) or doc.get("type") != kind:
+            found = doc.get("type") if isinstance(doc, dict) else type(doc).__name__
+            raise InputError(f"{flag} {root}: {doc_path} is not a STAC {kind.lower()} (type {found!r}); "
+                             f"give another {flag} directory")
+    return path
 
 
 def add_to_static_catalog(root: str | Path, item_dir: str | Path, collection_id: str) -> Path:
