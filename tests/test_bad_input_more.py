@@ -242,3 +242,143 @@ def test_rgb_default_on_a_single_band_file_is_grey_and_explicit_bands_are_checke
     assert fill(tmp_path / "bad", single, extra=("--rgb", "1,2,3")) == 1
     assert "band 2 is out of range; b3.tif has 1 band(s)" in one_line_error(capsys)
 
+
+
+# --- a password in a URL: never on stdout, in a log line, an error or runs/<id>.json -----------
+
+SECRET_URL = "http://user:secret@127.0.0.1:9/B4.tif"  # nothing listens on port 9: fails at once
+
+
+def catalog_copy(tmp_path, b4_href: str | None = None) -> Path:
+    """The committed catalog copied (VRTs and their rasters), B4 of every item at ``b4_href``."""
+    import json
+    import shutil
+
+    cat = tmp_path / "stac"
+    shutil.copytree(CATALOG.parent, cat)
+    for tif in (DATA / "arg25_menindee").glob("*.tif"):
+        shutil.copy(tif, tmp_path / tif.name)  # the VRTs point three levels up
+    if b4_href is not None:
+        for item in cat.glob("*/LS7*/LS7*.json"):
+            doc = json.loads(item.read_text())
+            doc["assets"]["B4"]["href"] = b4_href
+            item.write_text(json.dumps(doc))
+    return cat / "catalog.json"
+
+
+def local_pool(monkeypatch, pool_class=None) -> None:
+    """`dipfill run` on an in-process pool instead of starting Ray."""
+    from dipfill.pipeline.executor import LocalPool
+
+    monkeypatch.setattr("dipfill.pipeline.run._engine_pool",
+                        lambda request, address, cpus: (pool_class or LocalPool)(
+                            request.options.engine, dict(request.options.engine_options), request.options.fallback))
+
+
+@pytest.fixture
+def cli_logs():
+    """What `dipfill -vv` and `dipfill -vv --log-format json` would print of every logger
+    (GDAL's messages through rasterio's included): the CLI's own formatters, at DEBUG."""
+    import io
+    import logging
+
+    from dipfill.cli.logs import TEXT_FORMAT, JsonFormatter, TextFormatter
+
+    stream = io.StringIO()
+    handlers = [logging.StreamHandler(stream), logging.StreamHandler(stream)]
+    handlers[0].setFormatter(TextFormatter(TEXT_FORMAT))
+    handlers[1].setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    for h in handlers:
+        root.addHandler(h)
+    yield stream
+    for h in handlers:
+        root.removeHandler(h)
+    root.setLevel(level)
+
+
+def everything_shown(capsys, caplog, cli_logs, out: Path) -> str:
+    """stdout, stderr, the CLI's log lines, dipfill's own log records (as an embedding
+    application's handler gets them) and the run records."""
+    streams = capsys.readouterr()
+    records = "".join(p.read_text() for p in (out / "runs").glob("*.json"))
+    own = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("dipfill"))
+    return streams.out + streams.err + cli_logs.getvalue() + own + records
+
+
+def test_url_password_of_an_asset_is_never_shown(tmp_path, monkeypatch, capsys, caplog, cli_logs) -> None:
+    stac = catalog_copy(tmp_path, SECRET_URL)
+    local_pool(monkeypatch)
+    out = tmp_path / "out"
+    caplog.set_level("DEBUG")
+    assert main(["run", "--stac", str(stac), "--out", str(out), "--engine", "fillnodata"]) == 1
+    shown = everything_shown(capsys, caplog, cli_logs, out)
+    assert "secret" not in shown and "user:" not in shown
+    assert "127.0.0.1:9/B4.tif" in shown  # the message still names the asset
+    assert "REDACTED@127.0.0.1:9/B4.tif" in cli_logs.getvalue()  # GDAL's own messages, redacted when shown
+
+
+def test_url_password_in_a_message_from_a_worker_is_never_shown(tmp_path, monkeypatch, capsys, caplog,
+                                                                cli_logs) -> None:
+    """A worker's error reaches the driver as Ray's RayTaskError: its text holds the remote
+    traceback, chained causes included (GDAL's own message with the whole URL)."""
+    import traceback
+
+    from ray.exceptions import RayTaskError
+
+    from dipfill.errors import SceneReadError
+    from dipfill.pipeline.executor import LocalPool
+
+    def remote_error() -> Exception:
+        try:
+            try:
+                raise OSError(f"CURL error reading /vsicurl/{SECRET_URL}?sig=abc")
+            except OSError as exc:
+                raise SceneReadError("item x asset B4: cannot read window") from exc
+        except SceneReadError as cause:
+            tb = "".join(traceback.format_exception(cause))
+            return RayTaskError("EngineWorker.fit", tb, cause).as_instanceof_cause()
+
+    class FailingPool(LocalPool):
+        def run(self, tasks, on_done, method="fit"):
+            raise remote_error()
+
+    stac = catalog_copy(tmp_path)
+    local_pool(monkeypatch, FailingPool)
+    out = tmp_path / "out"
+    caplog.set_level("DEBUG")
+    assert main(["run", "--stac", str(stac), "--out", str(out), "--engine", "fillnodata", "--max-scenes", "1"]) == 1
+    shown = everything_shown(capsys, caplog, cli_logs, out)
+    assert "cannot read window" in shown and "127.0.0.1:9/B4.tif" in shown
+    assert "secret" not in shown and "sig=abc" not in shown
+
+
+@pytest.mark.parametrize("flag", ["input", "--guide", "--mask"])
+def test_url_password_in_an_error_line_is_never_shown(tmp_path, flag, capsys) -> None:
+    args = {"input": [SECRET_URL], "--guide": [str(ARG25_JAN), "--guide", SECRET_URL],
+            "--mask": [str(ARG25_JAN), "--mask", SECRET_URL]}[flag]
+    assert main(["fill", *args, "--out", str(tmp_path / "out"), "--engine", "fillnodata"]) == 1
+    err = one_line_error(capsys)
+    assert "127.0.0.1:9/B4.tif" in err and "secret" not in err
+
+
+def test_redaction_of_url_passwords() -> None:
+    import logging
+
+    from dipfill.cli.logs import JsonFormatter, TextFormatter
+    from dipfill.raster.hrefs import redact_href, redact_text
+
+    assert redact_href("https://user:secret@host/a.tif?sig=x") == "https://host/a.tif"
+    assert redact_href("https://user:p@ss@host/a.tif") == "https://host/a.tif"  # an unescaped @ in it
+    assert redact_href("/vsicurl/https://token@host/a.tif") == "/vsicurl/https://host/a.tif"
+    assert redact_href("https://host/v@2/a.tif") == "https://host/v@2/a.tif"  # an @ in the path is no userinfo
+    assert redact_href("C:/data/a.tif") == "C:/data/a.tif"
+    text = "cannot open '/vsicurl/https://user:secret@host/a.tif' (see https://u:p@w@h/x); mail me@example.org"
+    assert redact_text(text) == ("cannot open '/vsicurl/https://REDACTED@host/a.tif' (see https://REDACTED@h/x); "
+                                 "mail me@example.org")
+    record = logging.LogRecord("dipfill.x", logging.WARNING, __file__, 1, "reading %s", (SECRET_URL,), None)
+    for formatter in (TextFormatter("%(message)s"), JsonFormatter()):
+        line = formatter.format(record)
+        assert "secret" not in line and "REDACTED@127.0.0.1:9/B4.tif" in line

@@ -5,6 +5,8 @@ shippers (Loki, CloudWatch, Stackdriver) that index fields, not prose. Every rec
 ``ts``, ``level``, ``logger`` and ``msg``; progress events of ``dipfill run`` add their
 fields (``event``, ``run_id``, ``scene``, ``patches_done``, ``patches_total``,
 ``patches_per_s``, ``eta_s``...), passed to the logger as ``extra={"fields": {...}}``.
+Both formats redact URL secrets, whichever library logged them (a last line of defence:
+dipfill's own messages are redacted where they are made).
 """
 
 from __future__ import annotations
@@ -15,14 +17,24 @@ import logging
 import os
 import sys
 
-__all__ = ["JsonFormatter", "configure", "LOG_FORMATS"]
+from dipfill.raster.hrefs import redact_text
+
+__all__ = ["JsonFormatter", "TextFormatter", "configure", "LOG_FORMATS"]
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT`` lines with URL secrets (signatures, ``user:password@``) redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record; the record's ``fields`` extra is merged in."""
+    """One JSON object per record; the record's ``fields`` extra is merged in. URL secrets
+    (signatures, ``user:password@``) are redacted, in messages, fields and tracebacks."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -36,7 +48,7 @@ class JsonFormatter(logging.Formatter):
             doc.update({k: v for k, v in fields.items() if k not in doc})
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        return redact_text(json.dumps(doc, default=str))
 
 
 def configure(level: int, fmt: str | None = None) -> str:
@@ -47,6 +59,6 @@ def configure(level: int, fmt: str | None = None) -> str:
     if fmt not in LOG_FORMATS:
         fmt = "text"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
     return fmt

@@ -15,6 +15,7 @@ from typing import Sequence
 from dipfill import __version__
 from dipfill.cli.logs import LOG_FORMATS, configure
 from dipfill.errors import DipfillError
+from dipfill.raster.hrefs import redact_text
 
 __all__ = ["main", "build_parser"]
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DipfillError as exc:
-        print(f"dipfill: error: {exc}", file=sys.stderr)
+        print(f"dipfill: error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("dipfill: interrupted", file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from dipfill.errors import InputError
+from dipfill.raster.hrefs import redact_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             "count": len(scenes),
             "scenes": [s.to_dict() for s in scenes],
         }
-        print(json.dumps(doc, indent=2))
+        print(redact_text(json.dumps(doc, indent=2)))  # hrefs without their secrets
         return 0
     rows = [(s.id, s.collection or "-", s.datetime or "-", _cloud(s.cloud_cover)) for s in scenes]
     header = ("id", "collection", "datetime", "cloud %")
@@ -84,5 +85,5 @@ def run(args: argparse.Namespace) -> int:
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
     kind = "STAC API" if source.kind == "api" else "static catalog"
-    print(f"{len(scenes)} scene{'s' if len(scenes) != 1 else ''} from {kind} {source.url}")
+    print(f"{len(scenes)} scene{'s' if len(scenes) != 1 else ''} from {kind} {redact_text(source.url)}")
     return 0

@@ -34,6 +34,7 @@ from dipfill.pipeline.executor import fill_batch
 from dipfill.pipeline.outputs import SceneProduct, output_names, write_outputs
 from dipfill.pipeline.plan import patch_seed, plan_fill
 from dipfill.raster.guides import GuideSource, open_guide
+from dipfill.raster.hrefs import redact_href
 from dipfill.raster.masks import QA_OUTSIDE, footprint_from_validity
 from dipfill.raster.read import Scene, acquisition_date, data_validity, footprint_from_geojson, read_mask, read_scene
 from dipfill.raster.write import Preview
@@ -165,7 +166,7 @@ def check_rgb(rgb: Sequence[int] | None, scene: Scene) -> tuple[int, int, int]:
         return (0, 1, 2) if count >= 3 else (0, 0, 0)
     bad = [i + 1 for i in rgb if not 0 <= i < count]
     if len(rgb) != 3 or bad:
-        what = os.path.basename(scene.sources[0]) if len(scene.sources) == 1 else f"the {len(scene.sources)} inputs"
+        what = os.path.basename(redact_href(scene.sources[0])) if len(scene.sources) == 1 else f"the {len(scene.sources)} inputs"
         given = ",".join(str(i + 1) for i in rgb)
         raise InputError(f"--rgb {given}: band {bad[0] if bad else '?'} is out of range; {what} "
                          f"{'has' if len(scene.sources) == 1 else 'have'} {count} band(s), so give three "
@@ -202,13 +203,13 @@ def fill_files(
     rgb = check_rgb(rgb, scene)
     data_valid = data_validity(scene.data, scene.nodata)
     if not data_valid.any():
-        raise InputError(f"{scene.sources[0]}: every pixel is nodata; nothing to fill from")
+        raise InputError(f"{redact_href(scene.sources[0])}: every pixel is nodata; nothing to fill from")
     valid = data_valid
     if mask is not None:
         valid = data_valid & ~read_mask(mask, scene.grid)[None]
     footprint = _footprint(scene, data_valid, options)
     if not (valid & footprint[None]).any():
-        raise InputError(f"{scene.sources[0]}: no observed pixel inside the footprint")
+        raise InputError(f"{redact_href(scene.sources[0])}: no observed pixel inside the footprint")
     item_id = sanitize_id(item_id or _default_item_id(scene.sources)) + "-dipfill"
     acq = datetime or acquisition_date(scene)
     masks = options.guide_masks + (None,) * (len(options.guides) - len(options.guide_masks))

@@ -45,7 +45,7 @@ from dipfill.pipeline.patchstore import PatchStore
 from dipfill.pipeline.plan import FillPlan, patch_seed, plan_from_mask
 from dipfill.pipeline.progress import Progress, SceneStatus, StageClock
 from dipfill.raster.guides import ItemGuide
-from dipfill.raster.hrefs import signer
+from dipfill.raster.hrefs import redact_href, signer
 from dipfill.raster.masks import OUTSIDE
 from dipfill.raster.scene import SceneSource, open_scene
 from dipfill.raster.scene_mask import scene_mask
@@ -283,10 +283,12 @@ def describe_stage(job: SceneJob) -> ItemExtras:
     """What the output item takes from the source item: footprint, lineage, versions."""
     item = job.item
     href = self_href(item)
+    # lineage links are hrefs from outside: without their secrets (signatures, user:password@)
+    derived_from = ((href,) if href else ()) + (tuple(job.guides.derived_from()) if job.guides else ())
     return ItemExtras(
         geometry=item.get("geometry"),
         bbox=item.get("bbox"),
-        derived_from=((href,) if href else ()) + (tuple(job.guides.derived_from()) if job.guides else ()),
+        derived_from=tuple(redact_href(h) for h in derived_from),
         properties={"dipfill:source_version": source_version(item), "dipfill:source_item": str(item["id"]),
                     "dipfill:config_hash": job.config_hash, "dipfill:run_config": run_config(job.request),
                     **(job.guides.item_properties() if job.guides is not None else {})},
@@ -308,7 +310,7 @@ def write_stage(job: SceneJob, blocks: Sequence[BlockResult], diagnostics: Mappi
         band_names=list(job.source.band_names),
         dtype=job.dtype,
         nodata=job.nodata,
-        sources=[self_href(item) or str(item["id"])],
+        sources=[redact_href(self_href(item) or str(item["id"]))],
         bands=mosaic["bands"],
         qa=mosaic["qa"],
         footprint=None if extras.geometry is not None and extras.bbox is not None else plan.state != OUTSIDE,

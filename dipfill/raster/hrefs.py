@@ -1,8 +1,9 @@
 """Asset hrefs: how rasterio opens them, how they are signed, how they appear in messages.
 
-Item asset hrefs come from outside and may carry secrets (SAS tokens, signatures): this is
-the one place that resolves them against the item, signs them through a named hook, and
-redacts them before they reach a log, an error or the run record.
+Item asset hrefs come from outside and may carry secrets (SAS tokens, signatures, a
+``user:password@`` in the URL): this is the one place that resolves them against the item,
+signs them through a named hook, and redacts them before they reach a log, an error or the
+run record.
 """
 
 from __future__ import annotations
@@ -35,20 +36,33 @@ def resolve_href(href: str, base: str | None) -> str:
     return os.path.normpath(os.path.join(os.path.dirname(base), href))
 
 
+# The userinfo of a URL anywhere in a text: ``scheme://user:password@`` (or a token alone
+# before the "@"), up to the last "@" before the host's end, so an unescaped "@" in a
+# password is not left half-shown. Neither pattern crosses a backslash: text redacted as
+# JSON (run records, log lines) keeps its escapes, so it still parses.
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#\"'<>\\]*@")
+
+
 def redact_href(href: str) -> str:
-    """An href for messages and logs: the query string (SAS tokens, signatures) removed."""
+    """An href for messages, logs and records: the query string (SAS tokens, signatures) and
+    the userinfo (``user:password@``) removed, also from a URL inside it (``/vsicurl/...``)."""
     parts = urlparse(href)
-    return urlunparse(parts._replace(query="", fragment="")) if parts.query else href
+    if "@" in parts.netloc or parts.query:
+        netloc = parts.netloc.rpartition("@")[2]
+        href = urlunparse(parts._replace(netloc=netloc, query="", fragment="") if parts.query
+                          else parts._replace(netloc=netloc))
+    return _USERINFO.sub(r"\1", href)
 
 
-_SECRET = re.compile(r"([?&](?:sig|se|sp|sv|sr|st|skoid|sktid|skt|ske|sks|skv|token|X-Amz-[A-Za-z-]+)=)[^&\s\"']+",
+_SECRET = re.compile(r"([?&](?:sig|se|sp|sv|sr|st|skoid|sktid|skt|ske|sks|skv|token|X-Amz-[A-Za-z-]+)=)[^&\s\"'\\]+",
                      re.IGNORECASE)
 
 
 def redact_text(text: str) -> str:
-    """Messages go to logs and the run record: signed-URL secrets (SAS, AWS signatures,
-    tokens) in them are replaced by ``REDACTED``."""
-    return _SECRET.sub(r"\1REDACTED", text)
+    """Messages go to logs, stdout and the run record: signed-URL secrets (SAS, AWS
+    signatures, tokens) and URL passwords (``https://user:password@host``) in them are
+    replaced by ``REDACTED``."""
+    return _USERINFO.sub(r"\1REDACTED@", _SECRET.sub(r"\1REDACTED", text))
 
 
 def signer(name: str | None) -> Callable[[str], str] | None:

@@ -21,7 +21,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
 from dipfill.errors import GridMismatchError, InputError, SceneReadError
-from dipfill.raster.hrefs import redact_href
+from dipfill.raster.hrefs import redact_href, redact_text
 
 __all__ = ["Grid", "Scene", "read_scene", "read_mask", "data_validity"]
 
@@ -103,7 +103,7 @@ def read_scene(paths: Sequence[str]) -> Scene:
             dtype = np.dtype(ds.dtypes[0])
             nodata = ds.nodata
             if len(set(ds.dtypes)) > 1:
-                raise InputError(f"{path}: bands have different dtypes {ds.dtypes}; convert to one")
+                raise InputError(f"{redact_href(path)}: bands have different dtypes {ds.dtypes}; convert to one")
             if first is None:
                 first = (path, grid, dtype, nodata)
                 tags = dict(ds.tags())
@@ -115,11 +115,11 @@ def read_scene(paths: Sequence[str]) -> Scene:
                 if diff is None and not _same_nodata(nodata, n0):
                     diff = f"nodata differs: {nodata} vs {n0}"
                 if diff is not None:
-                    raise GridMismatchError(f"{path}: {diff} in {p0}; inputs must share one grid")
+                    raise GridMismatchError(f"{redact_href(path)}: {diff} in {redact_href(p0)}; inputs must share one grid")
             try:
                 arrays.append(ds.read())
             except RasterioIOError as exc:
-                raise SceneReadError(f"{path}: cannot read pixels ({exc})") from exc
+                raise SceneReadError(f"{redact_href(path)}: cannot read pixels ({redact_text(str(exc))})") from exc
             stem = os.path.splitext(os.path.basename(path))[0]
             for i, desc in enumerate(ds.descriptions, start=1):
                 name = desc or (stem if ds.count == 1 and len(paths) > 1 else f"band{len(band_names) + 1}")
@@ -160,7 +160,7 @@ def read_mask(path: str, grid: Grid) -> NDArray[np.bool_]:
     with _open(path) as ds:
         diff = describe_grid_difference(grid, _grid_of(ds))
         if diff is not None:
-            raise GridMismatchError(f"{path}: {diff} of the input; the mask must share its grid")
+            raise GridMismatchError(f"{redact_href(path)}: {diff} of the input; the mask must share its grid")
         band = ds.read(1, masked=True)
     return np.asarray(band.filled(0) != 0)
 
