@@ -382,3 +382,42 @@ def test_redaction_of_url_passwords() -> None:
     for formatter in (TextFormatter("%(message)s"), JsonFormatter()):
         line = formatter.format(record)
         assert "secret" not in line and "REDACTED@127.0.0.1:9/B4.tif" in line
+
+
+# --- sanitised ids: distinct ids never share an output ------------------------------------------
+
+
+def test_ids_that_sanitise_alike_stay_distinct_and_stable() -> None:
+    from dipfill.stac.ids import unique_id
+
+    assert unique_id("evil") == "evil" and unique_id("LS7_ETM_095_082_20100116") == "LS7_ETM_095_082_20100116"
+    hashed = unique_id("../../evil")
+    assert hashed.startswith("evil-") and len(hashed) == len("evil-") + 8 and hashed == unique_id("../../evil")
+    assert len({unique_id(i) for i in ("evil", "../../evil", "evil/", "/evil", "evil?")}) == 5
+    long = unique_id("x" * 300)
+    assert len(long) <= 200 and long != unique_id("x" * 301)
+    with pytest.raises(InputError, match="cannot make a usable id"):
+        unique_id("../..")
+
+
+def test_fill_ids_that_sanitise_alike_do_not_overwrite_each_other(tmp_path) -> None:
+    import json
+
+    out = tmp_path / "out"
+    assert fill(out, ARG25_JAN, extra=("--id", "evil")) == 0
+    assert fill(out, ARG25_JAN, extra=("--id", "../../evil")) == 0
+    items = sorted(p.name for p in out.glob("*-dipfill.json"))
+    assert len(items) == 2 and "evil-dipfill.json" in items
+    other = next(i for i in items if i != "evil-dipfill.json")
+    assert other.startswith("evil-") and json.loads((out / other).read_text())["id"] == other[: -len(".json")]
+    assert not (tmp_path / "evil-dipfill.json").exists()  # nothing escaped --out
+
+
+def test_run_ids_that_sanitise_alike_do_not_share_a_scene_dir(tmp_path) -> None:
+    from dipfill.pipeline.stages import output_id, scene_dir
+
+    a = {"id": "evil", "collection": "c"}
+    b = {"id": "../../evil", "collection": "c"}
+    assert output_id(a) == "evil-dipfill" and output_id(b) != output_id(a)
+    assert scene_dir(tmp_path, a) != scene_dir(tmp_path, b)
+    assert scene_dir(tmp_path, a).parent == scene_dir(tmp_path, b).parent == tmp_path / "c"

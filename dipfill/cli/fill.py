@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fill_flags(p.add_argument_group("guides (other dates or sensors of the same ground)"), names=GUIDE_FIELDS)
     add_dip_flags(p.add_argument_group("dip engine"))
     o = p.add_argument_group("output naming")
-    o.add_argument("--id", dest="item_id", help="item id (default: from the input file name); '-dipfill' is appended")
+    o.add_argument("--id", dest="item_id", help="item id (default: from the input file name); '-dipfill' is appended. "
+                   "An id that is not a safe file name is cleaned and gets a short hash of itself (a/b -> a_b-<hash>)")
     o.add_argument("--datetime", help="acquisition date/time, ISO 8601 (default: from tags or file name)")
     o.add_argument("--rgb", help="1-based bands for the quicklook's R,G,B (default: 1,2,3; band 1 as grey "
                                  "with fewer than 3 bands)")

@@ -193,7 +193,7 @@ def fill_files(
     last; if writing fails midway, the outputs this call created are removed again and
     no item is written.
     """
-    from dipfill.stac.item import sanitize_id
+    from dipfill.stac.ids import unique_id
 
     t0 = time.perf_counter()
     check_output_dir(out_dir)
@@ -210,7 +210,7 @@ def fill_files(
     footprint = _footprint(scene, data_valid, options)
     if not (valid & footprint[None]).any():
         raise InputError(f"{redact_href(scene.sources[0])}: no observed pixel inside the footprint")
-    item_id = sanitize_id(item_id or _default_item_id(scene.sources)) + "-dipfill"
+    item_id = unique_id(item_id or _default_item_id(scene.sources)) + "-dipfill"
     acq = datetime or acquisition_date(scene)
     masks = options.guide_masks + (None,) * (len(options.guides) - len(options.guide_masks))
     guides = tuple(

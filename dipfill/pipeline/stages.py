@@ -52,6 +52,7 @@ from dipfill.raster.scene_mask import scene_mask
 from dipfill.raster.write import MOSAIC_CHUNK, create_zarr_mosaic
 from dipfill.specs import RunRequest
 from dipfill.stac.guides import GuideQuery
+from dipfill.stac.ids import unique_id
 from dipfill.stac.item import ItemExtras, sanitize_id, self_href
 from dipfill.stac.publish import add_to_static_catalog, publish_item
 from dipfill.storage import remove_stale_temporaries, staged
@@ -80,8 +81,9 @@ class SceneJob:
 
 
 def output_id(item: Mapping[str, Any]) -> str:
-    """The output item's id (and directory name): the source id, sanitised, ``-dipfill``."""
-    return sanitize_id(str(item["id"])) + "-dipfill"
+    """The output item's id (and directory name): the source id made safe (and distinct:
+    :func:`~dipfill.stac.ids.unique_id`), ``-dipfill``."""
+    return unique_id(str(item["id"])) + "-dipfill"
 
 
 #: A scene directory's lock file: held while a run processes the scene (see ``pipeline.run``).
