@@ -166,11 +166,11 @@ def check_rgb(rgb: Sequence[int] | None, scene: Scene) -> tuple[int, int, int]:
         return (0, 1, 2) if count >= 3 else (0, 0, 0)
     bad = [i + 1 for i in rgb if not 0 <= i < count]
     if len(rgb) != 3 or bad:
-        what = os.path.basename(redact_href(scene.sources[0])) if len(scene.sources) == 1 else f"the {len(scene.sources)} inputs"
-        given = ",".join(str(i + 1) for i in rgb)
-        raise InputError(f"--rgb {given}: band {bad[0] if bad else '?'} is out of range; {what} "
-                         f"{'has' if len(scene.sources) == 1 else 'have'} {count} band(s), so give three "
-                         f"numbers from 1 to {count}")
+        one = len(scene.sources) == 1
+        what = os.path.basename(redact_href(scene.sources[0])) if one else f"the {len(scene.sources)} inputs"
+        problem = f"band {bad[0]} is out of range" if bad else "not three band numbers"
+        raise InputError(f"--rgb {','.join(str(i + 1) for i in rgb)}: {problem}; {what} {'has' if one else 'have'} "
+                         f"{count} band(s), so give three numbers from 1 to {count}")
     return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
 
 

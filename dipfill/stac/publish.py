@@ -48,7 +48,8 @@ def check_catalog_root(root: str | Path, collection_id: str, *, flag: str = "--c
                          "catalog.json (or a new directory to start a catalog in)")
     check_output_dir(path, flag=flag)
     check_output_dir(path / collection_id, flag=flag)
-    for doc_path, kind in ((path / "catalog.json", "Catalog"), (path / collection_id / "collection.json", "Collection")):
+    documents = ((path / "catalog.json", "Catalog"), (path / collection_id / "collection.json", "Collection"))
+    for doc_path, kind in documents:
         if not doc_path.exists():
             continue
         try:
