@@ -421,3 +421,14 @@ def test_run_ids_that_sanitise_alike_do_not_share_a_scene_dir(tmp_path) -> None:
     assert output_id(a) == "evil-dipfill" and output_id(b) != output_id(a)
     assert scene_dir(tmp_path, a) != scene_dir(tmp_path, b)
     assert scene_dir(tmp_path, a).parent == scene_dir(tmp_path, b).parent == tmp_path / "c"
+
+
+def test_mcpn_option_of_the_wrong_type_is_one_input_error() -> None:
+    from dipfill.engines.mcpn import MCPNConfig
+
+    with pytest.raises(InputError, match="mcpn head_kernel must be an integer"):
+        MCPNConfig(head_kernel="x")
+    with pytest.raises(InputError, match="mcpn cycle_weight must be a number"):
+        MCPNConfig(cycle_weight="heavy")
+    cfg = MCPNConfig(head_channels=[16.0, 16], head_skip=[4, 4], prior_window=31.0)
+    assert cfg.head_channels == (16, 16) and type(cfg.prior_window) is int

@@ -65,7 +65,7 @@ from dipfill.engines import classical
 from dipfill.engines.blend import judged_blend
 from dipfill.engines.base import EngineResult, PatchDiagnostics, check_batch
 from dipfill.engines.cache import MemoryStrategyCache, StrategyCache
-from dipfill.engines.config import DIPConfig, padded_size
+from dipfill.engines.config import DIPConfig, coerce_field_types, padded_size
 from dipfill.engines.config import preset as dip_preset
 from dipfill.engines.dip import DIPEngine, make_input, resolve_device
 from dipfill.engines.fit import fit_members
@@ -119,12 +119,11 @@ class MCPNConfig:
         return cls(**{"variant": variant, "stopping": stopping, **overrides})
 
     def __post_init__(self) -> None:
+        coerce_field_types(self, "mcpn")
         if self.variant not in VARIANTS:
             raise InputError(f"mcpn variant must be one of {', '.join(VARIANTS)}; got {self.variant!r}")
         if self.stopping is not None and self.stopping not in STOPPING:
             raise InputError(f"mcpn stopping must be one of {', '.join(STOPPING)}; got {self.stopping!r}")
-        for name in ("head_channels", "head_skip"):
-            object.__setattr__(self, name, tuple(int(c) for c in getattr(self, name)))
         if not self.head_channels or len(self.head_skip) != len(self.head_channels):
             raise InputError("mcpn head_channels and head_skip need one entry per head level (same length >= 1)")
         if min(self.head_channels) < 1 or min(self.head_skip) < 0 or self.core_channels < 1:
