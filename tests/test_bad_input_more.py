@@ -432,3 +432,17 @@ def test_mcpn_option_of_the_wrong_type_is_one_input_error() -> None:
         MCPNConfig(cycle_weight="heavy")
     cfg = MCPNConfig(head_channels=[16.0, 16], head_skip=[4, 4], prior_window=31.0)
     assert cfg.head_channels == (16, 16) and type(cfg.prior_window) is int
+
+
+def test_a_closed_pipe_is_not_a_traceback() -> None:
+    """``dipfill search | head -1``: the reader is gone before the first write."""
+    import subprocess
+    import sys as _sys
+
+    read, write = os.pipe()
+    os.close(read)  # closed before the child writes anything: EPIPE on its first write
+    proc = subprocess.run([_sys.executable, "-m", "dipfill.cli.main", "search", "--stac",
+                           str(DATA / "arg25_menindee" / "stac" / "catalog.json")], stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
