@@ -7,17 +7,19 @@ crops), the pieces that were changed:
 
 - ``paper``: fixed steps, the last output (``exp_weight=0``), nothing judged — as shipped before;
 - ``+ema``: the same fit with the output EMA (``exp_weight=0.99``), the network alone;
-- ``+ema+blend``: the same, then judged-blended with fillnodata (``blend=fillnodata``);
+- ``+ema+blend``: the same, then judged-blended with fillnodata (``blend=fillnodata``): the
+  shipped default (it measured best here);
 - ``holdout+ema``: gap-shaped early stopping (``stopping=holdout``), the network alone;
-- ``holdout+ema+blend``: the new default (early stopping, EMA, judged blend).
+- ``holdout+ema+blend``: early stopping, EMA, judged blend (the cheaper alternative).
 
 The network alone is read through the engine's monitor (the kept iterate, before the
 blend), so the ``+ema`` and ``+ema+blend`` rows come from one fit, as do the two holdout
 rows. Gaps: a date's own stripes shifted 20 rows onto observed ground (``thin``), and the
 same dilated by 3 px (``wide``), as scripts/bench_guided.py. Scores pooled over the tiles'
 hidden pixels; wall seconds per tile. CPU figures; the network is mcpn-core (paper 003's
-light core, 0.1 s per step on 2 cores) because landsat2020's 128-channel net is ~10× slower.
-Run: ``.venv/bin/python scripts/bench_dip_defaults.py [--tiles N] [--steps N] [--crops]``.
+light core, ~0.1 s per step at 128² on 2 cores) because landsat2020's 128-channel net is
+~10× slower; tiles are the centre 128² of bench_guided's 256² tiles by default (``--size``).
+Run: ``.venv/bin/python scripts/bench_dip_defaults.py [--tiles N] [--size PX] [--steps N] [--crops]``.
 """
 
 from __future__ import annotations
@@ -39,18 +41,20 @@ from dipfill.engines import make_engine  # noqa: E402
 from dipfill.eval.cases import Transplant, pooled_scores, score_prediction  # noqa: E402
 
 
-def build(dates, count: int) -> dict[str, list[Transplant]]:
-    """``count`` tiles of the January date per width, its own stripes shifted as the hidden pixels."""
+def build(dates, count: int, size: int = TILE) -> dict[str, list[Transplant]]:
+    """``count`` tiles of the January date per width, its own stripes shifted as the hidden
+    pixels; ``size`` < 256 takes the centre ``size``² of each of bench_guided's tiles."""
     (truth, tvalid), _ = dates
     stripes = shifted(thin_stripes(tvalid), 20, 0)
     masks = {"thin": stripes, "wide": ndimage.binary_dilation(stripes, iterations=3)}
     picks = tiles(tvalid.shape[1:], tvalid.all(axis=0))
     picks = [picks[i] for i in np.linspace(0, len(picks) - 1, min(count, len(picks))).round().astype(int)]
+    picks = [(r + (TILE - size) // 2, c + (TILE - size) // 2) for r, c in dict.fromkeys(picks)]
     out: dict[str, list[Transplant]] = {}
     for width, mask in masks.items():
-        for r, c in dict.fromkeys(picks):
-            win = (slice(None), slice(r, r + TILE), slice(c, c + TILE))
-            hidden = tvalid[win] & mask[None, r : r + TILE, c : c + TILE]
+        for r, c in picks:
+            win = (slice(None), slice(r, r + size), slice(c, c + size))
+            hidden = tvalid[win] & mask[None, r : r + size, c : c + size]
             seen = tvalid[win] & ~hidden
             values = np.where(seen, truth[win], 0).astype(np.float32)
             out.setdefault(width, []).append(Transplant(truth=truth[win], values=values, observed=seen, hidden=hidden))
@@ -77,12 +81,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiles", type=int, default=3)
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--size", type=int, default=128, help="tile side (px, <= 256): 256² costs ~4× per step")
     parser.add_argument("--crops", action="store_true", help="use the committed crops even when ../shared is present")
     args = parser.parse_args()
     dates, source = load(args.crops)
-    cases = build(dates, args.tiles)
+    cases = build(dates, args.tiles, args.size)
     fill = make_engine("fillnodata")
-    print(f"data: {source}; {len(cases['thin'])} tiles of {TILE}², mcpn-core, {args.steps} steps max\n")
+    print(f"data: {source}; {len(cases['thin'])} tiles of {args.size}², mcpn-core, {args.steps} steps max\n")
     head = ("| gaps | method | " + " | ".join(f"r² {b}" for b in BANDS) + " | mean r² | RMSE | SSIM "
             "| worst tile Δr² vs fillnodata | blend weight | steps | s/tile |")
     print(head)
@@ -99,10 +104,10 @@ def main() -> None:
             add(rows, "paper (fixed, last output)", case, plain, sec, None, ex["best_step"])
             blended, alone, sec, ex = fit(case, seed, steps=args.steps, check_every=args.steps)
             add(rows, "fixed +ema", case, alone, sec, None, ex["best_step"])
-            add(rows, "fixed +ema +blend", case, blended, sec, ex.get("blend_weight"), ex["best_step"])
+            add(rows, "fixed +ema +blend (default)", case, blended, sec, ex.get("blend_weight"), ex["best_step"])
             blended, alone, sec, ex = fit(case, seed, steps=args.steps, stopping="holdout")
             add(rows, "holdout +ema", case, alone, sec, None, ex["best_step"])
-            add(rows, "holdout +ema +blend (default)", case, blended, sec, ex.get("blend_weight"), ex["best_step"])
+            add(rows, "holdout +ema +blend", case, blended, sec, ex.get("blend_weight"), ex["best_step"])
         base_tiles = np.array(rows["fillnodata"]["tiles"])
         for name, r in rows.items():
             scores = pooled_scores(items, r["preds"], r["ssims"], data_range=10000.0)
