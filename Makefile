@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python scripts/bench_guided.py
 	$(BIN)/python scripts/bench_guided_s1.py
 	$(BIN)/python scripts/bench_mcpn.py
+	$(BIN)/python scripts/bench_dip_defaults.py
 	$(BIN)/python scripts/bench_modis_ndvi.py
 
 clean:
