@@ -16,6 +16,7 @@ __all__ = [
     "EngineError",
     "StacError",
     "ClusterError",
+    "WorkerError",
     "RunInterrupted",
 ]
 
@@ -54,6 +55,11 @@ class StacError(DipfillError, OSError):
 
 class ClusterError(DipfillError, RuntimeError):
     """The Ray cluster cannot be joined or started: the whole run stops (no scene is to blame)."""
+
+
+class WorkerError(DipfillError, RuntimeError):
+    """A worker process failed a task for good: it died on every retry, or its error could
+    not be sent back. The scene is failed; the run goes on."""
 
 
 class RunInterrupted(DipfillError, RuntimeError):

@@ -7,12 +7,49 @@ import json
 import logging
 import statistics
 import sys
+import time
 from typing import Any
 
 from dipfill.cli.options import FILL_FIELDS, GUIDE_FIELDS, add_dip_flags, add_fill_flags, fill_options
 from dipfill.errors import InputError
 
 log = logging.getLogger("dipfill")
+
+#: Seconds between two progress lines when stderr is no terminal (a log file, CI, a pipe).
+PROGRESS_EVERY = 10.0
+
+
+class FillProgress:
+    """What `dipfill fill` shows while it works: patches done and, while a DIP batch is
+    fitted, its Adam steps. On a terminal one line rewritten in place; elsewhere (or with
+    ``--log-format json``) an INFO record of ``dipfill.cli.fill`` every ``PROGRESS_EVERY``
+    seconds at most, and the last one, shown whatever ``-v`` says."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.log = logging.getLogger("dipfill.cli.fill")
+        if not tty:
+            self.log.setLevel(logging.INFO)
+        self.last = time.monotonic()
+        self.width = 0
+
+    def patches(self, done: int, total: int) -> None:
+        self._show(f"patches {done}/{total}", done == total, patches_done=done, patches_total=total)
+
+    def steps(self, done: int, total: int, batch: Any) -> None:
+        self._show(f"patches {done}/{total}, batch {batch.steps_done}/{batch.steps_total} steps", False,
+                   patches_done=done, patches_total=total, steps_done=batch.steps_done,
+                   steps_total=batch.steps_total)
+
+    def _show(self, text: str, last: bool, **fields: Any) -> None:
+        if self.tty:
+            self.width = max(self.width, len(text))
+            print("\r" + text.ljust(self.width), end="\n" if last else "", file=sys.stderr, flush=True)
+            return
+        now = time.monotonic()
+        if last or now - self.last >= PROGRESS_EVERY:
+            self.last = now
+            self.log.info("%s", text, extra={"fields": {"event": "progress", **fields}})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,14 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.catalog:  # before any work: a catalog that cannot take the item must not cost a fill
         args.catalog = str(check_catalog_root(args.catalog, sanitize_id(args.collection)))
 
-    tty = sys.stderr.isatty() and not args.json
-
-    def progress(done: int, total: int) -> None:
-        if tty:
-            print(f"\rpatches {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
-        else:
-            log.info("patches %d/%d", done, total)
-
+    shown = FillProgress(sys.stderr.isatty() and not args.json and getattr(args, "log_format", "text") != "json")
     report = fill_files(
         args.inputs,
         args.out,
@@ -84,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         item_id=args.item_id,
         datetime=args.datetime,
         rgb=rgb,
-        progress=progress,
+        progress=shown.patches,
+        on_steps=shown.steps,
     )
     _publish(args, report)
     if args.json:

@@ -61,4 +61,7 @@ def configure(level: int, fmt: str | None = None) -> str:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
+    if fmt == "json" and handler in logging.getLogger().handlers:
+        # Python's warnings (numpy, torch, GDAL bindings) as records too: no plain-text line
+        logging.captureWarnings(True)
     return fmt

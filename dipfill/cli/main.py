@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from dipfill import __version__
-from dipfill.cli.logs import LOG_FORMATS, configure
+from dipfill.cli.logs import LOG_FORMATS, JsonFormatter, configure
 from dipfill.errors import DipfillError
 from dipfill.raster.hrefs import redact_text
 
@@ -49,10 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DipfillError as exc:
-        print(f"dipfill: error: {redact_text(str(exc))}", file=sys.stderr)
+        _tell(args.log_format, logging.ERROR, f"dipfill: error: {redact_text(str(exc))}")
         return 1
     except KeyboardInterrupt:
-        print("dipfill: interrupted", file=sys.stderr)
+        _tell(args.log_format, logging.WARNING, "dipfill: interrupted")
         return 130
     except BrokenPipeError:
         # The reader went away (``dipfill search | head -1``): no traceback, and stdout
@@ -60,6 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (the recipe of Python's signal module docs); 141 = 128 + SIGPIPE, as a shell says.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _tell(fmt: str, level: int, text: str) -> None:
+    """The command's last word on stderr: the line as it is, or with ``--log-format json``
+    one JSON object like every other line there (log shippers parse each line)."""
+    if fmt == "json":
+        record = logging.makeLogRecord({"name": "dipfill", "levelno": level, "levelname": logging.getLevelName(level),
+                                        "msg": text})
+        text = JsonFormatter().format(record)
+    print(text, file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -155,8 +155,9 @@ def run(args: argparse.Namespace) -> int:
     values = merged(args)
     request = build_request(values)
     # Progress events are INFO records of the run module: shown whatever -v says, as text
-    # lines or (--log-format json) JSON objects with their fields.
-    logging.getLogger("dipfill.pipeline.run").setLevel(logging.INFO)
+    # lines or (--log-format json) JSON objects with their fields; -vv adds its DEBUG
+    # records (a failed scene's traceback when dipfill's own message says what is wrong).
+    logging.getLogger("dipfill.pipeline.run").setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
     summary = run_pipeline(request, ray_address=values.get("ray_address"))
     if args.json:
         print(Path(summary.record).read_text())

@@ -15,6 +15,7 @@ and the worker reads their windows with the target's.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -31,15 +32,21 @@ from dipfill.raster.guides import GuideSource, ItemGuide, guide_band_counts, rea
 from dipfill.storage import JsonFileCache, default_strategy_cache_path
 from dipfill.tiling import PatchWindow, crop
 
-__all__ = ["Executor", "FitTask", "EngineWorker", "LocalPool", "FAULT_ENV", "read_batch", "fill_batch"]
+__all__ = ["Executor", "FitTask", "BatchProgress", "StepCounter", "EngineWorker", "LocalPool", "FAULT_ENV",
+           "read_batch", "fill_batch", "reports_progress"]
 
-# Fault injection for tests of the restart path: "exit-once:<marker file>" makes the first
-# actor call that finds no marker create it and kill its own process.
+# Fault injection for tests of the restart and failure paths: "exit-once:<marker file>" makes
+# the first actor call that finds no marker create it and kill its own process;
+# "error:<message>" makes every fit raise OSError(message), as a failed remote read does.
 FAULT_ENV = "DIPFILL_FAULT_INJECT"
 
 
 class Executor(Protocol):
-    """Runs worker calls for tasks: one small interface for in-process and Ray execution."""
+    """Runs worker calls for tasks: one small interface for in-process and Ray execution.
+
+    An executor that can say how far a running batch is takes ``on_progress`` too (both of
+    dipfill's do; :func:`reports_progress`): ``on_progress(task, BatchProgress)`` on the
+    driver while the task's fit runs, every few seconds at most."""
 
     def run(self, tasks: Iterable[Any], on_done: Callable[[Any, Any], None], method: str = "fit") -> None:
         """Call ``EngineWorker.<method>(task)`` for every task; ``on_done(task, result)`` on
@@ -62,6 +69,48 @@ class FitTask:
     indices: tuple[int, ...]  # positions of the windows in the patch store
     seeds: tuple[int, ...]
     guides: tuple[GuideSource | ItemGuide, ...] = ()  # on the scene's grid; read with the target's windows
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """How far the fit of one batch is: Adam steps done, summed over its patches, and the
+    most it can take (steps per patch times patches; early stopping may end it sooner)."""
+
+    steps_done: int
+    steps_total: int
+
+
+def reports_progress(executor: Any) -> bool:
+    """Whether ``executor.run`` takes ``on_progress`` (progress within a batch)."""
+    try:
+        return "on_progress" in inspect.signature(executor.run).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def takes_monitor(engine: Any) -> bool:
+    """Whether ``engine.fill`` takes a ``monitor`` (DIP: called every ``check_every`` steps)."""
+    try:
+        return "monitor" in inspect.signature(engine.fill).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class StepCounter:
+    """The monitor given to an engine that takes one: counts the steps of each patch of a
+    batch (a patch is being fitted where the monitor's values are finite) and passes the
+    batch's :class:`BatchProgress` to ``report`` at every check."""
+
+    def __init__(self, count: int, steps_per_patch: int, report: Callable[[BatchProgress], None]) -> None:
+        self.steps = np.zeros(count, dtype=np.int64)
+        self.steps_per_patch = int(steps_per_patch)
+        self.report = report
+
+    def __call__(self, step: int, values: NDArray[np.float32], holdout_rmse: NDArray[np.float64]) -> None:
+        fitting = np.isfinite(values.reshape(len(values), -1)).any(axis=1)
+        self.steps[fitting] = np.maximum(self.steps[fitting], int(step))
+        total = max(self.steps_per_patch * len(self.steps), int(self.steps.sum()))
+        self.report(BatchProgress(int(self.steps.sum()), total))
 
 
 #: Reads ``((row0, row1), (col0, col1))`` of the target: ``(data[band, y, x], valid[band, y, x])``.
@@ -89,20 +138,33 @@ def read_batch(read_pixels: PixelReader, windows: Sequence[PatchWindow], guides:
 
 
 def fill_batch(engine: Engine, read_pixels: PixelReader, windows: Sequence[PatchWindow], seeds: Sequence[int],
-               guides: Sequence[GuideSource] = ()) -> EngineResult:
+               guides: Sequence[GuideSource] = (), *,
+               on_steps: Callable[[BatchProgress], None] | None = None) -> EngineResult:
     """Read ``windows`` and fill them with ``engine``: with the guides' windows when there
     are guides and the engine uses them (:func:`~dipfill.engines.base.uses_guides`), without
-    any guide argument otherwise."""
+    any guide argument otherwise.
+
+    ``on_steps`` is called with the batch's :class:`BatchProgress` while it is fitted, by an
+    engine that takes a monitor (DIP, every ``check_every`` steps; it costs a copy of the
+    batch's current output per check, not a change of its result); others say nothing
+    until the batch is done."""
     guides = tuple(guides) if guides and uses_guides(engine) else ()
     patches, observed, gpatches, gobserved = read_batch(read_pixels, windows, guides)
+    extra: dict[str, Any] = {}
+    if on_steps is not None and takes_monitor(engine):
+        steps = getattr(getattr(engine, "config", None), "steps", 0)
+        extra["monitor"] = StepCounter(len(windows), steps, on_steps)
     if not guides:
-        return engine.fill(patches, observed, seeds=list(seeds))
+        return engine.fill(patches, observed, seeds=list(seeds), **extra)
     return engine.fill(patches, observed, seeds=list(seeds), guides=gpatches, guide_observed=gobserved,
-                       guide_bands=list(guide_band_counts(guides)))
+                       guide_bands=list(guide_band_counts(guides)), **extra)
 
 
 class EngineWorker:
-    """Holds one primary and one fallback engine; fits batches into the patch store."""
+    """Holds one primary and one fallback engine; fits batches into the patch store.
+
+    While a batch is fitted, :meth:`progress` says how far it is (a Ray driver asks it from
+    another thread of the actor; in process, ``fit``'s ``on_steps`` is called instead)."""
 
     def __init__(self, engine: str, engine_options: dict[str, Any], fallback: str, threads: int | None) -> None:
         if threads:
@@ -111,12 +173,24 @@ class EngineWorker:
         self.engine = make_engine(engine, strategy_cache=JsonFileCache(default_strategy_cache_path()),
                                   **engine_options)
         self.fallback = make_engine(fallback) if fallback != "none" else None
+        self._progress: BatchProgress | None = None
 
-    def fit(self, task: FitTask) -> list[tuple[str, dict[str, Any]]]:
+    def fit(self, task: FitTask, on_steps: Callable[[BatchProgress], None] | None = None
+            ) -> list[tuple[str, dict[str, Any]]]:
         _maybe_fail()
         engine = self.fallback if task.fallback else self.engine
-        result = fill_batch(engine, task.source.read_pixels, task.windows, task.seeds,  # type: ignore[arg-type]
-                            task.guides)
+
+        def steps(progress: BatchProgress) -> None:
+            self._progress = progress
+            if on_steps is not None:
+                on_steps(progress)
+
+        self._progress = None
+        try:
+            result = fill_batch(engine, task.source.read_pixels, task.windows, task.seeds,  # type: ignore[arg-type]
+                                task.guides, on_steps=steps)
+        finally:
+            self._progress = None  # never a finished batch's progress for the next one
         store = PatchStore(task.store_path)
         records = [(w.id, asdict(d)) for w, d in zip(task.windows, result.diagnostics)]
         for index, values, (_, record) in zip(task.indices, result.values, records):
@@ -126,6 +200,11 @@ class EngineWorker:
     def ready(self) -> bool:
         """Answers once the engines are built (torch imported): the pool's start-up is done."""
         return True
+
+    def progress(self) -> BatchProgress | None:
+        """How far the batch being fitted is; None between batches and for engines that do
+        not report steps (they finish a batch without a word)."""
+        return self._progress
 
     def blend(self, task: Any) -> Any:
         """Blend and write one block of a scene (:mod:`dipfill.pipeline.blocks`). On the
@@ -144,6 +223,8 @@ def _maybe_fail() -> None:
             return
         os.close(fd)
         os._exit(1)
+    if spec.startswith("error:"):
+        raise OSError(spec.split(":", 1)[1].replace("\\n", "\n"))
 
 
 class LocalPool:
@@ -153,10 +234,15 @@ class LocalPool:
     def __init__(self, engine: str, engine_options: dict[str, Any], fallback: str) -> None:
         self.worker = EngineWorker(engine, dict(engine_options), fallback, None)
 
-    def run(self, tasks: Iterable[Any], on_done: Callable[[Any, Any], None], method: str = "fit") -> None:
+    def run(self, tasks: Iterable[Any], on_done: Callable[[Any, Any], None], method: str = "fit",
+            on_progress: Callable[[Any, BatchProgress], None] | None = None) -> None:
         call = getattr(self.worker, method)
         for task in tasks:
-            on_done(task, call(task))
+            if method == "fit" and on_progress is not None:
+                result = call(task, lambda progress, task=task: on_progress(task, progress))
+            else:
+                result = call(task)
+            on_done(task, result)
 
     def close(self) -> None:
         pass

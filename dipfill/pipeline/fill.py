@@ -30,7 +30,7 @@ from dipfill.engines import make_engine
 from dipfill.engines.base import Engine, PatchDiagnostics, uses_guides
 from dipfill.errors import InputError
 from dipfill.pipeline.compose import assemble, qa_counts
-from dipfill.pipeline.executor import fill_batch
+from dipfill.pipeline.executor import BatchProgress, fill_batch
 from dipfill.pipeline.outputs import SceneProduct, output_names, write_outputs
 from dipfill.pipeline.plan import patch_seed, plan_fill
 from dipfill.raster.guides import GuideSource, open_guide
@@ -90,6 +90,7 @@ def fill_arrays(
     nodata: float | None,
     progress: Callable[[int, int], None] | None = None,
     guides: Sequence[GuideSource] = (),
+    on_steps: Callable[[int, int, BatchProgress], None] | None = None,
 ) -> FillResult:
     """Fill ``data[bands, y, x]`` where ``valid`` is False inside ``footprint``, in process.
 
@@ -98,6 +99,10 @@ def fill_arrays(
     ``guides`` (opened on ``data``'s grid) are read for each batch's windows and given to
     an engine that uses them (``uses_guides``); an engine is called without guide
     arguments when there are none.
+
+    ``progress(done, total)`` is called as each batch of windows is done;
+    ``on_steps(done, total, BatchProgress)`` while a batch is fitted, by engines that
+    report steps (DIP, every ``check_every`` steps).
     """
     for g in guides:
         if g.grid.shape != data.shape[1:]:
@@ -115,7 +120,8 @@ def fill_arrays(
     for batch in plan.batches:
         eng = fallback if batch.fallback else engine
         seeds = [patch_seed(options.seed, w) for w in batch.windows]
-        result = fill_batch(eng, read_pixels, batch.windows, seeds, guides)  # type: ignore[arg-type]
+        steps = None if on_steps is None else (lambda p, done=done: on_steps(done, total, p))
+        result = fill_batch(eng, read_pixels, batch.windows, seeds, guides, on_steps=steps)  # type: ignore[arg-type]
         for w, values, diag in zip(batch.windows, result.values, result.diagnostics):
             results[w.id] = (values, batch.fallback)
             diagnostics[w.id] = diag
@@ -184,8 +190,11 @@ def fill_files(
     datetime: str | None = None,
     rgb: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_steps: Callable[[int, int, BatchProgress], None] | None = None,
 ) -> FillReport:
     """Fill the raster(s) ``inputs`` and write all outputs into ``out_dir``.
+
+    ``progress`` and ``on_steps``: as for :func:`fill_arrays`.
 
     ``rgb``: the quicklook's 0-based bands (default: the first three, or band 1 as grey).
     Inputs, options and ``out_dir`` are fully validated before any engine work or any
@@ -238,6 +247,7 @@ def fill_files(
         nodata=scene.nodata,
         progress=progress,
         guides=guides,
+        on_steps=on_steps,
     )
     counts = qa_counts(result.qa)
     after_valid = data_validity(result.data, scene.nodata)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import resource
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,10 +23,30 @@ from dipfill.raster.hrefs import redact_text
 from dipfill.specs import RunRequest
 from dipfill.storage import write_json
 
-__all__ = ["SceneStatus", "RunSummary", "Progress", "StageClock", "request_record", "write_summary"]
+__all__ = ["SceneStatus", "RunSummary", "Progress", "StageClock", "request_record", "write_summary", "failure_line",
+           "failure_details"]
 
 # Events are records of the run logger, which `dipfill run` shows at INFO whatever -v says.
 log = logging.getLogger("dipfill.pipeline.run")
+
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def failure_line(exc: BaseException) -> str:
+    """A failed scene's line in the summary and the run record: the exception's type and
+    the first line of its message, terminal colour codes stripped, URL secrets redacted.
+    Tracebacks (a Ray worker's included) belong in the log, not here."""
+    text = _ANSI.sub("", str(exc))
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    name = type(exc).__name__
+    return redact_text(f"{name}: {first}" if first else name)
+
+
+def failure_details(exc: BaseException) -> str:
+    """The failure's traceback for the log (a Ray worker's remote one is in its notes),
+    colour codes stripped, URL secrets redacted."""
+    return redact_text(_ANSI.sub("", "".join(traceback.format_exception(exc))).rstrip())
 
 
 @dataclass
@@ -64,7 +86,10 @@ class Progress:
     caller's callback. Every event has ``event``, ``run_id``, ``msg``, ``scenes_done``
     and ``scenes_total``; ``patches`` events add the scene's ``patches_done`` /
     ``patches_total`` / ``patches_per_s`` / ``eta_s`` and ``eta_run_s`` (this scene's ETA
-    plus the mean time of the scenes done so far for each scene still to come)."""
+    plus the mean time of the scenes done so far for each scene still to come); ``steps``
+    events, while batches of an engine that counts its steps (DIP) are fitted, add
+    ``patches_done`` / ``patches_total``, ``batches_fitting`` and ``steps_done`` /
+    ``steps_total`` (Adam steps of the batches being fitted, summed)."""
 
     def __init__(self, run_id: str, scenes_total: int, callback: Callable[[dict[str, Any]], None] | None) -> None:
         self.run_id, self.scenes_total, self.callback = run_id, scenes_total, callback

@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 from dipfill.errors import ClusterError, DipfillError, InputError, RunInterrupted
 from dipfill.pipeline.executor import Executor
-from dipfill.pipeline.progress import Progress, RunSummary, SceneStatus, request_record, write_summary
+from dipfill.pipeline.progress import (Progress, RunSummary, SceneStatus, failure_details, failure_line,
+                                       request_record, write_summary)
 from dipfill.pipeline.stages import SCENE_LOCK, current_status, process_scene, run_config, scene_dir
 from dipfill.raster.hrefs import redact_href, redact_text, signer
 from dipfill.specs import RunRequest
@@ -115,8 +116,13 @@ def run(
             except (RunInterrupted, ClusterError):
                 raise
             except (DipfillError, OSError, ValueError, KeyError) as exc:
-                status = SceneStatus(str(record.get("id")), "failed", message=redact_text(str(exc)))
+                status = SceneStatus(str(record.get("id")), "failed", message=failure_line(exc))
+                # One line here and in the summary; the traceback (a worker's remote one
+                # included, as a note) in the log: at ERROR when the failure is unexpected,
+                # at DEBUG for dipfill's own errors, whose message says what is wrong.
                 log.error("scene %s failed: %s", record.get("id"), status.message)
+                log.log(logging.DEBUG if isinstance(exc, DipfillError) else logging.ERROR,
+                        "scene %s failed: details:\n%s", record.get("id"), failure_details(exc))
             status.seconds = round(time.perf_counter() - start, 3)
             statuses.append(status)
             say.scene_finished(status, f"scene {n}/{len(records)} {record.get('id')}: {status.status}"

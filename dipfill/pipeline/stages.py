@@ -37,7 +37,7 @@ from dipfill.engines import engine_uses_guides
 from dipfill.engines.base import PatchDiagnostics
 from dipfill.errors import InputError, RunInterrupted
 from dipfill.pipeline.blocks import BlockResult, block_tasks, merge_counts, preview_mosaic
-from dipfill.pipeline.executor import Executor, FitTask
+from dipfill.pipeline.executor import BatchProgress, Executor, FitTask, reports_progress
 from dipfill.pipeline.guide_resume import GuidesNotReusable, open_guides, reopen_recorded
 from dipfill.pipeline.guides import GuideChoice, choose_guides
 from dipfill.pipeline.outputs import SceneProduct, mosaic_attrs, output_names, write_outputs
@@ -57,7 +57,11 @@ from dipfill.stac.item import ItemExtras, sanitize_id, self_href
 from dipfill.stac.publish import add_to_static_catalog, publish_item
 from dipfill.storage import remove_stale_temporaries, staged
 
-__all__ = ["SceneJob", "SCENE_LOCK", "process_scene", "current_status", "scene_dir", "source_version", "output_id"]
+#: Seconds between two ``steps`` events of a scene (progress within its batches) at most.
+STEPS_EVERY = 5.0
+
+__all__ = ["SceneJob", "SCENE_LOCK", "STEPS_EVERY", "process_scene", "current_status", "scene_dir", "source_version",
+           "output_id"]
 
 
 @dataclass
@@ -245,7 +249,24 @@ def fit_stage(job: SceneJob, executor: Executor, say: Progress, budget: list[int
     t0 = time.perf_counter()
     total = sum(len(t.windows) for t in job.tasks)
 
+    running: dict[int, BatchProgress] = {}  # batches being fitted, by batch index
+    said = [time.perf_counter()]
+
+    def on_steps(task: FitTask, progress: BatchProgress) -> None:
+        """A ``steps`` event every STEPS_EVERY seconds at most while batches are fitted:
+        DIP takes minutes per batch, and patches are only counted when a batch is done."""
+        running[task.batch_index] = progress
+        now = time.perf_counter()
+        if now - said[0] < STEPS_EVERY:
+            return
+        said[0] = now
+        done, most = sum(p.steps_done for p in running.values()), sum(p.steps_total for p in running.values())
+        say("steps", f"  {job.item_id}: patches {fitted[0]}/{total}, fitting {len(running)} batch(es): "
+            f"{done}/{most} steps ({100 * done / max(most, 1):.0f} %)", scene=scene, patches_done=fitted[0],
+            patches_total=total, batches_fitting=len(running), steps_done=done, steps_total=most)
+
     def on_fitted(task: FitTask, diags: list[tuple[str, dict]]) -> None:
+        running.pop(task.batch_index, None)
         fitted[0] += len(task.windows)
         rate = fitted[0] / max(time.perf_counter() - t0, 1e-9)
         eta = (total - fitted[0]) / rate if rate else float("nan")
@@ -257,7 +278,10 @@ def fit_stage(job: SceneJob, executor: Executor, say: Progress, budget: list[int
             if budget[0] <= 0:
                 raise RunInterrupted(f"stopped after the requested number of batches ({job.item_id})")
 
-    executor.run(job.tasks, on_fitted)
+    if reports_progress(executor):
+        executor.run(job.tasks, on_fitted, on_progress=on_steps)  # type: ignore[call-arg]
+    else:
+        executor.run(job.tasks, on_fitted)
     windows = job.plan.windows
     return {windows[i].id: PatchDiagnostics(**d) for i, d in sorted(job.store.diagnostics().items())}
 
