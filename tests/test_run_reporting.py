@@ -95,11 +95,24 @@ def test_a_failing_ray_worker_is_one_line_in_the_summary_and_its_traceback_in_th
     assert len(lines) == 2, lines  # the scene and the run's line: no traceback in the summary
     record = json.loads(next((out / "runs").glob("*.json")).read_text())
     assert record["failures"] == [{"id": JAN, "message": "OSError: cannot read window (injected)"}]
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("dipfill")]
     assert f"scene {JAN} failed: OSError: cannot read window (injected)" in errors
     details = "\n".join(errors)
     assert "on a Ray worker" in details and "_maybe_fail" in details  # the remote traceback
     assert "second line of the message" in details and ANSI not in details
+
+
+def test_log_lines_carry_no_colour_codes() -> None:
+    """Ray logs coloured tracebacks (e.g. its unhandled-error notices), now through dipfill's
+    handlers: the CLI's formatters strip the codes."""
+    from dipfill.cli.logs import TEXT_FORMAT, JsonFormatter, TextFormatter
+
+    record = logging.makeLogRecord({"name": "ray._private.worker", "levelno": logging.ERROR, "levelname": "ERROR",
+                                    "msg": f"Unhandled error: {ANSI}36mray::EngineWorker.fit(){ANSI}39m failed"})
+    text = TextFormatter(TEXT_FORMAT).format(record)
+    doc = json.loads(JsonFormatter().format(record))
+    assert text.endswith("Unhandled error: ray::EngineWorker.fit() failed") and ANSI not in text
+    assert doc["msg"] == "Unhandled error: ray::EngineWorker.fit() failed"
 
 
 # ------------------------------------------------------------ 3. progress within a batch
@@ -227,9 +240,11 @@ def test_json_log_format_gives_the_error_line_as_json(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------ 2. a killed driver's cluster
-def test_sigterm_stops_the_local_ray_cluster_with_the_driver(tmp_path: Path) -> None:
-    """SIGTERM while engine actors fit: the driver stops the cluster it started (GCS,
-    raylet, agents, workers) and exits non-zero on its own, without Ray's crash dump."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_local_ray_cluster_with_the_driver(tmp_path: Path, sig: int) -> None:
+    """SIGTERM (or Ctrl-C) while engine actors fit: the driver stops the cluster it started
+    (GCS, raylet, agents, workers) and exits non-zero on its own, without Ray's crash dump,
+    every stderr line still JSON."""
     env = cli_env()
     driver = subprocess.Popen(
         [sys.executable, "-m", "dipfill.cli.main", "--log-format", "json", "run", "--stac", str(CATALOG),
@@ -252,7 +267,7 @@ def test_sigterm_stops_the_local_ray_cluster_with_the_driver(tmp_path: Path) -> 
         for pid in descendants(driver.pid) - {driver.pid}:
             tree.setdefault(pid, (start_time(pid), cmdline(pid)))
         t0 = time.monotonic()
-        driver.send_signal(signal.SIGTERM)
+        driver.send_signal(sig)
         _, stderr = driver.communicate(timeout=120)
         exited = time.monotonic() - t0
         left = {pid: c for pid, (start, c) in tree.items() if alive(pid, start)}
@@ -266,8 +281,10 @@ def test_sigterm_stops_the_local_ray_cluster_with_the_driver(tmp_path: Path) -> 
         for pid, (start, _) in tree.items():
             if alive(pid, start):
                 os.kill(pid, signal.SIGKILL)
-    assert not left, "still running after the driver's SIGTERM: " + "; ".join(c[:100] for c in left.values())
+    assert not left, "still running after the driver's signal: " + "; ".join(c[:100] for c in left.values())
     assert driver.returncode > 0, (driver.returncode, stderr[-3000:])  # exited non-zero, not killed
     assert exited < 60
     assert "SIGTERM received" not in stderr, stderr[-3000:]  # no crash dump of Ray's signal handler
     assert not not_json(stderr.splitlines()), stderr[-3000:]
+    if sig == signal.SIGINT:
+        assert driver.returncode == 130 and json.loads(stderr.splitlines()[-1])["msg"] == "dipfill: interrupted"

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 
 from dipfill.raster.hrefs import redact_text
@@ -25,29 +26,40 @@ LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+#: Terminal colour codes: Ray colours the tracebacks and messages it logs.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal colour codes and URL secrets."""
+    return redact_text(_ANSI.sub("", text))
+
+
 class TextFormatter(logging.Formatter):
-    """``TEXT_FORMAT`` lines with URL secrets (signatures, ``user:password@``) redacted."""
+    """``TEXT_FORMAT`` lines with URL secrets (signatures, ``user:password@``) redacted and
+    terminal colour codes stripped."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
+        return plain(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record; the record's ``fields`` extra is merged in. URL secrets
-    (signatures, ``user:password@``) are redacted, in messages, fields and tracebacks."""
+    (signatures, ``user:password@``) are redacted, in messages, fields and tracebacks, and
+    terminal colour codes stripped from messages and tracebacks."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _ANSI.sub("", record.getMessage()),
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             doc.update({k: v for k, v in fields.items() if k not in doc})
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = _ANSI.sub("", self.formatException(record.exc_info))
         return redact_text(json.dumps(doc, default=str))
 
 

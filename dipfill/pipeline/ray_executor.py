@@ -154,12 +154,41 @@ def _stop_and_exit(signum: int, frame: Any) -> None:
     _restore_signals()  # a second signal acts at once
     _POOLS.clear()  # their actors go with the cluster
     try:
-        ray.shutdown()
+        _shutdown_quietly()
     except Exception as exc:  # noqa: BLE001 - exiting anyway; say why the cluster may linger
         log.warning("stopping the local Ray cluster on %s failed: %s", signal.Signals(signum).name, exc)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
+
+
+def _shutdown_quietly() -> None:
+    """``ray.shutdown()`` with this process's stderr (file descriptor 2) pointed at the Ray
+    session's log directory meanwhile: abandoning running tasks makes Ray's C++ core print a
+    plain line per task there ("Failed to push error to driver"), which would break
+    ``--log-format json``. Anything else written to stderr meanwhile is kept in that file."""
+    import sys
+
+    import ray
+    import ray._private.worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    logs = getattr(node, "get_logs_dir_path", None)
+    target = os.path.join(logs(), "dipfill-driver-shutdown.err") if logs else os.devnull
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, 2)
+        os.close(fd)
+        ray.shutdown()
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _loopback(address: str) -> bool:
