@@ -86,7 +86,7 @@ def test_raster_without_gaps_comes_back_unchanged(tmp_path: Path) -> None:
     path = write(tmp_path / "full.tif", data)
     rc, out = fill(tmp_path, path)
     assert rc == 0
-    with rasterio.open(next(out.glob("*_filled.tif"))) as f:
+    with rasterio.open(next(out.glob("*_filled.vrt"))) as f:
         assert np.array_equal(f.read(), data)
     with rasterio.open(next(out.glob("*_qa.tif"))) as q:
         assert (q.read(1) == QA_OBSERVED).all()
@@ -102,9 +102,11 @@ def test_multi_file_input_stacks_single_band_files(tmp_path: Path) -> None:
     paths = [write(tmp_path / f"scene_B{b}.tif", data[i : i + 1]) for i, b in enumerate((3, 4, 5))]
     rc, out = fill(tmp_path, *paths)
     assert rc == 0
-    with rasterio.open(next(out.glob("*_filled.tif"))) as f:
+    with rasterio.open(next(out.glob("*_filled.vrt"))) as f:
         res = f.read()
         assert f.count == 3 and list(f.descriptions) == ["scene_B3", "scene_B4", "scene_B5"]
+    # one COG per band, named after its band
+    assert sorted(p.name for p in out.glob("*_scene_B*.tif")) == [f"scene_B-dipfill_scene_B{b}.tif" for b in (3, 4, 5)]
     valid = data != -999
     assert np.array_equal(res[valid], data[valid]) and (res != -999).all()
     assert (out / "scene_B-dipfill.json").exists()

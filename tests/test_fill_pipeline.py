@@ -60,7 +60,8 @@ def outputs(out: Path) -> dict[str, Path]:
 
 def test_all_outputs_exist_and_nothing_temporary_is_left(filled: Path) -> None:
     files = outputs(filled)
-    assert set(files) == {"item", "filled", "qa", "mosaic", "quicklook", "patches", "filled_1", "filled_2", "filled_3"}
+    # one COG per band (no descriptions in the collar file: band1..3), the VRT of all bands
+    assert set(files) == {"item", "filled", "qa", "mosaic", "quicklook", "patches", "band1", "band2", "band3"}
     for path in files.values():
         assert path.exists(), path
     assert not [p for p in filled.iterdir() if p.name.startswith(".")]
@@ -96,17 +97,19 @@ def test_patch_records_are_the_windows_with_gaps(filled: Path) -> None:
 
 def test_cogs_validate_and_keep_georeferencing(filled: Path) -> None:
     files = outputs(filled)
-    for key in ("filled", "qa"):
+    for key in ("band1", "band2", "band3", "qa"):
         valid, errors, _ = cog_validate(str(files[key]))
         assert valid, errors
-    with rasterio.open(files["filled"]) as out, rasterio.open(ARG25_JAN) as src:
-        assert out.crs == src.crs
-        assert out.transform == src.transform
-        assert out.dtypes == src.dtypes
-        assert out.nodata == src.nodata
-        assert out.overviews(1), "COG has no overviews"
-        assert out.block_shapes[0] == (256, 256)
-        assert out.profile["compress"].lower() == "deflate"
+    for key in ("band1", "band2", "band3"):
+        with rasterio.open(files[key]) as out, rasterio.open(ARG25_JAN) as src:
+            assert out.count == 1
+            assert out.crs == src.crs
+            assert out.transform == src.transform
+            assert out.dtypes[0] == src.dtypes[0]
+            assert out.nodata == src.nodata
+            assert out.overviews(1), "COG has no overviews"
+            assert out.block_shapes[0] == (256, 256)
+            assert out.profile["compress"].lower() == "deflate"
 
 
 def test_observed_exact_gaps_filled_outside_untouched(filled: Path) -> None:
@@ -137,15 +140,17 @@ def test_observed_exact_gaps_filled_outside_untouched(filled: Path) -> None:
         assert lo <= out[b, gap].min() and out[b, gap].max() <= hi
 
 
-def test_one_band_vrt_assets_read_the_cog_bands(filled: Path) -> None:
+def test_filled_vrt_stacks_the_band_cogs(filled: Path) -> None:
+    """The ``filled`` asset is a VRT of all bands over the one-band COGs (no pixels stored twice)."""
     files = outputs(filled)
-    with rasterio.open(files["filled"]) as cog:
-        data, nodata, transform = cog.read(), cog.nodata, cog.transform
+    with rasterio.open(files["filled"]) as vrt:
+        assert vrt.driver == "VRT" and vrt.count == 3 and vrt.crs.to_epsg() == 3577
+        data, nodata, transform = vrt.read(), vrt.nodata, vrt.transform
     for b in (1, 2, 3):
-        with rasterio.open(files[f"filled_{b}"]) as vrt:
-            assert vrt.count == 1 and vrt.nodata == nodata and vrt.transform == transform
-            assert vrt.crs.to_epsg() == 3577
-            assert np.array_equal(vrt.read(1), data[b - 1])
+        with rasterio.open(files[f"band{b}"]) as cog:
+            assert cog.count == 1 and cog.nodata == nodata and cog.transform == transform
+            assert np.array_equal(cog.read(1), data[b - 1])
+    assert files["filled"].stat().st_size < 4096
 
 
 def test_zarr_mosaic_matches_cog(filled: Path) -> None:

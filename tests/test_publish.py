@@ -53,37 +53,43 @@ def test_item_is_searchable_and_checksums_match(stac_api, published: Path) -> No
     assert len(again) == 1 and Path(urlparse(again[0].assets["filled"].href).path).parent.name == "again"
 
 
-def test_odc_stac_and_stackstac_read_the_same_pixels_as_the_cog(stac_api, published: Path) -> None:
+BANDS = ["B3_red", "B4_NIR", "B5_SWIR1"]  # the input file's band descriptions, made asset keys
+
+
+def test_odc_stac_and_stackstac_read_the_same_pixels_as_the_cogs(stac_api, published: Path) -> None:
+    """One COG per band: odc-stac loads them by name, and stackstac's default call (no
+    ``assets=``: every image/tiff asset) works, since no asset has more than one band."""
     import odc.stac
     import stackstac
     from pystac_client import Client
 
     item = next(Client.open(stac_api.url).search(collections=["dipfill-test"]).items())
-    with rasterio.open(urlparse(item.assets["filled"].href).path) as ds:
-        cog = ds.read()
-        nodata = ds.nodata
-    ds_odc = odc.stac.load([item], bands=["filled"], chunks=None)
-    # odc-stac exposes a multi-band asset's first band under the asset name; the others
-    # as filled.2, filled.3 when raster:bands lists them
-    names = [n for n in ds_odc.data_vars]
-    odc_stack = np.stack([ds_odc[n].values[0] for n in names])
-    assert odc_stack.shape[-2:] == cog.shape[-2:]
-    assert np.array_equal(odc_stack, cog[: len(names)])
+    cogs = []
+    for key in BANDS:
+        with rasterio.open(urlparse(item.assets[key].href).path) as ds:
+            assert ds.count == 1
+            cogs.append(ds.read(1))
+            nodata = ds.nodata
+    cog = np.stack(cogs)
+    with rasterio.open(urlparse(item.assets["filled"].href).path) as vrt:  # all bands in one VRT
+        assert np.array_equal(vrt.read(), cog)
+    ds_odc = odc.stac.load([item], bands=BANDS, chunks=None)
+    assert np.array_equal(np.stack([ds_odc[n].values[0] for n in BANDS]), cog)
 
-    # stackstac takes one band per asset: the item has one-band VRT assets over the COG.
     # stackstac 0.5 reads only proj:epsg, which projection v2 (the item's) removed in favour
     # of proj:code (gjoseph92/stackstac#262): users copy the code back on the dicts they
-    # hand it, as here.
+    # hand it, as here. Otherwise its default call: all image/tiff assets, float64, rescaled.
     raw = next(Client.open(stac_api.url).search(collections=["dipfill-test"]).items_as_dicts())
     assert raw["properties"]["proj:code"] == "EPSG:3577" and "proj:epsg" not in raw["properties"]
     raw["properties"]["proj:epsg"] = int(raw["properties"]["proj:code"].removeprefix("EPSG:"))
-    arr = stackstac.stack([raw], assets=["filled_1", "filled_2", "filled_3"], dtype="float64",
-                          fill_value=np.nan, rescale=False)
-    values = arr.isel(time=0).values
-    expected = cog.astype("float64")
+    arr = stackstac.stack([raw])
+    assert sorted(arr.band.values) == sorted([*BANDS, "qa"])  # the API keeps its own asset order
+    values = arr.isel(time=0).sel(band=BANDS).values
+    scale = item.assets[BANDS[0]].extra_fields["raster:bands"][0].get("scale", 1.0)  # stackstac applies it
+    expected = cog.astype("float64") * scale
     expected[cog == nodata] = np.nan
     assert values.shape == expected.shape
-    assert np.array_equal(values, expected, equal_nan=True)
+    assert np.allclose(values, expected, equal_nan=True, rtol=0, atol=1e-12)
 
 
 # ------------------------------------------------- the transport, against a scripted server

@@ -40,7 +40,8 @@ def request(out: Path, **values):
 
 
 def filled_cog(out: Path, scene: str) -> Path:
-    return next(out.glob(f"*/{scene}-dipfill/{scene}-dipfill_filled.tif"))
+    """The scene's ``filled`` VRT: all bands, read through to the per-band COGs."""
+    return next(out.glob(f"*/{scene}-dipfill/{scene}-dipfill_filled.vrt"))
 
 
 def test_run_fills_every_scene_and_listens_on_loopback_only(tmp_path: Path) -> None:
@@ -69,7 +70,7 @@ def test_run_fills_every_scene_and_listens_on_loopback_only(tmp_path: Path) -> N
         assert (y != -999).mean() > valid.mean()  # gaps filled
         item = json.loads(next((tmp_path / "out").glob(f"*/{scene}-dipfill/{scene}-dipfill.json")).read_text())
         assert item["properties"]["dipfill:source_item"] == scene
-        bands = item["assets"]["filled"]["raster:bands"]
+        bands = [item["assets"][key]["raster:bands"][0] for key in ("B3", "B4", "B5")]  # the input's keys
         assert [(b["data_type"], b["nodata"], b["scale"]) for b in bands] == [("int16", -999, 1e-4)] * 3
         assert any(ln["rel"] == "derived_from" for ln in item["links"])
     catalog = json.loads((tmp_path / "out" / "catalog.json").read_text())

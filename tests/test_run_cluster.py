@@ -55,7 +55,7 @@ def assert_filled(out: Path, scene: str) -> dict:
     """The scene's filled COG keeps every observed pixel bit-exact and has more valid
     pixels than the source; returns its STAC item."""
     d = scene_dir(out, scene)
-    with rasterio.open(source_tif(scene)) as a, rasterio.open(d / f"{scene}-dipfill_filled.tif") as b:
+    with rasterio.open(source_tif(scene)) as a, rasterio.open(d / f"{scene}-dipfill_filled.vrt") as b:
         x, y = a.read(), b.read()
         assert b.crs == a.crs and b.transform == a.transform and y.dtype == x.dtype
         nodata = a.nodata

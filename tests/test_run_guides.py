@@ -35,7 +35,7 @@ def _run(out: Path, *, stac: Path = CATALOG, progress=None, stop_after_batches: 
 def _outputs(out: Path, scene: str) -> tuple[dict, np.ndarray, np.ndarray]:
     folder = next(out.glob(f"*/{scene}-dipfill"))
     item = json.loads((folder / f"{scene}-dipfill.json").read_text())
-    with rasterio.open(folder / f"{scene}-dipfill_filled.tif") as ds:
+    with rasterio.open(folder / f"{scene}-dipfill_filled.vrt") as ds:
         filled = ds.read()
     with rasterio.open(folder / f"{scene}-dipfill_qa.tif") as ds:
         qa = ds.read(1)
@@ -157,13 +157,13 @@ def _add_near_guide(catalog: Path) -> None:
 
 def _scene_files(out: Path, scene: str) -> tuple[dict, bytes, bytes]:
     """The output item (less what differs between two runs of one request: when it was made
-    and the checksum of the per-patch timings) and the bytes of the filled and QA COGs."""
+    and the checksum of the per-patch timings) and the bytes of the band and QA COGs."""
     folder = next(out.glob(f"*/{scene}-dipfill"))
     item = json.loads((folder / f"{scene}-dipfill.json").read_text())
     item["properties"].pop("processing:datetime")
     for key in ("file:checksum", "file:size"):
         item["assets"]["patches"].pop(key, None)
-    return (item, (folder / f"{scene}-dipfill_filled.tif").read_bytes(),
+    return (item, b"".join((folder / f"{scene}-dipfill_{band}.tif").read_bytes() for band in ("B3", "B4", "B5")),
             (folder / f"{scene}-dipfill_qa.tif").read_bytes())
 
 

@@ -288,7 +288,7 @@ def _write_or_undo(out: Path, item_id: str, product: SceneProduct, options: Fill
     complete: they are renamed into place) so that no product without its item is left;
     outputs of an earlier fill of this id stay, and so does ``out`` when it existed."""
     created = not out.exists()
-    paths = [out / name for name in output_names(item_id, len(product.band_names)).values()]
+    paths = [out / name for name in output_names(item_id, product.band_keys, [c.key for c in product.carried]).values()]
     existed = {p for p in paths if p.exists() or p.is_symlink()}
     try:
         return write_outputs(out, item_id, product, options, acquired, rgb)

@@ -1,4 +1,5 @@
-"""A filled scene's products: COG, QA COG, one-band VRTs, Zarr mosaic, quicklook, patch
+"""A filled scene's products: one COG per band (named as the input item's assets), the
+input's QA layer copied, a VRT of all bands, dipfill's QA COG, Zarr mosaic, quicklook, patch
 diagnostics, and — written last, as the commit marker — its STAC item.
 
 Shared by ``dipfill fill`` (the scene in memory) and ``dipfill run`` (the scene streamed
@@ -8,6 +9,7 @@ back from its Zarr mosaic): :class:`SceneProduct` needs only row slicing of its 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,13 +21,25 @@ from dipfill import __version__
 from dipfill.engines.base import PatchDiagnostics
 from dipfill.raster.geometry import footprint_geometry
 from dipfill.raster.masks import QA_CLASSES
-from dipfill.raster.read import Grid
-from dipfill.raster.write import Preview, write_band_vrt, write_cog, write_quicklook, write_zarr_mosaic
+from dipfill.raster.read import Grid, describe_grid_difference
+from dipfill.raster.write import CopiedRaster, Preview, copy_as_cog, write_cog, write_quicklook, write_vrt, write_zarr_mosaic
 from dipfill.specs import FillOptions
-from dipfill.stac.item import FilledScene, ItemExtras, output_item
+from dipfill.stac.item import FilledScene, ItemExtras, MirroredAsset, band_asset_keys, output_item, own_asset_keys
 from dipfill.storage import write_json
 
-__all__ = ["SceneProduct", "output_names", "mosaic_attrs", "write_outputs", "patch_records"]
+__all__ = ["SceneProduct", "CarriedAsset", "output_names", "mosaic_name", "mosaic_attrs", "write_outputs",
+           "patch_records"]
+
+
+@dataclass(frozen=True)
+class CarriedAsset:
+    """An input asset copied into the product as it is (the QA layer): its key, where to read
+    it (signed, secrets allowed: never written anywhere) and its JSON (metadata mirrored)."""
+
+    key: str
+    href: str
+    source: Mapping[str, Any]
+    gdal_options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -45,21 +59,55 @@ class SceneProduct:
     counts: dict[str, int]
     diagnostics: Mapping[str, PatchDiagnostics]
     guides: Sequence[Mapping[str, Any]] = ()  # GuideSource.record() of each guide, in rank order
+    # the input item's asset (key and JSON) of each band, in band order; empty: bands from
+    # files (dipfill fill), keyed by their names
+    band_assets: Sequence[tuple[str, Mapping[str, Any]]] = ()
+    carried: Sequence[CarriedAsset] = ()  # input assets copied unchanged (the QA layer)
+
+    @property
+    def band_keys(self) -> list[str]:
+        """The asset key (and file name part) of each band's COG."""
+        if self.band_assets:
+            return [key for key, _ in self.band_assets]
+        return band_asset_keys(self.band_names)
 
 
-def output_names(item_id: str, bands: int) -> dict[str, str]:
-    """File names of a scene's outputs, by asset key (the item is ``item``)."""
+def mosaic_name(item_id: str) -> str:
+    """The Zarr mosaic's directory name (one per scene)."""
+    return f"{item_id}_mosaic.zarr"
+
+
+def output_names(item_id: str, band_keys: Sequence[str] = (), carried: Sequence[str] = ()) -> dict[str, str]:
+    """File names of a scene's outputs by asset key (the item JSON is ``item``): a COG per
+    band and per carried asset named after its key, and dipfill's own outputs (whose keys
+    :func:`~dipfill.stac.item.own_asset_keys` moves aside where the input uses them)."""
+    own = own_asset_keys([*band_keys, *carried])
     names = {
-        "filled": f"{item_id}_filled.tif",
-        "qa": f"{item_id}_qa.tif",
-        "mosaic": f"{item_id}_mosaic.zarr",
-        "quicklook": f"{item_id}_quicklook.png",
-        "patches": f"{item_id}_patches.json",
-        "item": f"{item_id}.json",
+        own["filled"]: f"{item_id}_filled.vrt",
+        own["qa"]: f"{item_id}_qa.tif",
+        own["mosaic"]: mosaic_name(item_id),
+        own["quicklook"]: f"{item_id}_quicklook.png",
+        own["patches"]: f"{item_id}_patches.json",
     }
-    for b in range(1, bands + 1):
-        names[f"filled_{b}"] = f"{item_id}_filled_b{b}.vrt"
+    used = {*names.values(), f"{item_id}.json"}
+    for key in (*band_keys, *carried):
+        stem = f"{item_id}_{_file_part(key)}"
+        name = f"{stem}.tif"
+        n = 1
+        while name in used:  # keys that clean alike, or a key named like an own output
+            n += 1
+            name = f"{stem}-{n}.tif"
+        names[key] = name
+        used.add(name)
+    names["item"] = f"{item_id}.json"
     return names
+
+
+def _file_part(key: str) -> str:
+    """An asset key as part of a file name (USGS keys such as ``SR_B4.TIF`` lose the suffix)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+    cleaned = re.sub(r"\.(tif|tiff|TIF|TIFF)$", "", cleaned).strip("._-")
+    return cleaned or "asset"
 
 
 def mosaic_attrs(options: FillOptions) -> dict[str, Any]:
@@ -82,28 +130,27 @@ def write_outputs(
     then the STAC item; remove ``out_dir`` if we made it and failed."""
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = output_names(item_id, len(product.band_names))
+    band_keys = product.band_keys
+    names = output_names(item_id, band_keys, [c.key for c in product.carried])
+    own = own_asset_keys([*band_keys, *(c.key for c in product.carried)])
     paths = {k: out_dir / v for k, v in names.items()}
+    tags = {"DIPFILL_VERSION": __version__, "DIPFILL_ENGINE": options.engine}
     try:
-        write_cog(
-            paths["filled"],
-            product.bands,
-            product.grid,
-            nodata=product.nodata,
-            band_names=product.band_names,
-            tags={"DIPFILL_VERSION": __version__, "DIPFILL_ENGINE": options.engine},
-        )
-        write_cog(paths["qa"], product.qa, product.grid, nodata=None, band_names=["qa"], resampling="nearest")
-        for b, band_name in enumerate(product.band_names, start=1):
-            write_band_vrt(paths[f"filled_{b}"], names["filled"], b, product.grid, product.dtype, product.nodata,
-                           band_name)
+        for b, (key, band_name) in enumerate(zip(band_keys, product.band_names)):
+            write_cog(paths[key], _BandRows(product.bands, b), product.grid, nodata=product.nodata,
+                      band_names=[band_name], tags=tags)
+        write_vrt(paths[own["filled"]], [(names[key], 1, name) for key, name in zip(band_keys, product.band_names)],
+                  product.grid, product.dtype, product.nodata)
+        copies = {c.key: copy_as_cog(c.href, paths[c.key], f"asset {c.key}", dict(c.gdal_options))
+                  for c in product.carried}
+        write_cog(paths[own["qa"]], product.qa, product.grid, nodata=None, band_names=["qa"], resampling="nearest")
         if not mosaic_written:
-            write_zarr_mosaic(paths["mosaic"], product.bands, product.qa, product.grid, nodata=product.nodata,
+            write_zarr_mosaic(paths[own["mosaic"]], product.bands, product.qa, product.grid, nodata=product.nodata,
                               band_names=product.band_names, attrs=mosaic_attrs(options))
-        write_quicklook(paths["quicklook"], product.preview, rgb=rgb)
-        write_json(paths["patches"], patch_records(product.diagnostics))
-        item = output_item(describe(item_id, product, extras or ItemExtras()), options, acquired, names, out_dir,
-                           extras or ItemExtras())
+        write_quicklook(paths[own["quicklook"]], product.preview, rgb=rgb)
+        write_json(paths[own["patches"]], patch_records(product.diagnostics))
+        scene = describe(item_id, product, extras or ItemExtras(), copies)
+        item = output_item(scene, options, acquired, names, out_dir, extras or ItemExtras())
         write_json(paths["item"], item.to_dict(include_self_link=False))
     except BaseException:
         if created and not any(out_dir.iterdir()):
@@ -130,19 +177,49 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def describe(item_id: str, product: SceneProduct, extras: ItemExtras) -> FilledScene:
+class _BandRows:
+    """One band of a ``[band, y, x]`` array (numpy or Zarr) as a ``[y, x]`` array that
+    :func:`write_cog` slices by rows: a Zarr band is read chunk row by chunk row."""
+
+    def __init__(self, bands: Any, band: int) -> None:
+        self.bands, self.band = bands, band
+        self.shape = tuple(bands.shape[1:])
+        self.dtype = bands.dtype
+
+    def __getitem__(self, rows: slice) -> Any:
+        return self.bands[self.band, rows]
+
+
+def describe(item_id: str, product: SceneProduct, extras: ItemExtras,
+             copies: Mapping[str, CopiedRaster] | None = None) -> FilledScene:
     """The plain values an output item states about ``product``: the source item's footprint
-    when the run has one, else the footprint traced from the mask."""
+    when the run has one, else the footprint traced from the mask; the input assets its
+    bands and copies mirror (``copies``: what :func:`copy_as_cog` wrote for each)."""
     if extras.geometry is not None and extras.bbox is not None:
         geometry, bbox = extras.geometry, list(extras.bbox)
     else:
         geometry, bbox = footprint_geometry(product.footprint, product.grid)
     crs = product.grid.crs
+    dtype = np.dtype(product.dtype).name
+    mirrored = [MirroredAsset(key, source, dtype, product.nodata, band=b)
+                for b, (key, source) in enumerate(product.band_assets)]
+    for c in product.carried:
+        copy = (copies or {})[c.key]
+        own_grid = describe_grid_difference(product.grid, copy.grid) is None
+        ccrs = copy.grid.crs
+        mirrored.append(MirroredAsset(
+            c.key, c.source, copy.dtype, copy.nodata,
+            shape=None if own_grid else copy.grid.shape,
+            transform=None if own_grid else list(copy.grid.transform)[:6],
+            epsg=None if own_grid or ccrs is None or ccrs == crs else ccrs.to_epsg(),
+            wkt2=None if own_grid or ccrs is None or ccrs == crs or ccrs.to_epsg() else ccrs.to_wkt(),
+        ))
     return FilledScene(
         item_id=item_id, geometry=geometry, bbox=bbox,
         epsg=crs.to_epsg() if crs else None, wkt2=crs.to_wkt() if crs else None,
         shape=product.grid.shape, transform=list(product.grid.transform)[:6],
         band_names=list(product.band_names), dtype=np.dtype(product.dtype).name, nodata=product.nodata,
         counts=product.counts, qa_classes=QA_CLASSES, sources=list(product.sources),
-        guides=[dict(g) for g in product.guides],
+        guides=[dict(g) for g in product.guides], mirrored=mirrored,
+        resolution=abs(product.grid.transform.a) if product.grid.transform.b == 0 else None,
     )

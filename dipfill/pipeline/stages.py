@@ -40,7 +40,7 @@ from dipfill.pipeline.blocks import BlockResult, block_tasks, merge_counts, prev
 from dipfill.pipeline.executor import BatchProgress, Executor, FitTask, reports_progress
 from dipfill.pipeline.guide_resume import GuidesNotReusable, open_guides, reopen_recorded
 from dipfill.pipeline.guides import GuideChoice, choose_guides
-from dipfill.pipeline.outputs import SceneProduct, mosaic_attrs, output_names, write_outputs
+from dipfill.pipeline.outputs import CarriedAsset, SceneProduct, mosaic_attrs, mosaic_name, output_names, write_outputs
 from dipfill.pipeline.patchstore import PatchStore
 from dipfill.pipeline.plan import FillPlan, patch_seed, plan_from_mask
 from dipfill.pipeline.progress import Progress, SceneStatus, StageClock
@@ -292,12 +292,11 @@ def merge_stage(job: SceneJob, executor: Executor) -> list[BlockResult]:
     plan = job.plan
     # The item is the commit marker: a stale one goes first, so a crash below leaves a
     # scene that the next run reprocesses, never an item describing mixed outputs.
-    names = output_names(job.item_id, plan.shape[0])
-    (job.scene_dir / names["item"]).unlink(missing_ok=True)
+    (job.scene_dir / output_names(job.item_id)["item"]).unlink(missing_ok=True)
     # left by a killed driver; never another live run's (two cron runs may share --out)
-    remove_stale_temporaries(job.scene_dir / names["mosaic"])
+    remove_stale_temporaries(job.scene_dir / mosaic_name(job.item_id))
     blocks: list[BlockResult] = []
-    with staged(job.scene_dir / names["mosaic"]) as tmp:
+    with staged(job.scene_dir / mosaic_name(job.item_id)) as tmp:
         create_zarr_mosaic(tmp, plan.shape, job.dtype, job.source.grid, nodata=job.nodata,
                            band_names=list(job.source.band_names), attrs=mosaic_attrs(job.request.options))
         tasks = block_tasks(job.item_id, job.source, plan, job.store.path, str(tmp), job.nodata, MOSAIC_CHUNK)
@@ -328,7 +327,7 @@ def write_stage(job: SceneJob, blocks: Sequence[BlockResult], diagnostics: Mappi
     store goes and the static catalog gets the item. Returns the outputs and QA counts."""
     assert job.plan is not None and job.store is not None
     plan, item = job.plan, job.item
-    mosaic = zarr.open_group(str(job.scene_dir / output_names(job.item_id, plan.shape[0])["mosaic"]), mode="r")
+    mosaic = zarr.open_group(str(job.scene_dir / mosaic_name(job.item_id)), mode="r")
     counts = merge_counts([b.counts for b in blocks])
     extras = describe_stage(job)
     product = SceneProduct(
@@ -343,15 +342,27 @@ def write_stage(job: SceneJob, blocks: Sequence[BlockResult], diagnostics: Mappi
         preview=preview_mosaic(blocks),
         counts=counts,
         diagnostics=diagnostics,
+        **mirrored_assets(job),
     )
     props = item.get("properties") or {}
     when = props.get("datetime") or props.get("start_datetime")
-    rgb = (0, 1, 2) if plan.shape[0] >= 3 else (0, 0, 0)
+    rgb = job.source.profile.quicklook_indices(job.source.band_names)
     outputs = write_outputs(job.scene_dir, job.item_id, product, job.request.options,
                             when.replace("Z", "+00:00") if when else None, rgb, extras, mosaic_written=True)
     job.store.remove()
     add_to_static_catalog(out, job.scene_dir, job.scene_dir.parent.name)
     return outputs, counts
+
+
+def mirrored_assets(job: SceneJob) -> dict[str, Any]:
+    """What the product repeats of the input item: each band's asset (key and JSON, for its
+    metadata) and the QA asset, copied (read from its signed href; never written down)."""
+    assets = job.item.get("assets") or {}
+    src = job.source
+    carried = ()
+    if src.qa_key is not None and src.qa_href is not None:
+        carried = (CarriedAsset(src.qa_key, src.qa_href, dict(assets.get(src.qa_key) or {}), src.gdal_options),)
+    return {"band_assets": [(key, dict(assets.get(key) or {})) for key in src.band_keys], "carried": carried}
 
 
 def one_nodata(values: Sequence[float | None], item_id: str) -> float | None:

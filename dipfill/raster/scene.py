@@ -230,7 +230,8 @@ def open_scene(
     the profile of the item's collection).
 
     ``bands``: profile band names (``red``, ``nir08``, ...) or, for items with other
-    naming, asset keys; default the profile's ``default_bands``. ``resolution``:
+    naming, asset keys; default the profile's ``default_bands`` that the item has (every
+    reflectance band: Landsat 7 has no ``coastal``). ``resolution``:
     ``finest`` / ``coarsest`` band grid or a pixel size in CRS units. ``mask``:
     ``fill`` (missing data only) or ``clouds`` (clouds and shadows too). ``resampling``:
     rasterio resampling name for bands not on the grid (QA always ``nearest``). ``db``:
@@ -257,7 +258,7 @@ def open_scene(
     assets: Mapping[str, Any] = d.get("assets") or {}
 
     names, keys, hrefs, nodatas, scales, offsets = [], [], [], [], [], []
-    for name in bands or profile.default_bands:
+    for name in bands or _default_bands(profile, assets, item_id):
         spec = next((b for b in profile.bands if b.name == name), None)
         key = spec.keys.find(assets) if spec else (name if name in assets else None)
         if key is None:
@@ -320,6 +321,17 @@ def open_scene(
         db=db,
         gdal_options=tuple(sorted(options.items())),
     )
+
+
+def _default_bands(profile: CollectionProfile, assets: Mapping[str, Any], item_id: str) -> tuple[str, ...]:
+    """The profile's default bands the item has an asset for (a product is as complete as
+    its input); an item with none of them is an error naming what was looked for."""
+    present = tuple(n for n in profile.default_bands if profile.band(n).keys.find(assets))
+    if not present:
+        tried = ", ".join(k for n in profile.default_bands for k in profile.band(n).keys.candidates())
+        raise InputError(f"item {item_id}: no asset for any band of profile {profile.name} (tried {tried}); "
+                         f"assets: {', '.join(assets) or 'none'}; name the bands with --bands")
+    return present
 
 
 def read_window(item: Any, profile: CollectionProfile | None = None, window: Any = None, **options: Any) -> SceneData:

@@ -32,7 +32,9 @@ __all__ = [
     "write_mosaic_block",
     "Preview",
     "write_quicklook",
-    "write_band_vrt",
+    "write_vrt",
+    "CopiedRaster",
+    "copy_as_cog",
 ]
 
 log = logging.getLogger(__name__)
@@ -322,13 +324,14 @@ def _stretch_from(
     return out
 
 
-def write_band_vrt(path: str | os.PathLike[str], cog_name: str, band: int, grid: Grid, dtype: np.dtype,
-                   nodata: float | None, description: str = "") -> None:
-    """A one-band GDAL VRT selecting ``band`` (1-based) of the COG ``cog_name`` beside it.
+def write_vrt(path: str | os.PathLike[str], sources: Sequence[tuple[str, int, str]], grid: Grid,
+              dtype: np.dtype, nodata: float | None) -> None:
+    """A GDAL VRT with one band per ``(file name beside it, 1-based band, description)``.
 
-    Why: stackstac (and other readers that map one asset to one band) refuse multi-band
-    assets. A VRT of a few hundred bytes per band gives them single-band assets without
-    storing the pixels twice; GDAL reads through to the COG, overviews included.
+    Why: a product's bands are one COG each (as the input collection's assets, which is
+    what one-band-per-asset readers such as stackstac need); a VRT of a few hundred bytes
+    gives GDAL tools and QGIS the whole scene as one multi-band raster without storing the
+    pixels twice. GDAL reads through to the COGs, their overviews included.
     """
     from xml.sax.saxutils import escape
 
@@ -339,17 +342,51 @@ def write_band_vrt(path: str | os.PathLike[str], cog_name: str, band: int, grid:
     nodata_xml = f"    <NoDataValue>{nodata!r}</NoDataValue>\n" if nodata is not None else ""
     srs = f"  <SRS>{escape(grid.crs.to_wkt())}</SRS>\n" if grid.crs else ""
     height, width = grid.shape
-    xml = (
-        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}'
-        f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>\n"
-        f'  <VRTRasterBand dataType="{gdal_type}" band="1">\n'
+    bands = "".join(
+        f'  <VRTRasterBand dataType="{gdal_type}" band="{i}">\n'
         f"    <Description>{escape(description)}</Description>\n{nodata_xml}"
         "    <SimpleSource>\n"
-        f'      <SourceFilename relativeToVRT="1">{escape(cog_name)}</SourceFilename>\n'
+        f'      <SourceFilename relativeToVRT="1">{escape(name)}</SourceFilename>\n'
         f"      <SourceBand>{band}</SourceBand>\n"
         "    </SimpleSource>\n"
         "  </VRTRasterBand>\n"
-        "</VRTDataset>\n"
+        for i, (name, band, description) in enumerate(sources, start=1)
+    )
+    xml = (
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}'
+        f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>\n"
+        f"{bands}</VRTDataset>\n"
     )
     with staged(path) as tmp:
         tmp.write_text(xml)
+
+
+@dataclass(frozen=True)
+class CopiedRaster:
+    """What :func:`copy_as_cog` wrote: the raster's own grid and pixel type."""
+
+    grid: Grid
+    dtype: str
+    nodata: float | None
+
+
+def copy_as_cog(href: str, path: str | os.PathLike[str], what: str,
+                gdal_options: dict[str, str] | None = None) -> CopiedRaster:
+    """Copy the raster at ``href`` (anything GDAL reads: a path, ``https://``, ``s3://``)
+    to a COG at ``path``, pixels unchanged (lossless DEFLATE, ``nearest`` overviews: class
+    and bit-flag layers such as QA stay exact at every level), on its own grid.
+
+    Why re-encode instead of copying bytes: the source may be remote or a plain GeoTIFF;
+    the product's assets are all COGs."""
+    from dipfill.raster.gdal import gdal_env
+    from dipfill.raster.read import open_raster
+
+    with gdal_env(gdal_options), staged(path) as tmp:
+        with open_raster(href, what) as src:
+            rasterio.shutil.copy(
+                src, str(tmp), driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE="256",
+                OVERVIEWS="AUTO", RESAMPLING="NEAREST", OVERVIEW_RESAMPLING="NEAREST", NUM_THREADS="1",
+                BIGTIFF="IF_SAFER",
+            )
+            return CopiedRaster(Grid(crs=src.crs, transform=src.transform, width=src.width, height=src.height),
+                                src.dtypes[0], src.nodata)

@@ -5,6 +5,15 @@ projection extension v2.0.0 the item declares: v2 removed ``proj:epsg`` and its 
 rejects it. stackstac (0.5) still reads only ``proj:epsg``: pass it ``epsg=`` or copy the
 code into ``proj:epsg`` on the dicts you hand it. Band information is written both as
 ``raster:bands`` (raster extension, read by odc-stac and titiler) and STAC 1.1 ``bands``.
+
+The product mirrors its input: one COG asset per band under the input's asset key, with the
+input asset's title, roles, ``eo:bands`` and ``raster:bands`` (scale/offset kept; data type
+and nodata those of the file; statistics dropped, they describe the unfilled pixels), and
+the input's QA asset copied under its own key (:class:`MirroredAsset`). Code written for the
+input collection (``odc.stac.load(items, bands=["red", "nir08"])``, stackstac) reads the
+output unchanged. dipfill's own assets (``filled`` VRT of all bands, ``qa``, ``mosaic``,
+``quicklook``, ``patches``) sit beside them; one whose key the input already uses is
+prefixed ``dipfill_``.
 """
 
 from __future__ import annotations
@@ -28,6 +37,9 @@ from dipfill.specs import FillOptions
 
 __all__ = [
     "AssetSpec",
+    "MirroredAsset",
+    "OWN_ASSETS",
+    "own_asset_keys",
     "ItemSpec",
     "ItemExtras",
     "FilledScene",
@@ -41,6 +53,18 @@ __all__ = [
 
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+EO_SCHEMA = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
+CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
+VRT_MEDIA_TYPE = "application/x-vrt"
+
+#: dipfill's own assets, beside the mirrored ones (the key each gets unless the input uses it).
+OWN_ASSETS = ("filled", "qa", "mosaic", "quicklook", "patches")
+#: Fields of an input asset a mirrored asset keeps (metadata whose extension the output
+#: declares; hrefs, file:, proj:, alternate and storage: facts describe the input's file).
+MIRRORED_FIELDS = ("title", "description", "roles", "eo:bands", "gsd", "classification:classes",
+                   "classification:bitfields", "unit")
+#: raster:bands / bands entries that no longer hold for the filled pixels.
+_STALE_BAND_FIELDS = ("statistics", "histogram")
 COG_MEDIA_TYPE = pystac.MediaType.COG
 ZARR_MEDIA_TYPE = "application/vnd+zarr; version=3"
 
@@ -74,6 +98,34 @@ def file_checksum(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return "1220" + h.hexdigest()
+
+
+def own_asset_keys(mirrored: Sequence[str]) -> dict[str, str]:
+    """The asset key of each of dipfill's own outputs (:data:`OWN_ASSETS`): its name, or
+    ``dipfill_<name>`` where an input asset mirrored into the product has that key."""
+    taken = set(mirrored)
+    return {name: name if name not in taken else f"dipfill_{name}" for name in OWN_ASSETS}
+
+
+@dataclass(frozen=True)
+class MirroredAsset:
+    """An input asset whose key and metadata the output repeats: a filled band (``band`` its
+    index in the scene) or an asset copied unchanged (``band`` None: the QA layer).
+
+    ``source`` is the input asset's JSON; only :data:`MIRRORED_FIELDS` and its band
+    entries are taken from it. ``dtype``/``nodata`` are the written file's; ``shape``,
+    ``transform`` and ``epsg``/``wkt2`` are given only when its grid is not the item's (a
+    copied QA layer on its own grid), and then go on the asset as ``proj:`` fields."""
+
+    key: str
+    source: Mapping[str, Any]
+    dtype: str
+    nodata: float | None = None
+    band: int | None = None
+    shape: tuple[int, int] | None = None
+    transform: Sequence[float] | None = None
+    epsg: int | None = None
+    wkt2: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +237,53 @@ class FilledScene:
     # the guides, in rank order: {"href" (the raster, no secrets), "datetime" (or None), "bands",
     # "resampling"[, "item": the STAC item href of a guide found by search, linked instead of the file]}
     guides: Sequence[Mapping[str, Any]] = ()
+    # one per band (band order), then copied input assets (the QA layer); empty: dipfill fill's
+    # bands from files get keys from their names (:func:`band_asset_keys`)
+    mirrored: Sequence[MirroredAsset] = ()
+    resolution: float | None = None  # the grid's pixel size (raster:bands spatial_resolution)
+
+
+def band_asset_keys(band_names: Sequence[str]) -> list[str]:
+    """Asset keys for bands that come from files, not from a STAC item: each band name made
+    safe (``B3 red`` → ``B3_red``; none → ``band<n>``), distinct."""
+    keys: list[str] = []
+    for i, name in enumerate(band_names, start=1):
+        key = _UNSAFE.sub("_", name).strip("._-") or f"band{i}"
+        while key in keys or key in OWN_ASSETS:
+            key = f"{key}_{i}"
+        keys.append(key)
+    return keys
+
+
+def _mirrored_bands(source: Mapping[str, Any], base: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The input asset's ``raster:bands`` entry (else its STAC 1.1 ``bands`` entry) with
+    ``base`` (name, data type, nodata, scale/offset of the written file) over it, stale
+    statistics dropped."""
+    entries = source.get("raster:bands") or source.get("bands") or [{}]
+    entry = entries[0] if isinstance(entries, list) and entries and isinstance(entries[0], Mapping) else {}
+    merged = {k: v for k, v in entry.items() if k not in _STALE_BAND_FIELDS and k not in ("name", "nodata")}
+    return [{**merged, **base}]
+
+
+def _mirrored_asset(m: MirroredAsset, href: str, base: Mapping[str, Any], resolution: float | None) -> AssetSpec:
+    src = m.source
+    extra = {k: src[k] for k in MIRRORED_FIELDS if k in src and k not in ("title", "roles")}
+    if not all(isinstance(b, Mapping) for b in extra.get("eo:bands") or ()):
+        del extra["eo:bands"]  # STAC 0.x items list band indexes: not eo v1.1 band objects
+    band = _mirrored_bands(src, base)
+    if resolution is not None and "spatial_resolution" in band[0] and m.shape is None:
+        band[0]["spatial_resolution"] = resolution  # resampled onto the item's grid
+    if m.shape is not None:  # a copied asset on its own grid
+        extra["proj:shape"] = list(m.shape)
+        extra["proj:transform"] = list(m.transform or ())[:6]
+        if m.epsg is not None:
+            extra["proj:code"] = f"EPSG:{m.epsg}"
+        elif m.wkt2:
+            extra["proj:wkt2"] = m.wkt2
+    what = "filled" if m.band is not None else "copied from the input"
+    title = str(src.get("title") or m.key)
+    return AssetSpec(m.key, href, COG_MEDIA_TYPE, tuple(src.get("roles") or ("data",)), f"{title} ({what})",
+                     tuple(band), extra)
 
 
 def output_item(scene: FilledScene, options: FillOptions, acquired: str | None, names: Mapping[str, str],
@@ -209,25 +308,39 @@ def output_item(scene: FilledScene, options: FillOptions, acquired: str | None, 
     qa_classes = [
         {"value": code, "name": name, "description": desc} for code, (name, desc) in scene.qa_classes.items()
     ]
+    mirrored = list(scene.mirrored)
+    by_band = {m.band: m for m in mirrored if m.band is not None}
+    keys = [by_band[b].key if b in by_band else k
+            for b, k in enumerate(band_asset_keys(scene.band_names))]
+    own = own_asset_keys([*keys, *(m.key for m in mirrored if m.band is None)])
+    band_assets = [
+        _mirrored_asset(by_band[b], names[key], band, scene.resolution) if b in by_band
+        else AssetSpec(key, names[key], COG_MEDIA_TYPE, ("data",), f"{band['name']} (filled)", (band,))
+        for b, (key, band) in enumerate(zip(keys, bands))
+    ]
+    copied = [
+        _mirrored_asset(m, names[m.key], {"data_type": m.dtype, **({"nodata": m.nodata} if m.nodata is not None
+                                                                  else {})}, scene.resolution)
+        for m in mirrored if m.band is None
+    ]
     assets = [
-        AssetSpec("filled", names["filled"], COG_MEDIA_TYPE, ("data",), "Filled bands (COG)", bands),
+        *band_assets,
+        *copied,
+        AssetSpec(own["filled"], names[own["filled"]], VRT_MEDIA_TYPE, ("data", "virtual"),
+                  "All filled bands (VRT over the band COGs)", bands),
         AssetSpec(
-            "qa",
-            names["qa"],
+            own["qa"],
+            names[own["qa"]],
             COG_MEDIA_TYPE,
             ("metadata",),
             "Fill QA (COG)",
             ({"name": "qa", "data_type": "uint8"},),
             {"classification:classes": qa_classes},
         ),
-        *(
-            AssetSpec(f"filled_{b}", names[f"filled_{b}"], "application/x-vrt", ("data",),
-                      f"{band['name']} (one-band VRT of the filled COG, for one-band-per-asset readers)", (band,))
-            for b, band in enumerate(bands, start=1)
-        ),
-        AssetSpec("mosaic", names["mosaic"], ZARR_MEDIA_TYPE, ("data",), "Filled scene (Zarr v3)"),
-        AssetSpec("quicklook", names["quicklook"], "image/png", ("overview",), "Before | after"),
-        AssetSpec("patches", names["patches"], "application/json", ("metadata",), "Per-patch fit diagnostics"),
+        AssetSpec(own["mosaic"], names[own["mosaic"]], ZARR_MEDIA_TYPE, ("data",), "Filled scene (Zarr v3)"),
+        AssetSpec(own["quicklook"], names[own["quicklook"]], "image/png", ("overview",), "Before | after"),
+        AssetSpec(own["patches"], names[own["patches"]], "application/json", ("metadata",),
+                  "Per-patch fit diagnostics"),
     ]
     lineage = (
         f"Gaps filled with the '{options.engine}' engine (fallback '{options.fallback}') "
@@ -267,5 +380,7 @@ def output_item(scene: FilledScene, options: FillOptions, acquired: str | None, 
         derived_from_files=tuple(str(g["href"]) for g in guides if not g.get("item")),
     )
     item = build_item(spec)
-    item.stac_extensions.append("https://stac-extensions.github.io/classification/v2.0.0/schema.json")
+    item.stac_extensions.append(CLASSIFICATION_SCHEMA)
+    if any("eo:bands" in a.extra_fields for a in item.assets.values()):
+        item.stac_extensions.append(EO_SCHEMA)
     return item

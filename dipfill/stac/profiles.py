@@ -2,9 +2,10 @@
 
 One frozen record per collection says which asset holds each band (in Planetary Computer,
 Earth Search v1 and older naming), its nominal resolution, nodata, scale and offset, which
-bands to use by default, which asset is the QA layer and how it decodes into the three
-pixel states of :mod:`dipfill.raster.masks`, and where the scene footprint comes from. Code
-elsewhere asks the profile; it never branches on a collection name.
+bands a run fills by default (every reflectance band: a complete product, ``--bands``
+narrows it), which bands a quicklook shows, which asset is the QA layer and how it decodes
+into the three pixel states of :mod:`dipfill.raster.masks`, and where the scene footprint
+comes from. Code elsewhere asks the profile; it never branches on a collection name.
 
 Profiles are metadata only: a QA layer is named here and decoded by
 :func:`dipfill.raster.masks.decode_qa` (raster/ decodes pixels, stac/ describes collections).
@@ -13,7 +14,7 @@ Profiles are metadata only: a QA layer is named here and decoded by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Mapping
+from typing import Any, Final, Literal, Mapping, Sequence
 
 
 __all__ = [
@@ -82,6 +83,14 @@ class QASpec:
 class CollectionProfile:
     """Everything collection-specific that reading a scene needs.
 
+    ``default_bands`` are what a run fills when ``--bands`` does not say: every band of the
+    product (all reflectance bands; both backscatter polarisations; both vegetation
+    indices), so the filled product replaces the input scene. Those an item lacks are left
+    out (Landsat TM/ETM+ have no ``coastal``); asking for them by name is an error.
+    ``quicklook`` names the bands shown as red, green, blue in the before/after picture
+    (true colour where the product has it); bands the scene lacks fall back to the first
+    three (or the first as grey).
+
     ``footprint`` says where *outside* comes from: ``geometry`` rasterises the item
     geometry (the QA decoder then splits missing pixels into gap inside and outside
     beyond it), ``qa`` trusts the QA layer's own no-data class, ``data`` derives it from
@@ -95,6 +104,7 @@ class CollectionProfile:
     default_bands: tuple[str, ...]
     qa: QASpec | None
     footprint: Literal["geometry", "qa", "data"]
+    quicklook: tuple[str, ...] = ()
     cloud_property: str | None = "eo:cloud_cover"
     db_convertible: bool = False  # linear power → 10·log10 on request (SAR)
     notes: str = ""
@@ -103,13 +113,23 @@ class CollectionProfile:
         names = self.band_names
         if len(set(names)) != len(names):
             raise ValueError(f"profile {self.name}: duplicate band names {names}")
-        unknown = [b for b in self.default_bands if b not in names]
+        unknown = [b for b in (*self.default_bands, *self.quicklook) if b not in names]
         if unknown:
-            raise ValueError(f"profile {self.name}: default bands {unknown} are not bands of it")
+            raise ValueError(f"profile {self.name}: default or quicklook bands {unknown} are not bands of it")
 
     @property
     def band_names(self) -> tuple[str, ...]:
         return tuple(b.name for b in self.bands)
+
+    def quicklook_indices(self, band_names: Sequence[str]) -> tuple[int, int, int]:
+        """0-based indexes of the bands a quicklook shows as R, G, B among ``band_names``:
+        the profile's ``quicklook`` bands when the scene has them, else the first three (or
+        the first as grey)."""
+        wanted = self.quicklook
+        if wanted and all(n in band_names for n in wanted):
+            idx = [list(band_names).index(n) for n in wanted]
+            return (idx[0], idx[0], idx[0]) if len(idx) < 3 else (idx[0], idx[1], idx[2])
+        return (0, 1, 2) if len(band_names) >= 3 else (0, 0, 0)
 
     def band(self, name: str) -> BandSpec:
         for b in self.bands:
@@ -134,7 +154,7 @@ LANDSAT_C2_L2: Final = CollectionProfile(
         BandSpec(name, _keys(name, name), 30.0, nodata=0, scale=_LS_SCALE, offset=_LS_OFFSET)
         for name in ("coastal", "blue", "green", "red", "nir08", "swir16", "swir22")
     ),
-    default_bands=("red", "nir08", "swir16"),
+    default_bands=("coastal", "blue", "green", "red", "nir08", "swir16", "swir22"),  # coastal: OLI only
     qa=QASpec(
         keys=_keys("qa_pixel", "qa_pixel", None, "QA_PIXEL.TIF", "QA_PIXEL"),
         decoder="landsat_qa_pixel",
@@ -142,7 +162,8 @@ LANDSAT_C2_L2: Final = CollectionProfile(
         "beyond it; clouds: dilated cloud, cirrus, cloud, cloud shadow bits → gap",
     ),
     footprint="geometry",
-    notes="red/nir08/swir16 are ETM+ B3/B4/B5 and OLI B4/B5/B6 (paper 000 used B3/B4/B5)",
+    quicklook=("red", "green", "blue"),
+    notes="red/nir08/swir16 are ETM+ B3/B4/B5 and OLI B4/B5/B6 (paper 000 used B3/B4/B5); coastal is OLI's only",
 )
 
 # Sentinel-2 L2A: PC and Earth Search v0 key by band number, Earth Search v1 by common
@@ -170,14 +191,15 @@ SENTINEL_2_L2A: Final = CollectionProfile(
     bands=tuple(
         BandSpec(name, _keys(num, es1, num), res, nodata=0, scale=1e-4) for name, num, es1, res in _S2
     ),
-    default_bands=("red", "nir", "swir16"),
+    default_bands=tuple(name for name, *_ in _S2),  # all twelve L2A reflectance bands
     qa=QASpec(
         keys=_keys("SCL", "scl", "SCL"),
         decoder="s2_scl",
         description="SCL: 0 → outside, 1 → gap; clouds: 3, 8, 9, 10 → gap",
     ),
     footprint="qa",
-    notes="10/20/60 m bands are resampled onto one grid (resolution selectable)",
+    quicklook=("red", "green", "blue"),
+    notes="10/20/60 m bands are resampled onto one grid (resolution selectable; the finest by default)",
 )
 
 
@@ -191,7 +213,7 @@ def _modis(product: str, metres: int, title: str) -> CollectionProfile:
             BandSpec("ndvi", _keys(f"{pre}NDVI", None, None, "NDVI"), float(metres), nodata=-3000, scale=1e-4),
             BandSpec("evi", _keys(f"{pre}EVI", None, None, "EVI"), float(metres), nodata=-3000, scale=1e-4),
         ),
-        default_bands=("ndvi",),
+        default_bands=("ndvi", "evi"),
         qa=QASpec(
             keys=_keys(f"{pre}pixel_reliability", None, None, "pixel_reliability", "PR"),
             decoder="modis_reliability",
@@ -236,6 +258,7 @@ GA_ARG25_NBAR: Final = CollectionProfile(
     default_bands=("B3", "B4", "B5"),
     qa=None,
     footprint="data",
+    quicklook=("B3", "B4", "B5"),  # no blue/green: red, NIR, SWIR as R, G, B (as the demo always showed)
     cloud_property=None,
 )
 
