@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-cloud", type=float, help="largest eo:cloud_cover in percent")
     p.add_argument("--filter", help="CQL2-JSON filter")
     p.add_argument("--mask", choices=("gaps", "clouds"), help="what to fill: missing data only (gaps), or clouds too")
-    p.add_argument("--bands", help="comma-separated band names (default: the collection profile's)")
+    p.add_argument("--bands", help="comma-separated band names to fill (default: every band of the collection "
+                   "profile that the item has)")
     add_fill_flags(p, names=RUN_FILL_FIELDS, defaults=False)
     add_dip_flags(p.add_argument_group("dip engine"), defaults=False)
     p.add_argument("--out", help="output directory")

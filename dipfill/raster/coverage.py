@@ -182,7 +182,8 @@ def observed_on_grid(
     """Where ``candidate_item`` observes, sampled on ``grid`` (any CRS; nearest).
 
     Observed = every band in ``bands`` (default: its collection profile's
-    ``default_bands``) has data (not its nodata, finite) and, where the profile has a QA
+    ``default_bands`` that it has: the bands a run fills) has data (not its nodata,
+    finite) and, where the profile has a QA
     layer, the QA decodes to observed (``mask="clouds"``: clouds and shadows are not
     observations either). Outside the candidate's rasters nothing is observed.
 
