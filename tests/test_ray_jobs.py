@@ -1,0 +1,233 @@
+"""`dipfill run` as a Ray Job on a two-node cluster of this module's own.
+
+One cluster for the module (a Ray head with the dashboard costs the most here): a head
+(`ray start --head`, dashboard and Jobs API on 127.0.0.1) and a second node (`ray start
+--address`), each with one CPU, a temp dir of its own and a private token, everything on
+127.0.0.1, stopped by process tree at the end (never `ray stop`, which would stop every
+Ray on the machine). The job is submitted with `ray job submit --working-dir .` from the
+repository root, exactly as README.md documents it (tests._ray.JOB_COMMAND).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests._data import REPO
+from tests._procs import listeners, loopback
+from tests._ray import JOB_COMMAND, JOIN_NODE, RayNode, node_ports, ray_cli, start_node, stop_nodes, token_envs
+from tests.stac_server import free_port
+from tests.test_run_cluster import FEB, JAN, assert_filled
+
+pytestmark = pytest.mark.skipif(ray_cli() is None, reason="the `ray` command line (Ray's CLI) is not installed")
+
+
+class Cluster:
+    """The module's two nodes and how to reach them."""
+
+    def __init__(self) -> None:
+        self.nodes: list[RayNode] = []
+        self.temps: list[Path] = []
+        self.env: dict[str, str] = {}
+        self.port = self.dashboard = 0
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard}"
+
+    def ray(self, *args: str, timeout: float = 120) -> str:
+        """`ray ARGS` against this cluster's API server; its stdout (fails the test on an error)."""
+        proc = subprocess.run([ray_cli(), *args], env=self.env, cwd=REPO, capture_output=True, text=True,
+                              timeout=timeout)
+        assert proc.returncode == 0, f"ray {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    def listed(self, what: str, *filters: str) -> list[dict]:
+        """`ray list WHAT` (the State API, through the dashboard) as JSON records."""
+        args = ["list", what, "--address", self.api, "--format", "json", "--detail", "--limit", "10000"]
+        for f in filters:
+            args += ["--filter", f]
+        return json.loads(self.ray(*args))
+
+    def sample(self) -> None:
+        for node in self.nodes:
+            node.sample()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray head with the dashboard (Jobs API) and a second node, one CPU each, on 127.0.0.1.
+
+    Two nodes on one machine: each gets its own --temp-dir (Ray allows one per node; short,
+    under /tmp, for Ray's unix sockets' 108-byte limit, and away from /tmp/ray, where
+    other drivers' ray.init() would find and join it) and its own agent ports (Ray's
+    defaults would collide). The nodes' PATH starts with this Python's bin directory, where
+    `dipfill` is installed, as in the image the deploy/ manifests use."""
+    c = Cluster()
+    t0 = time.perf_counter()
+    try:
+        head_temp = Path(tempfile.mkdtemp(prefix="dfjh-", dir="/tmp"))
+        c.temps.append(head_temp)
+        _, env = token_envs(head_temp)
+        env["PATH"] = f"{Path(ray_cli()).parent}{os.pathsep}{env.get('PATH', '')}"
+        c.env = env
+        c.port, c.dashboard = free_port(), free_port()
+        c.nodes.append(start_node(ray_cli(), [
+            "--head", "--node-ip-address=127.0.0.1", f"--port={c.port}", "--num-cpus=1",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={c.dashboard}", "--include-dashboard=true",
+            f"--ray-client-server-port={free_port()}", *node_ports()], temp=head_temp, env=env, name="head"))
+        worker_temp = Path(tempfile.mkdtemp(prefix="dfjw-", dir="/tmp"))
+        c.temps.append(worker_temp)
+        # `ray start --address` through JOIN_NODE: plain `ray start` refuses to join while
+        # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and moves off 127.0.0.1 with 1 (tests/_ray_node.py)
+        c.nodes.append(start_node(JOIN_NODE, [
+            f"--address=127.0.0.1:{c.port}", "--node-ip-address=127.0.0.1", "--num-cpus=1", *node_ports()],
+            temp=worker_temp, env=env, name="worker"))
+        # the Jobs API answers, and both nodes are in the cluster before anything is submitted
+        token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+        version = urllib.request.Request(f"{c.api}/api/version", headers={"Authorization": f"Bearer {token}"})
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(version, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no dashboard at {c.api}:\n{c.nodes[0].log.read_text()}"
+            time.sleep(0.5)
+        # the Jobs API is not open to whoever reaches the port: it wants the cluster's token
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"{c.api}/api/version", timeout=5).close()
+        assert denied.value.code in (401, 403), denied.value
+        while len([n for n in c.listed("nodes") if n["state"] == "ALIVE"]) < 2:
+            assert time.monotonic() < deadline, f"the second node did not join:\n{c.nodes[1].log.read_text()}"
+            time.sleep(0.5)
+        print(f"two-node cluster up in {time.perf_counter() - t0:.1f} s")
+        yield c
+    finally:
+        left = stop_nodes(c.nodes)
+        tree = {pid for node in c.nodes for pid in node.seen}
+        still_listening = listeners(tree) if tree else []
+        for temp in c.temps:
+            shutil.rmtree(temp, ignore_errors=True)
+    assert not left, "left running after the nodes stopped: " + "; ".join(cmd[:120] for _, cmd in left.values())
+    assert not still_listening, still_listening
+
+
+def job_command(c: Cluster, submission_id: str, out: str) -> list[str]:
+    """README's command (JOB_COMMAND) with this cluster's address, a submission id and an
+    output root of the test's."""
+    tokens = shlex.split(JOB_COMMAND)
+    for flag, value in (("--address", c.api), ("--submission-id", submission_id), ("--out", out)):
+        tokens[tokens.index(flag) + 1] = value
+    return tokens
+
+
+def submit(c: Cluster, submission_id: str, out: str) -> subprocess.CompletedProcess:
+    """Submit the job from the repository root and follow it to its end, sampling the nodes'
+    processes meanwhile."""
+    tokens = job_command(c, submission_id, out)
+    assert tokens[0] == "ray"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([ray_cli(), *tokens[1:]], env=c.env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None and time.perf_counter() - t0 < 300:
+            c.sample()
+            time.sleep(0.2)
+        stdout, stderr = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print(f"ray job submit {submission_id}: {time.perf_counter() - t0:.1f} s")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def demo_job(cluster: Cluster, tmp_path_factory):
+    """The README's `ray job submit --working-dir . -- ... dipfill run` on the demo catalog."""
+    out = tmp_path_factory.mktemp("job-out")
+    done = submit(cluster, "dipfill-demo-test", str(out))
+    assert done.returncode == 0, f"ray job submit exited {done.returncode}:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    return "dipfill-demo-test", out, done
+
+
+def json_lines(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def test_ray_job_submit_runs_dipfill_on_the_demo_catalog(cluster: Cluster, demo_job) -> None:
+    sid, out, done = demo_job
+    assert f"Job '{sid}' succeeded" in done.stdout, done.stdout[-3000:]
+    (job,) = [j for j in cluster.listed("jobs") if j.get("submission_id") == sid]
+    assert job["status"] == "SUCCEEDED" and job["entrypoint"] == shlex.join(job_command(cluster, sid, str(out))[
+        job_command(cluster, sid, str(out)).index("--") + 1:]), job
+
+    # outputs: both scenes filled (observed pixels bit-exact), items, the run record
+    for scene in (JAN, FEB):
+        assert_filled(out, scene)
+    (record_path,) = (out / "runs").glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert record["state"] == "finished" and record["request"]["options"]["engine"] == "fillnodata", record
+    assert {s["id"]: s["status"] for s in record["scenes"]} == {JAN: "done", FEB: "done"}, record
+    assert (out / "catalog.json").is_file()
+
+    # the job's logs (what `ray job logs` shows an operator): JSON progress events per scene
+    # and the run's summary at the end
+    logs = cluster.ray("job", "logs", "--address", cluster.api, sid)
+    events = [e for e in json_lines(logs) if e.get("run_id") == record["run_id"]]
+    assert {e["scene"] for e in events if e.get("event") == "scene_done"} == {JAN, FEB}, logs[-4000:]
+    assert {e.get("scene") for e in events if e.get("event") == "patches"} >= {JAN, FEB}, logs[-4000:]
+    assert re.search(rf"^done +{JAN} ", logs, re.M) and re.search(rf"^done +{FEB} ", logs, re.M), logs[-3000:]
+    assert re.search(rf"^run {record['run_id']}: 2 done, 0 current, 0 failed in [0-9.]+ s; record ", logs, re.M), \
+        logs[-3000:]
+
+    # --working-dir . uploaded the repository without what .gitignore lists (Ray reads
+    # .gitignore and .rayignore): the package the nodes unpacked has the code and the demo
+    # catalog, and no .venv, egg-info or __pycache__
+    pkgs = [p for temp in cluster.temps for p in temp.glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*")
+            if p.is_dir()]
+    assert pkgs, "no working_dir package unpacked on the nodes"
+    for pkg in pkgs:
+        names = {p.relative_to(pkg).as_posix() for p in pkg.rglob("*")}
+        assert "dipfill/cli/main.py" in names and "data/arg25_menindee/stac/catalog.json" in names, sorted(names)[:50]
+        unwanted = sorted(n for n in names if n.split("/")[0] in (".venv", "dipfill.egg-info", ".git")
+                          or "__pycache__" in n.split("/"))
+        assert not unwanted, unwanted[:20]
+
+
+def test_engine_actors_run_on_both_nodes(cluster: Cluster, demo_job) -> None:
+    """The run's engine actors were placed on both nodes (one CPU each: one actor per node),
+    as the State API records them and as processes under each node's `ray start`."""
+    sid, _, _ = demo_job
+    (job,) = [j for j in cluster.listed("jobs") if j.get("submission_id") == sid]
+    nodes = {n["node_id"]: n for n in cluster.listed("nodes")}
+    assert len(nodes) == 2 and sum(n["is_head_node"] for n in nodes.values()) == 1, nodes
+    actors = [a for a in cluster.listed("actors", "class_name=EngineWorker") if a["job_id"] == job["job_id"]]
+    assert {a["node_id"] for a in actors} == set(nodes), (actors, nodes)
+    for node in cluster.nodes:
+        assert node.named("EngineWorker"), f"no engine actor process under {node.log.stem}"
+    # every TCP listener of both nodes' trees, sampled all through the job, is on 127.0.0.1
+    found = listeners({pid for node in cluster.nodes for pid in node.sample()})
+    assert found and all(loopback(local) for local, _ in found), found
