@@ -1,9 +1,31 @@
-"""Files written so that no reader ever sees half of one: temporary name, then one rename.
+"""Outputs written so that no reader ever sees half of one, on a local disk or object storage.
 
 The one place that knows how outputs reach their storage. Every writer of dipfill (COGs,
 the Zarr mosaic, items, catalogs, run records, reports) goes through :func:`staged`, so a
-crashed or killed run leaves either the old file or the new one, never a torn one; object
-storage (a later store abstraction) replaces this module, not its callers.
+crashed or killed run leaves either the old file or the new one, never a torn one.
+
+An output root is a local directory (a :class:`~pathlib.Path`) or an object-storage URL
+(``s3://bucket/prefix``, also ``gs://`` and ``az://``: an :class:`ObjectPath`, which
+answers the pathlib calls the writers make). :func:`as_path` turns what the user gave into
+one or the other; the functions here take either:
+
+* :func:`staged` — local: temporary name + one rename; object storage: a local temporary
+  uploaded in one PUT (multipart above 5 MiB: S3 shows the object only once it is
+  complete), a directory object by object;
+* :func:`zarr_store` — what ``zarr.open_group`` takes for a Zarr store at a path or URL
+  (workers write the patch store and mosaic chunks straight to the object store: on a
+  cluster they share no file system with the driver);
+* :func:`exclusive` — local: ``flock``; object storage: a lease object created with a
+  conditional write (``If-None-Match: *``), renewed while held and taken over (``If-Match``
+  on the expired lease's ETag) once a killed holder lets it expire;
+* reading: :func:`read_json`, :func:`read_text`, :func:`exists`, :func:`list_files`.
+
+Object storage is reached through obstore (chosen over s3fs by ``scripts/bench_store.py``:
+docs/benchmarks/README.md); credentials come from the standard environment of each process
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_REGION``,
+``AWS_ENDPOINT_URL`` for other S3 servers, instance or web-identity roles; ``AWS_PROFILE``
+through boto3 where it is installed) and never pass through dipfill's arguments, records or
+messages.
 
 Several processes may write into one output directory at once (two cron runs, a run and a
 ``dipfill fill``): a temporary is named after its owner (``.NAME.tmp-HOST.PID.RANDOM``), a
@@ -15,20 +37,27 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
+import functools
 import json
 import logging
 import os
 import re
 import shutil
 import socket
+import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from dipfill.errors import InputError
 
-__all__ = ["staged", "write_json", "remove", "temporary_path", "remove_stale_temporaries", "exclusive",
-           "check_output_dir", "JsonFileCache", "default_strategy_cache_path"]
+__all__ = ["staged", "staged_tree", "write_json", "write_bytes", "remove", "temporary_path",
+           "remove_stale_temporaries", "exclusive", "check_output_dir", "JsonFileCache",
+           "default_strategy_cache_path", "ObjectPath", "as_path", "is_remote", "read_json", "read_text",
+           "read_bytes", "exists", "list_files", "zarr_store", "LEASE_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +67,13 @@ _REPLACE_ATTEMPTS = 100
 _OWNED = re.compile(r"\.(?:tmp|old)-(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+$")
 
 
-def remove(path: Path) -> None:
-    """Delete a file or a directory tree, whichever ``path`` is (no error if it is gone)."""
+def remove(path: "Path | ObjectPath | str") -> None:
+    """Delete a file or a directory tree, whichever ``path`` is (no error if it is gone);
+    on object storage the object and every object under ``path/``."""
+    path = as_path(path)
+    if isinstance(path, ObjectPath):
+        path.remove_tree()
+        return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
@@ -74,6 +108,8 @@ def remove_stale_temporaries(final: str | os.PathLike[str]) -> list[Path]:
     a live process's temporary (another run writing the same output now), one from another
     host (a shared file system) or one of unknown owner (older names) stays.
     """
+    if is_remote(final):
+        return []  # no temporaries there: uploads are whole objects (see staged)
     final = Path(final)
     removed = []
     for path in final.parent.glob(f".{final.name}.*-*"):
@@ -124,7 +160,16 @@ def staged(final: str | os.PathLike[str]) -> Iterator[Path]:
     The temporary is this call's own (:func:`temporary_path`) and is removed if anything
     fails. Directories (Zarr stores) cannot be atomically replaced when the target exists,
     so an existing target is first renamed aside and deleted after the new one is in place.
+
+    ``final`` on object storage (an :class:`ObjectPath` or URL): the temporary is a local
+    file (or directory) under ``$DIPFILL_TMPDIR`` (else the system's), uploaded onto
+    ``final`` in one PUT (multipart for large files: the object appears only when complete);
+    a directory replaces whatever was under ``final/``, object by object.
     """
+    if is_remote(final):
+        with _staged_remote(as_path(final)) as tmp:  # type: ignore[arg-type]
+            yield tmp
+        return
     final = Path(final)
     tmp = temporary_path(final)
     try:
@@ -147,7 +192,14 @@ def exclusive(lock_file: str | os.PathLike[str], *, on_wait: Callable[[str], Non
     crashed run never leaves a scene locked. The file stays (removing it would let two
     processes lock two different files of one name). Where ``fcntl`` is missing (Windows)
     the block runs unlocked.
+
+    ``lock_file`` on object storage: a lease object (:func:`_lease`), which a killed
+    holder leaves to expire after ``$DIPFILL_LEASE_SECONDS`` (default 120) seconds.
     """
+    if is_remote(lock_file):
+        with _lease(as_path(lock_file), on_wait=on_wait):  # type: ignore[arg-type]
+            yield
+        return
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
@@ -184,7 +236,13 @@ def check_output_dir(path: str | os.PathLike[str], *, flag: str = "--out") -> Pa
 
     Why try a file rather than ``os.access``: root passes every permission check, yet a
     read-only mount or a pseudo file system still refuses the write at the end of a fill.
+
+    An object-storage URL is checked the same way: a probe object is put and deleted (a
+    missing bucket, missing credentials or a refused write is one line). Returns what
+    :func:`as_path` gives.
     """
+    if is_remote(path):
+        return _check_remote_root(as_path(path), flag)  # type: ignore[arg-type,return-value]
     out = Path(path)
     if str(path) == "":
         raise InputError(f"{flag} is empty; give the directory to write the outputs in")
@@ -206,10 +264,15 @@ def check_output_dir(path: str | os.PathLike[str], *, flag: str = "--out") -> Pa
     return out
 
 
-def write_json(path: str | os.PathLike[str], doc: Any, *, indent: int = 2) -> None:
-    """Write ``doc`` as JSON (with a final newline) under ``path`` atomically."""
+def write_json(path: "str | os.PathLike[str] | ObjectPath", doc: Any, *, indent: int = 2) -> None:
+    """Write ``doc`` as JSON (with a final newline) under ``path`` atomically (on object
+    storage: one PUT, which is atomic by itself)."""
+    text = json.dumps(doc, indent=indent) + "\n"
+    if is_remote(path):
+        write_bytes(path, text.encode())
+        return
     with staged(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=indent) + "\n")
+        tmp.write_text(text)
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,3 +334,440 @@ class JsonFileCache:
         data[key] = value
         with staged(self.path) as tmp:
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+# ---------------------------------------------------------------------------------------
+# Object storage: s3://, gs://, az:// output roots through obstore.
+
+#: URL schemes of object storage (obstore's stores); anything else is a local path.
+REMOTE_SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss", "azure")
+#: Seconds a lease on object storage lasts unless renewed (its holder renews it every third).
+LEASE_ENV = "DIPFILL_LEASE_SECONDS"
+_LEASE_DEFAULT = 120.0
+
+
+def is_remote(target: Any) -> bool:
+    """Whether ``target`` names object storage (an :class:`ObjectPath` or ``s3://``-like URL)."""
+    if isinstance(target, ObjectPath):
+        return True
+    if not isinstance(target, str):
+        return False
+    scheme, sep, _ = target.partition("://")
+    return bool(sep) and scheme.lower() in REMOTE_SCHEMES
+
+
+def as_path(target: "str | os.PathLike[str] | ObjectPath") -> "Path | ObjectPath":
+    """An :class:`ObjectPath` for an object-storage URL, else a :class:`~pathlib.Path`."""
+    if isinstance(target, ObjectPath):
+        return target
+    if is_remote(target):
+        return ObjectPath(str(target))
+    return Path(target)
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_store(root: str) -> Any:
+    """The obstore store of one bucket (``scheme://bucket``), or of a prefix in it (a Zarr
+    store's), made once per process.
+
+    Configured from the process's own environment: the AWS_*/GOOGLE_*/AZURE_* variables
+    obstore reads, and ``AWS_ENDPOINT_URL`` (plain ``http://`` allowed for it: a MinIO or
+    moto on a private network). Without keys in the environment and with ``AWS_PROFILE``
+    set, boto3 (where installed) resolves the profile chain."""
+    from obstore.store import from_url
+
+    kwargs: dict[str, Any] = {}
+    if root.startswith(("s3://", "s3a://")):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            kwargs["endpoint"] = endpoint
+            if endpoint.startswith("http://"):
+                kwargs["client_options"] = {"allow_http": True}
+        if not os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
+            kwargs["region"] = "us-east-1"
+        if os.environ.get("AWS_PROFILE") and not os.environ.get("AWS_ACCESS_KEY_ID"):
+            with contextlib.suppress(ImportError):
+                from obstore.auth.boto3 import Boto3CredentialProvider
+
+                kwargs["credential_provider"] = Boto3CredentialProvider()
+        elif os.environ.get("AWS_DEFAULT_REGION") and not os.environ.get("AWS_REGION"):
+            kwargs["region"] = os.environ["AWS_DEFAULT_REGION"]
+    return from_url(root.replace("s3a://", "s3://", 1), **kwargs)
+
+
+class ObjectPath:
+    """An object (or a "directory": a key prefix) on object storage, with the pathlib calls
+    dipfill's writers make (``/``, ``name``, ``parent``, ``exists``, ``read_text``, ``glob``,
+    ``unlink``, ``mkdir``...). Directories are implied by keys, so ``mkdir`` does nothing and
+    a directory exists while something lies under it.
+
+    Held as its URL (``s3://bucket/key``): cheap to pickle to workers, which open their own
+    connection from their own environment."""
+
+    __slots__ = ("url", "root", "key")
+
+    def __init__(self, url: str) -> None:
+        scheme, _, rest = str(url).partition("://")
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise InputError(f"{url}: no bucket in the URL; write it as {scheme}://BUCKET/PREFIX")
+        self.key = "/".join(p for p in key.split("/") if p and p != ".")
+        self.root = f"{scheme.lower()}://{bucket}"
+        self.url = f"{self.root}/{self.key}" if self.key else self.root
+
+    # -- pure path ------------------------------------------------------------------
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"ObjectPath({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectPath) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __truediv__(self, part: "str | os.PathLike[str]") -> "ObjectPath":
+        return ObjectPath(f"{self.url}/{os.fspath(part)}")
+
+    @property
+    def name(self) -> str:
+        return self.key.rpartition("/")[2]
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+    @property
+    def parent(self) -> "ObjectPath":
+        return ObjectPath(f"{self.root}/{self.key.rpartition('/')[0]}")
+
+    def with_name(self, name: str) -> "ObjectPath":
+        return self.parent / name
+
+    def resolve(self) -> "ObjectPath":
+        return self
+
+    def as_uri(self) -> str:
+        return self.url
+
+    def is_symlink(self) -> bool:
+        return False
+
+    # -- I/O --------------------------------------------------------------------------
+    @property
+    def store(self) -> Any:
+        return _bucket_store(self.root)
+
+    def _prefix(self) -> str:
+        return f"{self.key}/" if self.key else ""
+
+    def is_file(self) -> bool:
+        import obstore
+
+        if not self.key:
+            return False
+        try:
+            obstore.head(self.store, self.key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def is_dir(self) -> bool:
+        import obstore
+
+        for chunk in obstore.list(self.store, prefix=self._prefix() or None, chunk_size=1):
+            return bool(chunk)
+        return False
+
+    def exists(self) -> bool:
+        return self.is_file() or self.is_dir()
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        """Nothing to make: directories are key prefixes."""
+
+    def rmdir(self) -> None:
+        """Nothing to remove: an empty directory does not exist on object storage."""
+
+    def read_bytes(self) -> bytes:
+        import obstore
+
+        return bytes(obstore.get(self.store, self.key).bytes())
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def write_bytes(self, data: bytes) -> int:
+        import obstore
+
+        obstore.put(self.store, self.key, data)
+        return len(data)
+
+    def write_text(self, text: str, encoding: str = "utf-8") -> int:
+        return self.write_bytes(text.encode(encoding))
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        import obstore
+
+        if not missing_ok and not self.is_file():
+            raise FileNotFoundError(self.url)
+        obstore.delete(self.store, self.key)  # deleting a missing key is no error
+
+    def keys(self) -> list[str]:
+        """Every key under this directory (recursively), relative to it."""
+        import obstore
+
+        prefix = self._prefix()
+        return [o["path"][len(prefix):] for chunk in obstore.list(self.store, prefix=prefix or None)
+                for o in chunk]
+
+    def iterdir(self) -> Iterator["ObjectPath"]:
+        import obstore
+
+        found = obstore.list_with_delimiter(self.store, prefix=self._prefix() or None)
+        names = {p.rstrip("/").rpartition("/")[2] for p in found["common_prefixes"]}
+        names.update(o["path"].rpartition("/")[2] for o in found["objects"])
+        return iter([self / n for n in sorted(names)])
+
+    def glob(self, pattern: str) -> Iterator["ObjectPath"]:
+        """Objects and implied directories whose path relative to this one matches
+        ``pattern`` segment by segment (``fnmatch``; no ``**``)."""
+        parts = pattern.split("/")
+        found: set[str] = set()
+        for key in self.keys():
+            segs = key.split("/")
+            if len(segs) >= len(parts):
+                head = segs[: len(parts)]
+                if all(fnmatch.fnmatchcase(s, p) for s, p in zip(head, parts)):
+                    found.add("/".join(head))
+        return iter([self / k for k in sorted(found)])
+
+    def remove_tree(self) -> None:
+        """Delete this object and every object under ``self/``."""
+        import obstore
+
+        keys = [f"{self._prefix()}{k}" for k in self.keys()]
+        if self.key and self.is_file():
+            keys.append(self.key)
+        for i in range(0, len(keys), 1000):
+            obstore.delete(self.store, keys[i: i + 1000])
+
+    def upload(self, local: Path) -> None:
+        """Put the local file ``local`` onto this key: one PUT, or a multipart upload for a
+        large file (the object appears when it completes); a local directory replaces
+        whatever was under this one, file by file."""
+        import obstore
+
+        if local.is_dir():
+            self.remove_tree()
+            for f in sorted(p for p in local.rglob("*") if p.is_file()):
+                obstore.put(self.store, f"{self._prefix()}{f.relative_to(local).as_posix()}", f)
+        else:
+            obstore.put(self.store, self.key, local)
+
+
+def exists(target: "str | os.PathLike[str] | ObjectPath") -> bool:
+    """Whether ``target`` (a file/object, or a directory/prefix with something in it) exists."""
+    return as_path(target).exists()
+
+
+def read_bytes(target: "str | os.PathLike[str] | ObjectPath") -> bytes:
+    """The bytes of a file or object; ``FileNotFoundError`` when there is none."""
+    return as_path(target).read_bytes()
+
+
+def read_text(target: "str | os.PathLike[str] | ObjectPath") -> str:
+    """The text (UTF-8) of a file or object; ``FileNotFoundError`` when there is none."""
+    return read_bytes(target).decode("utf-8")
+
+
+def read_json(target: "str | os.PathLike[str] | ObjectPath") -> Any:
+    """The JSON document of a file or object (``FileNotFoundError``/``ValueError`` as
+    ``json.loads`` and the store raise them)."""
+    return json.loads(read_bytes(target))
+
+
+def write_bytes(target: "str | os.PathLike[str] | ObjectPath", data: bytes) -> None:
+    """Write ``data`` atomically: staged locally, one PUT on object storage."""
+    path = as_path(target)
+    if isinstance(path, ObjectPath):
+        path.write_bytes(data)
+        return
+    with staged(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def list_files(folder: "str | os.PathLike[str] | ObjectPath", pattern: str = "*") -> list["Path | ObjectPath"]:
+    """Files (objects) in ``folder`` whose path relative to it matches ``pattern``
+    (``*.json``, ``*/*/*.json``), sorted; hidden names (temporaries, locks) left out."""
+    path = as_path(folder)
+    if isinstance(path, ObjectPath):
+        keys = path.keys()
+        parts = pattern.split("/")
+        hits = [k for k in keys if len(k.split("/")) == len(parts)
+                and all(fnmatch.fnmatchcase(s, p) for s, p in zip(k.split("/"), parts))]
+        return [path / k for k in sorted(hits) if not any(s.startswith(".") for s in k.split("/"))]
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.glob(pattern) if p.is_file()
+                  and not any(s.startswith(".") for s in p.relative_to(path).parts))
+
+
+def zarr_store(target: "str | os.PathLike[str] | ObjectPath", *, read_only: bool = False) -> Any:
+    """What ``zarr.open_group`` takes for the Zarr store at ``target``: the local path as
+    a string, or a ``zarr.storage.ObjectStore`` on the object store's prefix."""
+    path = as_path(target)
+    if not isinstance(path, ObjectPath):
+        return str(path)
+    from zarr.storage import ObjectStore
+
+    return ObjectStore(_bucket_store(path.url), read_only=read_only)
+
+
+def _staged_remote_tmpdir() -> str:
+    return tempfile.mkdtemp(prefix="dipfill-upload-", dir=os.environ.get("DIPFILL_TMPDIR") or None)
+
+
+@contextlib.contextmanager
+def _staged_remote(final: ObjectPath) -> Iterator[Path]:
+    """:func:`staged` for object storage: a local temporary, uploaded once complete."""
+    folder = Path(_staged_remote_tmpdir())
+    tmp = folder / final.name
+    try:
+        yield tmp
+        if tmp.exists():
+            final.upload(tmp)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_tree(final: "str | os.PathLike[str] | ObjectPath") -> Iterator["Path | ObjectPath"]:
+    """Where to write a directory (a Zarr store) that other processes write into too (a
+    run's mosaic, whose chunks its workers write): locally a :func:`staged` temporary
+    beside ``final``; on object storage ``final`` itself, emptied first (workers on other
+    nodes see no local temporary, and a prefix cannot be renamed). There, the item that
+    :mod:`dipfill.pipeline.stages` writes after it, and removes before it, says whether the
+    directory is complete."""
+    if is_remote(final):
+        path = as_path(final)
+        path.remove_tree()  # type: ignore[union-attr]
+        try:
+            yield path
+        except BaseException:
+            with contextlib.suppress(Exception):
+                path.remove_tree()  # type: ignore[union-attr]
+            raise
+        return
+    with staged(final) as tmp:
+        yield tmp
+
+
+def _short(exc: BaseException) -> str:
+    """An object-store error in a few words: its first line, the server's error code where
+    it gave one (obstore's messages carry the whole request)."""
+    text = str(exc)
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return (code.group(1) + ": " if code else "") + first[:200]
+
+
+def _check_remote_root(out: ObjectPath, flag: str) -> ObjectPath:
+    """Put and delete a probe object under ``out`` (see :func:`check_output_dir`)."""
+    import obstore
+
+    probe = out / f".dipfill-write-check-{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        obstore.put(out.store, probe.key, b"")
+        obstore.delete(out.store, probe.key)
+    except Exception as exc:  # obstore's errors: not found (no bucket), permission, connection...
+        why = "the bucket does not exist" if "NoSuchBucket" in str(exc) else _short(exc)
+        raise InputError(f"{flag} {out}: cannot write there ({why}); check the bucket, the credentials "
+                         "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and AWS_ENDPOINT_URL") from None
+    return out
+
+
+def lease_seconds() -> float:
+    """How long a lease lasts unless renewed: ``$DIPFILL_LEASE_SECONDS`` (default 120)."""
+    try:
+        return max(1.0, float(os.environ.get(LEASE_ENV) or _LEASE_DEFAULT))
+    except ValueError:
+        return _LEASE_DEFAULT
+
+
+@contextlib.contextmanager
+def _lease(path: ObjectPath, *, on_wait: Callable[[str], None] | None = None,
+           poll: float = 0.5) -> Iterator[None]:
+    """Hold the lease object ``path`` for the block (:func:`exclusive` on object storage).
+
+    Taken with a conditional create (``If-None-Match: *``): of two runs only one succeeds.
+    The holder renews it every third of its lifetime (``If-Match`` on its own ETag) from a
+    thread; a lease whose expiry has passed (its holder was killed) is taken over with
+    ``If-Match`` on that lease's ETag, so of two runs taking it over only one succeeds.
+    Expiry is judged by the waiter's clock against the holder's: hosts' clocks must agree
+    to well within the lifetime."""
+    import obstore
+    from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+    store, key, ttl = path.store, path.key, lease_seconds()
+    owner = f"{_host()} {os.getpid()} {uuid.uuid4().hex[:8]}"
+
+    def body() -> bytes:
+        return json.dumps({"owner": owner, "expires": time.time() + ttl, "seconds": ttl}).encode()
+
+    waited = False
+    while True:
+        try:
+            etag = obstore.put(store, key, body(), mode="create")["e_tag"]
+            break
+        except AlreadyExistsError:
+            pass
+        try:
+            held = obstore.get(store, key)
+            meta, raw = held.meta, bytes(held.bytes())
+        except FileNotFoundError:
+            continue  # released meanwhile: try again
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = {}
+        expires = doc.get("expires") if isinstance(doc, dict) else None
+        if not isinstance(expires, (int, float)) or expires < time.time():
+            try:
+                etag = obstore.put(store, key, body(), mode={"e_tag": meta["e_tag"]})["e_tag"]
+                log.warning("took over the lease %s: its holder (%s) let it expire", path,
+                            doc.get("owner", "unknown") if isinstance(doc, dict) else "unknown")
+                break
+            except (PreconditionError, FileNotFoundError):
+                continue  # someone else took it over (or released it) first
+        if not waited and on_wait is not None:
+            on_wait(str(doc.get("owner") or "another process") if isinstance(doc, dict) else "another process")
+        waited = True
+        time.sleep(poll)
+
+    stop = threading.Event()
+    current = [etag]
+
+    def renew() -> None:
+        while not stop.wait(ttl / 3):
+            try:
+                current[0] = obstore.put(store, key, body(), mode={"e_tag": current[0]})["e_tag"]
+            except Exception as exc:  # lost it (taken over after a stall) or the store is unreachable
+                log.warning("could not renew the lease %s (%s)", path, _short(exc))
+                return
+
+    beat = threading.Thread(target=renew, name=f"dipfill-lease-{path.name}", daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+        with contextlib.suppress(Exception):
+            if obstore.head(store, key)["e_tag"] == current[0]:  # still ours: release it
+                obstore.delete(store, key)

@@ -32,3 +32,15 @@ def stac_api():
     require("real STAC API server (tests/stac_server.py)", missing_requirements())
     with running_stac_server() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 API (moto's server mode) on 127.0.0.1 for the module's tests, with the
+    standard AWS variables (keys, region, ``AWS_ENDPOINT_URL``) set in this process while it
+    runs: a `tests._s3.S3Server` (``.bucket(name)`` makes a bucket, ``.env()`` the variables
+    for a subprocess, ``.rasterio_env()`` GDAL's for reading ``s3://``)."""
+    pytest.importorskip("moto.server", reason="moto[server] (test extra) for the local S3 API")
+    from tests._s3 import s3_server
+
+    yield from s3_server()
