@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -98,28 +99,52 @@ class RayNode:
         return [cmd for _, cmd in self.seen.values() if word in cmd]
 
 
-def start_node(cli: str | list[str], args: list[str], *, temp: Path, env: dict[str, str], name: str,
-               timeout: float = 90) -> RayNode:
+def spawn_node(cli: str | list[str], args: list[str], *, temp: Path, env: dict[str, str], name: str) -> RayNode:
     """`ray start ARGS --temp-dir=TEMP --block` in a session of its own, its output in
-    TEMP/NAME.log; returns once the node is up (or fails with the log). ``cli``: the `ray`
-    command, or a command line standing for it (:data:`JOIN_NODE`)."""
+    TEMP/NAME.log, not waited for (:meth:`wait_node`). ``cli``: the `ray` command, or a
+    command line standing for it (:data:`JOIN_NODE`)."""
     log_path = temp / f"{name}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*([cli] if isinstance(cli, str) else cli), "start", *args, f"--temp-dir={temp}", "--disable-usage-stats", "--block"],
+        proc = subprocess.Popen([*([cli] if isinstance(cli, str) else cli), "start", *args, f"--temp-dir={temp}",
+                                 "--disable-usage-stats", "--block"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    node = RayNode(proc, log_path, temp)
+    return RayNode(proc, log_path, temp)
+
+
+def wait_node(node: RayNode, timeout: float = 90, *, port: int | None = None) -> RayNode:
+    """Wait until `ray start` says the node is up (or, with ``port``, only until something
+    accepts connections there on 127.0.0.1: a head's GCS, enough for nodes to join);
+    fails with its log if it exits or takes longer than ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
+    while True:
+        if port is None:
+            if STARTED in node.log.read_text(errors="replace"):
+                break
+        else:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                pass
+        assert node.proc.poll() is None, f"ray start ({node.log.stem}) exited {node.proc.returncode}:\n" \
+                                         f"{node.log.read_text()}"
+        assert time.monotonic() < deadline, f"ray start ({node.log.stem}) not up in {timeout:.0f} s:\n" \
+                                            f"{node.log.read_text()}"
+        time.sleep(0.2)
+    node.sample()
+    return node
+
+
+def start_node(cli: str | list[str], args: list[str], *, temp: Path, env: dict[str, str], name: str,
+               timeout: float = 90) -> RayNode:
+    """:func:`spawn_node` and :func:`wait_node`; the node is stopped again if it does not come up."""
+    node = spawn_node(cli, args, temp=temp, env=env, name=name)
     try:
-        while STARTED not in log_path.read_text(errors="replace"):
-            assert proc.poll() is None, f"ray start ({name}) exited {proc.returncode}:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, f"ray start ({name}) not up in {timeout:.0f} s:\n{log_path.read_text()}"
-            time.sleep(0.2)
+        return wait_node(node, timeout)
     except BaseException:
         stop_nodes([node])
         raise
-    node.sample()
-    return node
 
 
 def stop_nodes(nodes: list[RayNode], grace: float = 30) -> dict[int, tuple[int | None, str]]:

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -26,7 +27,8 @@ import pytest
 
 from tests._data import REPO
 from tests._procs import listeners, loopback
-from tests._ray import JOB_COMMAND, JOIN_NODE, RayNode, node_ports, ray_cli, start_node, stop_nodes, token_envs
+from tests._ray import (JOB_COMMAND, JOIN_NODE, RayNode, node_ports, ray_cli, spawn_node, stop_nodes, token_envs,
+                        wait_node)
 from tests.stac_server import free_port
 from tests.test_run_cluster import FEB, JAN, assert_filled
 
@@ -46,19 +48,27 @@ class Cluster:
     def api(self) -> str:
         return f"http://127.0.0.1:{self.dashboard}"
 
-    def ray(self, *args: str, timeout: float = 120) -> str:
-        """`ray ARGS` against this cluster's API server; its stdout (fails the test on an error)."""
-        proc = subprocess.run([ray_cli(), *args], env=self.env, cwd=REPO, capture_output=True, text=True,
-                              timeout=timeout)
-        assert proc.returncode == 0, f"ray {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-        return proc.stdout
+    def get(self, path: str, *, token: bool = True) -> object:
+        """GET ``path`` of the dashboard's HTTP API (Jobs, State) with the cluster's token:
+        the JSON it answers. What the `ray job` / `ray list` commands ask, without paying
+        their seconds of start-up per call."""
+        headers = {"Authorization": f"Bearer {Path(self.env['RAY_AUTH_TOKEN_PATH']).read_text().strip()}"} \
+            if token else {}
+        with urllib.request.urlopen(urllib.request.Request(self.api + path, headers=headers), timeout=30) as r:
+            return json.loads(r.read())
 
-    def listed(self, what: str, *filters: str) -> list[dict]:
-        """`ray list WHAT` (the State API, through the dashboard) as JSON records."""
-        args = ["list", what, "--address", self.api, "--format", "json", "--detail", "--limit", "10000"]
-        for f in filters:
-            args += ["--filter", f]
-        return json.loads(self.ray(*args))
+    def listed(self, what: str, **filters: str) -> list[dict]:
+        """The State API's records of ``what`` (`ray list WHAT --detail --filter k=v`)."""
+        query = {"detail": "1", "limit": "10000"}
+        for k, v in filters.items():
+            query.update(filter_keys=k, filter_predicates="=", filter_values=v)  # one filter at most
+        doc = self.get(f"/api/v0/{what}?{urllib.parse.urlencode(query)}")
+        assert doc["result"], doc
+        return doc["data"]["result"]["result"]
+
+    def job(self, submission_id: str) -> dict:
+        """The Jobs API's record of a job (`ray job status`)."""
+        return self.get(f"/api/jobs/{submission_id}")
 
     def sample(self) -> None:
         for node in self.nodes:
@@ -77,43 +87,40 @@ def cluster():
     c = Cluster()
     t0 = time.perf_counter()
     try:
-        head_temp = Path(tempfile.mkdtemp(prefix="dfjh-", dir="/tmp"))
-        c.temps.append(head_temp)
-        _, env = token_envs(head_temp)
+        for prefix in ("dfjh-", "dfjw-"):
+            c.temps.append(Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp")))
+        _, env = token_envs(c.temps[0])
         env["PATH"] = f"{Path(ray_cli()).parent}{os.pathsep}{env.get('PATH', '')}"
         c.env = env
         c.port, c.dashboard = free_port(), free_port()
-        c.nodes.append(start_node(ray_cli(), [
+        head = spawn_node(ray_cli(), [
             "--head", "--node-ip-address=127.0.0.1", f"--port={c.port}", "--num-cpus=1",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={c.dashboard}", "--include-dashboard=true",
-            f"--ray-client-server-port={free_port()}", *node_ports()], temp=head_temp, env=env, name="head"))
-        worker_temp = Path(tempfile.mkdtemp(prefix="dfjw-", dir="/tmp"))
-        c.temps.append(worker_temp)
+            f"--ray-client-server-port={free_port()}", *node_ports()], temp=c.temps[0], env=env, name="head")
+        c.nodes.append(head)
+        # The second node joins as soon as the GCS accepts, while the head's dashboard starts.
         # `ray start --address` through JOIN_NODE: plain `ray start` refuses to join while
-        # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and moves off 127.0.0.1 with 1 (tests/_ray_node.py)
-        c.nodes.append(start_node(JOIN_NODE, [
+        # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and moves off 127.0.0.1 with 1 (tests/_ray_node.py).
+        wait_node(head, port=c.port)
+        c.nodes.append(spawn_node(JOIN_NODE, [
             f"--address=127.0.0.1:{c.port}", "--node-ip-address=127.0.0.1", "--num-cpus=1", *node_ports()],
-            temp=worker_temp, env=env, name="worker"))
+            temp=c.temps[1], env=env, name="worker"))
+        for node in c.nodes:
+            wait_node(node)
         # the Jobs API answers, and both nodes are in the cluster before anything is submitted
-        token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
-        version = urllib.request.Request(f"{c.api}/api/version", headers={"Authorization": f"Bearer {token}"})
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(version, timeout=5) as r:
-                    if r.status == 200:
-                        break
+                if [n["state"] for n in c.listed("nodes")] == ["ALIVE", "ALIVE"]:
+                    break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, f"no dashboard at {c.api}:\n{c.nodes[0].log.read_text()}"
+            assert time.monotonic() < deadline, f"no two nodes at {c.api}:\n{c.nodes[0].log.read_text()}"
             time.sleep(0.5)
         # the Jobs API is not open to whoever reaches the port: it wants the cluster's token
         with pytest.raises(urllib.error.HTTPError) as denied:
-            urllib.request.urlopen(f"{c.api}/api/version", timeout=5).close()
+            c.get("/api/jobs/", token=False)
         assert denied.value.code in (401, 403), denied.value
-        while len([n for n in c.listed("nodes") if n["state"] == "ALIVE"]) < 2:
-            assert time.monotonic() < deadline, f"the second node did not join:\n{c.nodes[1].log.read_text()}"
-            time.sleep(0.5)
         print(f"two-node cluster up in {time.perf_counter() - t0:.1f} s")
         yield c
     finally:
@@ -135,54 +142,57 @@ def job_command(c: Cluster, submission_id: str, out: str) -> list[str]:
     return tokens
 
 
-def submit(c: Cluster, submission_id: str, out: str) -> subprocess.CompletedProcess:
-    """Submit the job from the repository root and follow it to its end, sampling the nodes'
-    processes meanwhile."""
+def submit(c: Cluster, submission_id: str, out: str) -> tuple[subprocess.CompletedProcess, list[tuple[str, str]]]:
+    """Submit the job from the repository root and follow it to its end (`ray job submit`
+    waits and prints the job's logs); returns that and the TCP listeners of the nodes'
+    processes, sampled all through the job."""
     tokens = job_command(c, submission_id, out)
     assert tokens[0] == "ray"
     t0 = time.perf_counter()
     proc = subprocess.Popen([ray_cli(), *tokens[1:]], env=c.env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    listening: list[tuple[str, str]] = []
     try:
         while proc.poll() is None and time.perf_counter() - t0 < 300:
-            c.sample()
-            time.sleep(0.2)
+            listening += listeners({pid for node in c.nodes for pid in node.sample()})
+            time.sleep(0.5)
         stdout, stderr = proc.communicate(timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     print(f"ray job submit {submission_id}: {time.perf_counter() - t0:.1f} s")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), listening
 
 
 @pytest.fixture(scope="module")
 def demo_job(cluster: Cluster, tmp_path_factory):
-    """The README's `ray job submit --working-dir . -- ... dipfill run` on the demo catalog."""
+    """The README's `ray job submit --working-dir . -- ... dipfill run` on the demo catalog:
+    (submission id, --out, the submit command's output, listeners seen during the job)."""
     out = tmp_path_factory.mktemp("job-out")
-    done = submit(cluster, "dipfill-demo-test", str(out))
+    done, listening = submit(cluster, "dipfill-demo-test", str(out))
     assert done.returncode == 0, f"ray job submit exited {done.returncode}:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
-    return "dipfill-demo-test", out, done
+    return "dipfill-demo-test", out, done, listening
 
 
 def json_lines(text: str) -> list[dict]:
     out = []
     for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(doc, dict):
+            out.append(doc)
     return out
 
 
 def test_ray_job_submit_runs_dipfill_on_the_demo_catalog(cluster: Cluster, demo_job) -> None:
-    sid, out, done = demo_job
+    sid, out, done, _ = demo_job
     assert f"Job '{sid}' succeeded" in done.stdout, done.stdout[-3000:]
-    (job,) = [j for j in cluster.listed("jobs") if j.get("submission_id") == sid]
-    assert job["status"] == "SUCCEEDED" and job["entrypoint"] == shlex.join(job_command(cluster, sid, str(out))[
-        job_command(cluster, sid, str(out)).index("--") + 1:]), job
+    job = cluster.job(sid)
+    command = job_command(cluster, sid, str(out))
+    assert job["status"] == "SUCCEEDED" and job["entrypoint"] == shlex.join(command[command.index("--") + 1:]), job
 
     # outputs: both scenes filled (observed pixels bit-exact), items, the run record
     for scene in (JAN, FEB):
@@ -194,8 +204,9 @@ def test_ray_job_submit_runs_dipfill_on_the_demo_catalog(cluster: Cluster, demo_
     assert (out / "catalog.json").is_file()
 
     # the job's logs (what `ray job logs` shows an operator): JSON progress events per scene
-    # and the run's summary at the end
-    logs = cluster.ray("job", "logs", "--address", cluster.api, sid)
+    # (DIPFILL_LOG_FORMAT=json), then the run's summary on stdout
+    logs = cluster.get(f"/api/jobs/{sid}/logs")["logs"]
+    assert logs.strip() and logs.strip() in done.stdout, "the submit command did not show the job's logs"
     events = [e for e in json_lines(logs) if e.get("run_id") == record["run_id"]]
     assert {e["scene"] for e in events if e.get("event") == "scene_done"} == {JAN, FEB}, logs[-4000:]
     assert {e.get("scene") for e in events if e.get("event") == "patches"} >= {JAN, FEB}, logs[-4000:]
@@ -203,31 +214,33 @@ def test_ray_job_submit_runs_dipfill_on_the_demo_catalog(cluster: Cluster, demo_
     assert re.search(rf"^run {record['run_id']}: 2 done, 0 current, 0 failed in [0-9.]+ s; record ", logs, re.M), \
         logs[-3000:]
 
-    # --working-dir . uploaded the repository without what .gitignore lists (Ray reads
-    # .gitignore and .rayignore): the package the nodes unpacked has the code and the demo
-    # catalog, and no .venv, egg-info or __pycache__
+    # What --working-dir . uploaded: the repository as git sees it. Ray leaves out its
+    # default excludes (.git, .venv, venv, __pycache__) and what .gitignore (and a
+    # .rayignore) lists; both nodes unpacked the package (the actors run in the job's
+    # runtime env), with the code and the demo catalog and nothing git ignores.
     pkgs = [p for temp in cluster.temps for p in temp.glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*")
             if p.is_dir()]
-    assert pkgs, "no working_dir package unpacked on the nodes"
+    assert {p.parents[3] for p in pkgs} == set(cluster.temps), pkgs
     for pkg in pkgs:
-        names = {p.relative_to(pkg).as_posix() for p in pkg.rglob("*")}
-        assert "dipfill/cli/main.py" in names and "data/arg25_menindee/stac/catalog.json" in names, sorted(names)[:50]
-        unwanted = sorted(n for n in names if n.split("/")[0] in (".venv", "dipfill.egg-info", ".git")
-                          or "__pycache__" in n.split("/"))
-        assert not unwanted, unwanted[:20]
+        files = sorted(p.relative_to(pkg).as_posix() for p in pkg.rglob("*") if p.is_file())
+        assert "dipfill/cli/main.py" in files and "data/arg25_menindee/stac/catalog.json" in files, files[:50]
+        assert not [f for f in files if {".git", ".venv", "__pycache__"} & set(f.split("/"))], files
+        ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO, input="\n".join(files),
+                                 capture_output=True, text=True).stdout.split()
+        assert not ignored, f"uploaded although .gitignore lists them: {ignored[:20]}"
 
 
 def test_engine_actors_run_on_both_nodes(cluster: Cluster, demo_job) -> None:
     """The run's engine actors were placed on both nodes (one CPU each: one actor per node),
-    as the State API records them and as processes under each node's `ray start`."""
-    sid, _, _ = demo_job
-    (job,) = [j for j in cluster.listed("jobs") if j.get("submission_id") == sid]
+    as the State API records them and as processes under each node's `ray start`; no
+    process of either node listened beyond 127.0.0.1 during the job."""
+    sid, _, _, listening = demo_job
+    job_id = cluster.job(sid)["job_id"]
     nodes = {n["node_id"]: n for n in cluster.listed("nodes")}
     assert len(nodes) == 2 and sum(n["is_head_node"] for n in nodes.values()) == 1, nodes
-    actors = [a for a in cluster.listed("actors", "class_name=EngineWorker") if a["job_id"] == job["job_id"]]
+    assert {n["node_ip"] for n in nodes.values()} == {"127.0.0.1"}, nodes
+    actors = [a for a in cluster.listed("actors", class_name="EngineWorker") if a["job_id"] == job_id]
     assert {a["node_id"] for a in actors} == set(nodes), (actors, nodes)
     for node in cluster.nodes:
         assert node.named("EngineWorker"), f"no engine actor process under {node.log.stem}"
-    # every TCP listener of both nodes' trees, sampled all through the job, is on 127.0.0.1
-    found = listeners({pid for node in cluster.nodes for pid in node.sample()})
-    assert found and all(loopback(local) for local, _ in found), found
+    assert listening and all(loopback(local) for local, _ in listening), sorted(set(listening))
