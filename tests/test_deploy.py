@@ -377,6 +377,48 @@ def test_cronjob_submits_with_ray_job_submit(monkeypatch):
     assert parse_since(request.since) > period
 
 
+def submit_parts(line: str, where: str) -> tuple[list[str], dict[str, str], argparse.Namespace]:
+    """A `ray job submit ... -- [ENV=value] dipfill run ...` line: the submit command's own
+    tokens (up to ``--``), the entrypoint's environment and its parsed `dipfill run`."""
+    tokens = shell_tokens(line)
+    start = tokens.index("ray")
+    submit = tokens[start:tokens.index("--", start)]
+    assert submit[:3] == ["ray", "job", "submit"], f"{where}: {submit}"
+    return submit, entry_env(tokens), parse_run(dipfill_run_args(tokens), where)
+
+
+def test_tested_ray_job_is_the_deployed_command():
+    """tests/test_ray_jobs.py submits README's Ray Jobs command (tests._ray.JOB_COMMAND) to
+    a real cluster: it has the form of deploy/'s submission (cronjob.yaml's `ray job submit`)
+    and of the RayJob entrypoints, differing only in the run's own flags (the demo catalog
+    as flags, deploy/run.yaml through --config there)."""
+    from tests._ray import JOB_COMMAND
+
+    readme = (ROOT / "README.md").read_text()
+    assert JOB_COMMAND in readme, "README.md does not show the tested `ray job submit` command as it is"
+    ours, our_env, ns = submit_parts(JOB_COMMAND, "tests._ray.JOB_COMMAND")
+    cronjob = one("cronjob.yaml", "CronJob")
+    script = "\n".join(containers(cronjob["spec"]["jobTemplate"]["spec"]["template"])[0].get("args", []))
+    (line,) = [ln for ln in script.splitlines() if "ray job submit" in ln]
+    theirs, their_env, deployed = submit_parts(line, "cronjob.yaml")
+    # the same submit options, the working dir "." in both, the dashboard's port 8265
+    assert [t for t in ours if t.startswith("--")] == [t for t in theirs if t.startswith("--")], (ours, theirs)
+    assert ours[ours.index("--working-dir") + 1] == theirs[theirs.index("--working-dir") + 1] == "."
+    assert ours[ours.index("--address") + 1].endswith(":8265")
+    # the same entrypoint: JSON logs, `dipfill run` joining the job's cluster
+    assert our_env == their_env == {"DIPFILL_LOG_FORMAT": "json"}
+    assert ns.ray_address == deployed.ray_address == "auto"
+    for name in ("rayjob.yaml", "raycronjob.yaml"):
+        spec = one(name, "RayJob")["spec"] if name == "rayjob.yaml" else \
+            one(name, "RayCronJob")["spec"]["jobTemplate"]
+        tokens = shlex.split(spec["entrypoint"])
+        assert entry_env(tokens) == our_env and parse_run(dipfill_run_args(tokens), name).ray_address == "auto"
+    # its flags are run-config keys: the same run as a run.yaml with those keys
+    request = build_request(merged(ns))
+    assert request.stac == "data/arg25_menindee/stac" and request.options.engine == "fillnodata"
+    assert Path(request.out).is_absolute(), "a relative --out would land in the job's copy of the working dir"
+
+
 # ------------------------------------------------------------------- shared K8s objects
 def test_configmaps_are_copies_of_run_yaml():
     text = RUN_YAML.read_text()
