@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +26,7 @@ from dipfill.stac.publish import absolute_item
 from dipfill.pipeline.ray_executor import stop_ray
 from tests._data import DATA
 from tests._procs import alive, cmdline, descendants, listeners, loopback, start_time
+from tests._ray import node_ports, ray_cli, start_node, stop_nodes, token_envs
 from tests.stac_server import free_port, require
 
 ARG25 = DATA / "arg25_menindee"
@@ -143,11 +143,6 @@ def test_run_over_a_stac_api_processes_only_what_the_search_matches(arg25_api: s
 
 
 # ------------------------------------------------------ 2. --ray-address: an existing cluster
-def _ray_cli() -> str | None:
-    here = Path(sys.executable).parent / "ray"
-    return str(here) if here.exists() else shutil.which("ray")
-
-
 class _Watch:
     """What the head's and the driver's process trees held at any sample: processes (pid ->
     (start time, command line)) and TCP listeners."""
@@ -172,8 +167,8 @@ class _Watch:
 
 
 def test_ray_address_joins_an_existing_cluster_on_loopback(tmp_path: Path) -> None:
-    ray_cli = _ray_cli()
-    if ray_cli is None:
+    cli = ray_cli()
+    if cli is None:
         pytest.skip("the `ray` command line (Ray's CLI) is not installed")
     require("`ss` (iproute2)", [] if shutil.which("ss") else ["ss not found"])
     # A short temp dir: Ray's unix sockets live under it (108-byte path limit), and a
@@ -181,42 +176,23 @@ def test_ray_address_joins_an_existing_cluster_on_loopback(tmp_path: Path) -> No
     # (ray.init() without an address) would find and join it.
     temp = Path(tempfile.mkdtemp(prefix="dfray-", dir="/tmp"))
     port = free_port()
-    head_log = temp / "head.log"
     watch = _Watch()
     head = None
     left: dict = {}
     early_exit = None
     try:
-        # Token authentication, with a token of this test's own: `ray start` turns it on by
-        # itself when ~/.ray/auth_token exists (ray.init() writes one). A private token makes
-        # the test independent of ~/.ray in both directions. The driver gets only the token's
-        # path, not RAY_AUTH_MODE nor RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: dipfill must switch
-        # token mode on and keep the loopback address itself (Ray rewrites 127.0.0.1 to the
-        # machine's IP otherwise, where this head is not).
-        token = temp / "auth_token"
-        token.write_text(secrets.token_hex(32))
-        token.chmod(0o600)
-        driver_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        driver_env.update({"RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"})
-        env = {**driver_env, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-        # Workers on ports the OS picks (--min/max-worker-port=0), not Ray's default range
-        # 10002-19999 that every other local Ray on this machine (other tests) draws from too.
-        with open(head_log, "wb") as log:
-            head = subprocess.Popen(
-                [ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                 "--include-dashboard=false", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}",
-                 "--min-worker-port=0", "--max-worker-port=0",
-                 "--block"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while "Ray runtime started" not in head_log.read_text(errors="replace"):
-            assert head.poll() is None, f"ray start exited {head.returncode}:\n{head_log.read_text()}"
-            assert time.monotonic() < deadline, f"ray start not up in 60 s:\n{head_log.read_text()}"
-            time.sleep(0.2)
+        # Token authentication, with a token of this test's own (tests._ray.token_envs). The
+        # driver gets only the token's path, not RAY_AUTH_MODE nor
+        # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: dipfill must switch token mode on and keep the
+        # loopback address itself (Ray rewrites 127.0.0.1 to the machine's IP otherwise,
+        # where this head is not). Agent and worker ports picked free (tests._ray.node_ports).
+        driver_env, env = token_envs(temp)
+        head = start_node(cli, ["--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                                "--include-dashboard=false", "--num-cpus=2", *node_ports()],
+                          temp=temp, env=env, name="head", timeout=60)
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass  # the GCS accepts
-        watch.sample(head.pid)
+        watch.sample(head.proc.pid)
         gcs_before = watch.named(watch.head, "gcs_server")
         assert len(gcs_before) == 1 and f"--gcs_server_port={port}" in gcs_before[0], gcs_before
 
@@ -230,7 +206,7 @@ def test_ray_address_joins_an_existing_cluster_on_loopback(tmp_path: Path) -> No
         )
         try:
             while driver.poll() is None and time.perf_counter() - t0 < 120:
-                watch.sample(head.pid, driver.pid)
+                watch.sample(head.proc.pid, driver.pid)
                 time.sleep(0.1)
             stdout, stderr = driver.communicate(timeout=5)
         finally:
@@ -255,7 +231,7 @@ def test_ray_address_joins_an_existing_cluster_on_loopback(tmp_path: Path) -> No
         assert not watch.named(watch.driver, "gcs_server") and not watch.named(watch.driver, "raylet"), watch.driver
         assert not watch.named(watch.driver, "EngineWorker"), watch.driver
         # ... the same GCS throughout, which recorded the driver's job
-        watch.sample(head.pid)
+        watch.sample(head.proc.pid)
         assert watch.named(watch.head, "gcs_server") == gcs_before
         gcs_logs = "".join(p.read_text(errors="replace") for p in temp.glob("session_*/logs/gcs_server*"))
         # ("Registering job. job_id=... driver_pid=N"; Ray < 2.5x: "Adding job, ..., driver pid = N")
@@ -270,26 +246,17 @@ def test_ray_address_joins_an_existing_cluster_on_loopback(tmp_path: Path) -> No
         assert not remote, "listening beyond 127.0.0.1:\n" + "\n".join(remote)
         assert any(f"pid={driver.pid}," in ln for _, ln in watch.listen), "the driver's listener was not seen"
     finally:
-        # Shut this cluster down, and only this one: `ray stop` would kill every Ray on
-        # the machine. SIGTERM to `ray start --block` stops its node (GCS, raylet, and
-        # the raylet's workers); anything of its tree still there after that is killed.
+        # Shut this cluster down, and only this one (tests._ray.stop_nodes: SIGTERM to
+        # `ray start --block`, then its process group and anything of its tree killed;
+        # `ray stop` would kill every Ray on the machine).
         if head is not None:
-            watch.sample(head.pid)
-            early_exit = head.poll()  # None: it ran until now, as it should
-            if early_exit is None:
-                head.send_signal(signal.SIGTERM)
-            try:
-                head.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                head.kill()
-                head.wait(timeout=10)
+            watch.sample(head.proc.pid)
+            head.seen.update(watch.head)
+            early_exit = head.proc.poll()  # None: it ran until now, as it should
+            left = stop_nodes([head], grace=20)
         tree = {**watch.head, **watch.driver}
-        deadline = time.monotonic() + 20
-        left = {pid: v for pid, v in tree.items() if alive(pid, v[0])}
-        while left and time.monotonic() < deadline:
-            time.sleep(0.2)
-            left = {pid: v for pid, v in left.items() if alive(pid, v[0])}
-        for pid in left:  # don't leave them behind for the next test, but fail below
+        left.update({pid: v for pid, v in watch.driver.items() if alive(pid, v[0])})
+        for pid in left:  # the driver's: don't leave them behind for the next test, but fail below
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -298,7 +265,7 @@ def test_ray_address_joins_an_existing_cluster_on_loopback(tmp_path: Path) -> No
         shutil.rmtree(temp, ignore_errors=True)
     assert early_exit is None, f"ray start --block exited {early_exit} before it was stopped"
     # Ray's SIGTERM handler stops the node's processes, then exits 1
-    assert head.returncode in (0, 1, -signal.SIGTERM), f"ray start --block exited {head.returncode}"
+    assert head.proc.returncode in (0, 1, -signal.SIGTERM), f"ray start --block exited {head.proc.returncode}"
     assert not left, "left running after the head stopped: " + "; ".join(c[:120] for _, c in left.values())
     assert not still_listening, still_listening
     with pytest.raises(OSError):
