@@ -142,6 +142,16 @@ def test_run_over_a_stac_api_processes_only_what_the_search_matches(arg25_api: s
     assert sorted(p.name for p in (out / COLLECTION).iterdir()) == [f"{JAN}-dipfill", "collection.json"]
 
 
+def test_run_with_a_collection_the_api_lacks_is_one_line(arg25_api: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    rc = main(["run", "--stac", arg25_api, "--collection", f"{COLLECTION}-typo", "--engine", "fillnodata",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"no collection '{COLLECTION}-typo'" in err and arg25_api in err
+    assert not out.exists()
+
+
 # ------------------------------------------------------ 2. --ray-address: an existing cluster
 class _Watch:
     """What the head's and the driver's process trees held at any sample: processes (pid ->

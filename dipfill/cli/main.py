@@ -2,7 +2,7 @@
 
 Library code logs; only the CLI configures logging and prints. Errors that users can
 cause (``DipfillError``) print one line naming the file and the problem and exit 1;
-usage errors exit 2 (argparse).
+usage errors print one line too and exit 2 (as argparse does).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from dipfill import __version__
 from dipfill.cli.logs import LOG_FORMATS, JsonFormatter, configure
@@ -21,13 +21,37 @@ from dipfill.raster.hrefs import redact_text
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (the message and where to read the usage),
+    in the log format the command line asked for: cron's log shipper gets JSON for these
+    too. Subcommand parsers inherit the class (``add_subparsers`` uses the parent's)."""
+
+    log_format: str = "text"
+
+    def error(self, message: str) -> NoReturn:  # argparse's hook; exit status 2 as argparse
+        _tell(_Parser.log_format, logging.ERROR,
+              f"{self.prog}: error: {redact_text(message)} (see `{self.prog} --help`)")
+        sys.exit(2)
+
+
+def _requested_format(argv: Sequence[str]) -> str:
+    """``--log-format`` as given on the command line (or its environment default), read
+    before parsing so that parse errors already come out in that format."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--log-format="):
+            return arg.split("=", 1)[1]
+        if arg == "--log-format" and i + 1 < len(argv):
+            return argv[i + 1]
+    return os.environ.get("DIPFILL_LOG_FORMAT", "text")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dipfill.cli import eval as eval_cmd
     from dipfill.cli import fill
     from dipfill.cli import run as run_cmd
     from dipfill.cli import search as search_cmd
 
-    parser = argparse.ArgumentParser(prog="dipfill", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="dipfill", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dipfill {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default=None,
@@ -43,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    _Parser.log_format = _requested_format(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) and usage errors (2): a status, as every other path
+        return int(exc.code or 0)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     args.log_format = configure(level, args.log_format)
     try:

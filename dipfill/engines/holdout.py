@@ -51,9 +51,11 @@ def stripe_holdout(
     candidate = np.zeros_like(observed)
     if gap.any():
         best = 0
-        lim = min(max_shift, max(h, w) - 1)
-        for dy in range(-lim, lim + 1, 2):
-            for dx in range(-lim, lim + 1, 2):
+        # each axis shifts by less than its own length (a 3 x 700 edge patch shifts
+        # along its width only)
+        lim_y, lim_x = min(max_shift, h - 1), min(max_shift, w - 1)
+        for dy in range(-lim_y, lim_y + 1, 2):
+            for dx in range(-lim_x, lim_x + 1, 2):
                 if abs(dy) + abs(dx) < 4:
                     continue
                 hit = _shifted(gap, dy, dx) & observed

@@ -34,7 +34,7 @@ from dipfill.pipeline.stages import SCENE_LOCK, current_status, process_scene, r
 from dipfill.raster.hrefs import redact_href, redact_text, signer
 from dipfill.specs import RunRequest
 from dipfill.stac.item import config_hash
-from dipfill.stac.search import SearchQuery, search
+from dipfill.stac.search import SearchQuery, open_source, search
 from dipfill.storage import check_output_dir, exclusive
 
 __all__ = ["RunRequest", "RunSummary", "run", "run_config", "parse_since", "RunInterrupted", "signer"]
@@ -60,7 +60,12 @@ def find_scenes(request: RunRequest) -> list[dict[str, Any]]:
     since = dt.datetime.now(dt.timezone.utc) - parse_since(request.since) if request.since else None
     query = SearchQuery(collections=request.collections, bbox=request.bbox, datetime=request.datetime,
                         max_cloud=request.max_cloud, filter=request.filter, updated_since=since)
-    records = list(search(request.stac, query))
+    source = open_source(request.stac)
+    # collection ids checked before any work: a misspelt one is an error, not an empty run
+    source.check_collections(request.collections)
+    if request.guides == "auto" and request.guide_collection:
+        source.check_collections((request.guide_collection,))
+    records = list(search(source, query))
     if request.max_scenes is not None:
         records = records[: request.max_scenes]
     return records

@@ -94,6 +94,7 @@ class ApiSource:
         self.url = url
         self.client = client
         self._retries, self._timeout = retries, timeout
+        self._known: set[str] = set()
         uris = client.get_conforms_to()
         self.supports_filter = client.conforms_to(ConformanceClasses.FILTER) or any(
             u.rstrip("/") in _FILTER_URIS for u in uris
@@ -135,9 +136,33 @@ class ApiSource:
             here.append(lambda item: updated_ok(item, query.updated_since))
         return params, here
 
+    def check_collections(self, ids: tuple[str, ...]) -> None:
+        """Refuse collection ids the API does not have (``GET /collections/{id}`` is 404),
+        so a misspelt ``--collection`` is one clear error, not an empty run. Each id is
+        asked once per source; an API without the collections conformance is not judged
+        (the search itself says what it finds)."""
+        from pystac_client import ConformanceClasses
+        from pystac_client.exceptions import APIError
+
+        if not self.client.conforms_to(ConformanceClasses.COLLECTIONS):
+            return
+        for cid in ids:
+            if cid in self._known:
+                continue
+            try:
+                found = self.client.get_collection(cid)  # None on 404
+            except APIError as exc:
+                raise _failed(self.url, f"reading collection {cid!r}", exc, retries=self._retries,
+                              timeout=self._timeout) from exc
+            if found is None:
+                raise InputError(f"{self.url}: no collection {cid!r}; list them with "
+                                 f"GET {self.url.rstrip('/')}/collections")
+            self._known.add(cid)
+
     def search(self, query: SearchQuery, *, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[dict[str, Any]]:
         from pystac_client.exceptions import APIError
 
+        self.check_collections(query.collections)
         params, here = self._params(query, page_size)
         if not here:
             params["max_items"] = query.limit
@@ -165,6 +190,7 @@ class StaticSource:
         self.url = href
         self.catalog = catalog
         self._retries, self._timeout = retries, timeout
+        self._collections: set[str] | None = None
 
     def __repr__(self) -> str:
         return f"StaticSource({self.url!r})"
@@ -180,10 +206,27 @@ class StaticSource:
                 d["collection"] = parent.id
             yield d
 
+    def collection_ids(self) -> set[str]:
+        """The collections of the catalog: its collection objects and the collection every
+        item names (a plain catalog of items has no collection objects)."""
+        if self._collections is None:
+            ids = {c.id for c in self.catalog.get_all_collections()}
+            self._collections = ids | {d["collection"] for d in self.items() if d.get("collection")}
+        return self._collections
+
+    def check_collections(self, ids: tuple[str, ...]) -> None:
+        """Refuse collection ids the catalog does not hold: one clear error naming the
+        ones it does, not an empty run."""
+        unknown = [c for c in ids if c not in self.collection_ids()]
+        if unknown:
+            have = ", ".join(sorted(self.collection_ids())) or "none"
+            raise InputError(f"{self.url}: no collection {unknown[0]!r}; this catalog has: {have}")
+
     def search(self, query: SearchQuery, **_: Any) -> Iterator[dict[str, Any]]:
         from pystac_client.exceptions import APIError
 
         try:
+            self.check_collections(query.collections)
             matches = [d for d in self.items() if item_matches(d, query)]
         except APIError as exc:
             raise _failed(self.url, "reading the catalog", exc, retries=self._retries, timeout=self._timeout) from exc
