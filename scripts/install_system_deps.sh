@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs and pip cannot provide: a PostgreSQL
-# server and PostGIS 3, for the real stac-fastapi-pgstac server of tests/stac_server.py.
+# server and PostGIS 3, for the real stac-fastapi-pgstac server of tests/stac_server.py,
+# and Chromium, which renders `dipfill report` pages headless in tests/test_operator_view.py.
 #
 # Idempotent: when the packages are installed it only asks dpkg and exits (well under a
 # second). Installs non-interactively with apt-get, as root or through sudo.
@@ -19,8 +20,8 @@ fi
 say() { echo "install_system_deps: $*" >&2; }
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-    say "not a Debian/Ubuntu system (no dpkg-query/apt-get): install PostgreSQL and"
-    say "PostGIS 3 yourself (tests that need them are skipped outside CI)"
+    say "not a Debian/Ubuntu system (no dpkg-query/apt-get): install PostgreSQL,"
+    say "PostGIS 3 and Chromium yourself (tests that need them are skipped outside CI)"
     exit 1
 fi
 
@@ -37,7 +38,10 @@ if [ -z "$pg_major" ]; then
         | sort -n | tail -n 1)"
 fi
 
-packages_for() { echo "postgresql-$1 postgresql-$1-postgis-3"; }
+# Packages that do not depend on the PostgreSQL version.
+other_packages="chromium"
+
+packages_for() { echo "postgresql-$1 postgresql-$1-postgis-3 $other_packages"; }
 
 if [ -n "$pg_major" ]; then
     missing=""
@@ -55,8 +59,8 @@ if [ "$(id -u)" -eq 0 ]; then
 elif command -v sudo >/dev/null 2>&1; then
     as_root=(sudo)
 else
-    say "PostgreSQL/PostGIS 3 are missing and this needs root: run as root, install sudo,"
-    say "or run:  apt-get install postgresql postgis   (or set DIPFILL_SKIP_SYSTEM_DEPS=1)"
+    say "PostgreSQL/PostGIS 3/Chromium are missing and this needs root: run as root, install sudo,"
+    say "or run:  apt-get install postgresql postgis chromium   (or set DIPFILL_SKIP_SYSTEM_DEPS=1)"
     exit 1
 fi
 
@@ -86,4 +90,4 @@ for p in $(packages_for "$pg_major"); do
         exit 1
     fi
 done
-say "installed PostgreSQL $pg_major with PostGIS 3"
+say "installed PostgreSQL $pg_major with PostGIS 3, and $other_packages"

@@ -59,7 +59,8 @@ def test_run_fills_every_scene_and_listens_on_loopback_only(tmp_path: Path) -> N
         logger.setLevel(logging.NOTSET)
     assert {s.id for s in summary.scenes} == SCENES and all(s.status == "done" for s in summary.scenes)
     record = json.loads(Path(summary.record).read_text())
-    assert record["counts"] == {"done": 2, "current": 0, "failed": 0} and record["config_hash"]
+    assert record["counts"] == {"pending": 0, "done": 2, "current": 0, "failed": 0} and record["config_hash"]
+    assert record["state"] == "finished"
     for scene in SCENES:
         src = next((DATA / "arg25_menindee").glob(f"{scene.replace('_crop512', '')}_B3B4B5_crop512.tif"))
         with rasterio.open(src) as a, rasterio.open(filled_cog(tmp_path / "out", scene)) as b:
@@ -86,7 +87,8 @@ def test_run_fills_every_scene_and_listens_on_loopback_only(tmp_path: Path) -> N
         assert all(e["patches_per_s"] > 0 and e["eta_s"] >= 0 and e["scenes_total"] == 2 for e in mine)
     assert "eta_run_s" in patches[-1]  # the second scene knows how long the first took
     finished = [e for e in events if e["event"] == "scene_done"]
-    assert all(set(e["timings"]) == {"mask", "fit", "blend", "write"} and e["status"] == "done" for e in finished)
+    assert all(set(e["timings"]) == {"open", "mask", "plan", "fit", "merge", "write", "describe"}
+               and e["status"] == "done" for e in finished)
     assert events[-1]["counts"] == {"done": 2, "current": 0, "failed": 0}
     lines = [json.loads(ln) for ln in stream.getvalue().splitlines()]
     assert [(ln["event"], ln["msg"]) for ln in lines] == [(e["event"], e["msg"]) for e in events]

@@ -113,7 +113,7 @@ def test_run_over_a_stac_api_fills_every_matching_scene(arg25_api: str, tmp_path
                           "--datetime", "2010-01-01/2010-02-28", "--engine", "fillnodata", "--out", str(out))
     assert rc == 0, record
     assert {s["id"]: s["status"] for s in record["scenes"]} == {JAN: "done", FEB: "done"}
-    assert record["counts"] == {"done": 2, "current": 0, "failed": 0}
+    assert record["counts"] == {"pending": 0, "done": 2, "current": 0, "failed": 0}
     assert record["request"]["stac"] == arg25_api and record["request"]["collections"] == [COLLECTION]
     assert (out / "runs" / f"{record['run_id']}.json").is_file()
     for scene in (JAN, FEB):
@@ -133,12 +133,13 @@ def test_run_over_a_stac_api_processes_only_what_the_search_matches(arg25_api: s
     rc, record = run_json(capsys, *common, "--bbox", *BBOX, "--datetime", "2010-01-10/2010-01-20")
     assert rc == 0, record
     assert [(s["id"], s["status"]) for s in record["scenes"]] == [(JAN, "done")]
-    assert record["counts"] == {"done": 1, "current": 0, "failed": 0}
+    assert record["counts"] == {"pending": 0, "done": 1, "current": 0, "failed": 0}
     assert_filled(out, JAN)
     assert not scene_dir(out, FEB).exists()
     # a bbox away from both scenes: nothing to do, and nothing written but the record
     rc, record = run_json(capsys, *common, "--bbox", "150", "-30", "151", "-29", "--datetime", "2010")
-    assert rc == 0 and record["scenes"] == [] and record["counts"] == {"done": 0, "current": 0, "failed": 0}
+    assert rc == 0 and record["scenes"] == []
+    assert record["counts"] == {"pending": 0, "done": 0, "current": 0, "failed": 0}
     assert sorted(p.name for p in (out / COLLECTION).iterdir()) == [f"{JAN}-dipfill", "collection.json"]
 
 
@@ -229,7 +230,7 @@ def test_ray_address_joins_an_existing_cluster_on_loopback(tmp_path: Path) -> No
 
         # outputs, as with a local Ray
         record = json.loads(stdout)
-        assert record["counts"] == {"done": 2, "current": 0, "failed": 0}, record
+        assert record["counts"] == {"pending": 0, "done": 2, "current": 0, "failed": 0}, record
         assert (out / "runs" / f"{record['run_id']}.json").is_file()
         for scene in (JAN, FEB):
             assert_filled(out, scene)
@@ -299,8 +300,10 @@ def test_unreachable_cluster_stops_the_run_once_without_blaming_scenes(tmp_path:
     assert time.perf_counter() - t0 < 60
     (record_path,) = (out / "runs").glob("*.json")
     record = json.loads(record_path.read_text())
-    assert f"127.0.0.1:{port}" in record["error"] and record["scenes"] == []
-    assert record["counts"] == {"done": 0, "current": 0, "failed": 0}
+    assert f"127.0.0.1:{port}" in record["error"] and record["state"] == "stopped"
+    # the scenes it never got to are pending (dipfill status shows them so), none failed
+    assert {s["status"] for s in record["scenes"]} == {"pending"} and len(record["scenes"]) == 2
+    assert record["counts"] == {"pending": 2, "done": 0, "current": 0, "failed": 0}
 
 
 def test_engine_pool_grows_when_a_node_joins(tmp_path: Path) -> None:

@@ -48,8 +48,10 @@ def _requested_format(argv: Sequence[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from dipfill.cli import eval as eval_cmd
     from dipfill.cli import fill
+    from dipfill.cli import report as report_cmd
     from dipfill.cli import run as run_cmd
     from dipfill.cli import search as search_cmd
+    from dipfill.cli import status as status_cmd
 
     parser = _Parser(prog="dipfill", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dipfill {__version__}")
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.register(sub)
     search_cmd.register(sub)
     run_cmd.register(sub)
+    status_cmd.register(sub)
+    report_cmd.register(sub)
     return parser
 
 

@@ -6,10 +6,13 @@ Everything here goes to logs or to ``OUT/runs/<run-id>.json``, so every message 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import os
 import re
 import resource
+import socket
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -23,8 +26,16 @@ from dipfill.raster.hrefs import redact_text
 from dipfill.specs import RunRequest
 from dipfill.storage import write_json
 
-__all__ = ["SceneStatus", "RunSummary", "Progress", "StageClock", "request_record", "write_summary", "failure_line",
-           "failure_details"]
+__all__ = ["SceneStatus", "RunSummary", "Progress", "StageClock", "STAGES", "SCENE_STATES", "request_record",
+           "write_summary", "failure_line", "failure_details"]
+
+#: The stages of a scene, in order, as timed in a scene's ``timings`` (``guides`` only for
+#: an engine that uses guides, ``publish`` only with ``--publish``).
+STAGES = ("open", "mask", "plan", "guides", "fit", "merge", "write", "describe", "publish")
+
+#: A scene's state in a run record: ``pending`` until the run gets to it (a run killed
+#: before that leaves it so), then ``done``, ``current`` (output already up to date) or ``failed``.
+SCENE_STATES = ("pending", "done", "current", "failed")
 
 # Events are records of the run logger, which `dipfill run` shows at INFO whatever -v says.
 log = logging.getLogger("dipfill.pipeline.run")
@@ -52,7 +63,7 @@ def failure_details(exc: BaseException) -> str:
 @dataclass
 class SceneStatus:
     id: str
-    status: str  # done | current | failed
+    status: str  # pending | done | current | failed (SCENE_STATES)
     output: str | None = None
     message: str = ""
     patches: int = 0
@@ -60,9 +71,10 @@ class SceneStatus:
     patches_resumed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0  # this scene's work, after the engine pool is up
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: mask, fit, blend, write
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES) that ran
     driver_peak_mib: dict[str, float] = field(default_factory=dict)  # the driver's peak RSS after each stage
     guides: dict[str, Any] = field(default_factory=dict)  # the guide search's choice (engines that use guides)
+    bbox: list[float] | None = None  # the source item's lon/lat bbox: where a failed scene lies on a map
 
 
 @dataclass
@@ -74,6 +86,8 @@ class RunSummary:
     seconds: float
     record: str = ""
     error: str = ""  # why the whole run stopped (the cluster), when it did
+    state: str = "finished"  # running | finished | stopped (the cluster) | interrupted (signal, Ctrl-C)
+    started: str = ""  # ISO 8601 UTC, microseconds: orders runs started within one second
 
     @property
     def failed(self) -> list[SceneStatus]:
@@ -102,6 +116,11 @@ class Progress:
         if event == "patches" and self.scene_seconds:
             left = self.scenes_total - self.scenes_done - 1
             doc["eta_run_s"] = round(fields.get("eta_s", 0.0) + left * float(np.mean(self.scene_seconds)), 1)
+        if event in ("patches", "steps"):
+            # what an operator watching a terminal needs on the line itself: which scene of
+            # how many, and (once one scene has finished) when the whole run should end
+            doc["msg"] = f"scene {self.scenes_done + 1}/{self.scenes_total} {doc['msg'].strip()}" + (
+                f", run ETA {doc['eta_run_s']:.0f} s" if "eta_run_s" in doc else "")
         doc = json.loads(redact_text(json.dumps(doc, default=str)))
         log.info("%s", doc["msg"], extra={"fields": doc})
         if self.callback:
@@ -116,8 +135,10 @@ class Progress:
 
 
 class StageClock:
-    """Seconds spent per stage of a scene, and the driver's peak resident memory at the end
-    of each (MiB, since the process started), for the run record and ``make bench``."""
+    """Seconds spent per stage of a scene (:data:`STAGES`), and the driver's peak resident
+    memory at the end of each (MiB, since the process started), for the run record, the
+    report and ``make bench``. A stage lapped twice (``describe``: before and after the
+    files are written) adds up."""
 
     def __init__(self) -> None:
         self.laps: dict[str, float] = {}
@@ -126,7 +147,7 @@ class StageClock:
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
-        self.laps[name] = round(now - self._t, 3)
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._t, 3)
         self.peaks[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         self._t = now
 
@@ -137,19 +158,32 @@ def request_record(request: RunRequest) -> dict[str, Any]:
     return json.loads(redact_text(json.dumps(d, default=str)))
 
 
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def write_summary(out: Path, summary: RunSummary) -> Path:
+    """Write the run record ``OUT/runs/<run-id>.json`` (atomically). A run writes it when it
+    starts (every scene ``pending``), after each scene and when it ends, so ``dipfill
+    status`` finds what a killed run left undone; ``host`` and ``pid`` tell whether a
+    ``running`` record's driver still runs."""
     path = out / "runs" / f"{summary.run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "run_id": summary.run_id,
         "dipfill": __version__,
+        "state": summary.state,
+        "started": summary.started,
+        "updated": now_iso(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
         "request": summary.request,
         "config_hash": summary.config_hash,
         "seconds": summary.seconds,
         **({"error": summary.error} if summary.error else {}),
         "scenes": [asdict(s) for s in summary.scenes],
         "failures": [{"id": s.id, "message": s.message} for s in summary.failed],
-        "counts": {k: sum(1 for s in summary.scenes if s.status == k) for k in ("done", "current", "failed")},
+        "counts": {k: sum(1 for s in summary.scenes if s.status == k) for k in SCENE_STATES},
     }
     write_json(path, doc)
     return path

@@ -18,6 +18,7 @@ waits for it and then finds it current; temporaries are each process's own.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -28,7 +29,7 @@ from typing import Any, Callable
 
 from dipfill.errors import ClusterError, DipfillError, InputError, RunInterrupted
 from dipfill.pipeline.executor import Executor
-from dipfill.pipeline.progress import (Progress, RunSummary, SceneStatus, failure_details, failure_line,
+from dipfill.pipeline.progress import (Progress, RunSummary, SceneStatus, failure_details, failure_line, now_iso,
                                        request_record, write_summary)
 from dipfill.pipeline.stages import SCENE_LOCK, current_status, process_scene, run_config, scene_dir
 from dipfill.raster.hrefs import redact_href, redact_text, signer
@@ -99,6 +100,18 @@ def run(
 
     statuses: list[SceneStatus] = []
     budget = [stop_after_batches]
+    started = now_iso()
+
+    def save(state: str, error: str = "") -> RunSummary:
+        """The run record as it stands: scenes not reached yet are ``pending`` (what
+        ``dipfill status`` shows of a run that was killed before it got to them)."""
+        pending = [SceneStatus(str(r.get("id")), "pending", bbox=_bbox(r)) for r in records[len(statuses):]]
+        summary = RunSummary(run_id, request_record(request), chash, statuses + pending,
+                             round(time.perf_counter() - t0, 3), error=error, state=state, started=started)
+        summary.record = str(write_summary(out, summary))
+        return summary
+
+    save("running")
     # Actors stay up for this driver's next run (tests, notebooks); stop_ray() or exit ends them.
     try:
         for n, record in enumerate(records, start=1):
@@ -129,21 +142,33 @@ def run(
                 log.log(logging.DEBUG if isinstance(exc, DipfillError) else logging.ERROR,
                         "scene %s failed: details:\n%s", record.get("id"), failure_details(exc))
             status.seconds = round(time.perf_counter() - start, 3)
+            status.bbox = _bbox(record)
             statuses.append(status)
+            save("running")
             say.scene_finished(status, f"scene {n}/{len(records)} {record.get('id')}: {status.status}"
                                + (f" ({status.message})" if status.message else ""))
     except ClusterError as exc:
-        summary = RunSummary(run_id, request_record(request), chash, statuses, round(time.perf_counter() - t0, 3),
-                             error=redact_text(str(exc)))
-        summary.record = str(write_summary(out, summary))
+        summary = save("stopped", redact_text(str(exc)))
         say("run_failed", f"run {run_id}: stopped: {summary.error}", error=summary.error, record=summary.record)
         raise
-    summary = RunSummary(run_id, request_record(request), chash, statuses, round(time.perf_counter() - t0, 3))
-    summary.record = str(write_summary(out, summary))
+    except BaseException as exc:  # SIGTERM/SIGINT, a simulated kill: the record says the run did not finish
+        with contextlib.suppress(OSError):  # never hide why the run stopped
+            save("interrupted", redact_text(failure_line(exc)))
+        raise
+    summary = save("finished")
     counts = {k: sum(1 for st in statuses if st.status == k) for k in ("done", "current", "failed")}
     say("run_done", f"run {run_id}: {counts['done']} done, {counts['current']} current, {counts['failed']} failed "
         f"in {summary.seconds:.1f} s", counts=counts, seconds=summary.seconds, record=summary.record)
     return summary
+
+
+def _bbox(item: dict[str, Any]) -> list[float] | None:
+    """The source item's bbox (lon/lat), for the report's map; None when it has none."""
+    bbox = item.get("bbox")
+    try:
+        return [float(v) for v in bbox] if bbox and len(bbox) in (4, 6) else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _engine_pool(request: RunRequest, ray_address: str | None, num_cpus: int | None) -> Executor:
