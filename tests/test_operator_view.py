@@ -56,7 +56,7 @@ def roots(tmp_path_factory) -> dict[str, Path]:
     _run(broken / "stac", base / "mixed")
     with pytest.raises(RunInterrupted):
         _run(cat, base / "stopped", stop_after_batches=1)  # as a driver killed after one batch
-    return {"mixed": base / "mixed", "stopped": base / "stopped", "catalog": cat}
+    return {"mixed": base / "mixed", "stopped": base / "stopped", "catalog": cat, "broken": broken / "stac"}
 
 
 def _record(out: Path) -> dict:
@@ -123,6 +123,28 @@ def test_status_of_a_stopped_run_shows_pending_scenes_then_done_after_the_rerun(
     st = output_status(out)
     assert [s.state for s in st.scenes] == ["done", "done"] and len(st.runs) == 2
     assert main(["status", str(out)]) == 0
+
+
+def test_a_rerun_records_after_each_scene_that_worked_but_not_per_current_scene(roots, tmp_path, monkeypatch) -> None:
+    """A cron rerun over many current scenes does not rewrite its record per scene."""
+    out = tmp_path / "mixed"
+    shutil.copytree(roots["mixed"], out)
+    writes: list[list[str]] = []
+    real = run_mod.write_summary
+
+    def counting(root, summary):
+        writes.append([s.status for s in summary.scenes])
+        return real(root, summary)
+
+    monkeypatch.setattr(run_mod, "write_summary", counting)
+    monkeypatch.setattr(run_mod, "RECORD_EVERY", 3600.0)
+    summary = _run(roots["broken"], out)
+    assert [s.status for s in summary.scenes] == ["current", "failed"]  # FEB current, JAN fails again
+    assert writes == [["pending", "pending"], ["current", "failed"], ["current", "failed"]]  # start, JAN, end
+    st = output_status(out)
+    assert [(s.id, s.state, s.run_id) for s in st.scenes] == [(JAN, "failed", summary.run_id),
+                                                              (FEB, "done", summary.run_id)]
+    assert next(s for s in st.scenes if s.id == FEB).message == "output current: no engine work"
 
 
 @pytest.mark.parametrize("what", ["missing", "file", "empty"])

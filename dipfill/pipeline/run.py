@@ -42,6 +42,9 @@ __all__ = ["RunRequest", "RunSummary", "run", "run_config", "parse_since", "RunI
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two writes of a running run's record while it only skips current scenes.
+RECORD_EVERY = 5.0
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
 
@@ -102,9 +105,12 @@ def run(
     budget = [stop_after_batches]
     started = now_iso()
 
+    saved = [0.0]
+
     def save(state: str, error: str = "") -> RunSummary:
         """The run record as it stands: scenes not reached yet are ``pending`` (what
         ``dipfill status`` shows of a run that was killed before it got to them)."""
+        saved[0] = time.perf_counter()
         pending = [SceneStatus(str(r.get("id")), "pending", bbox=_bbox(r)) for r in records[len(statuses):]]
         summary = RunSummary(run_id, request_record(request), chash, statuses + pending,
                              round(time.perf_counter() - t0, 3), error=error, state=state, started=started)
@@ -144,7 +150,10 @@ def run(
             status.seconds = round(time.perf_counter() - start, 3)
             status.bbox = _bbox(record)
             statuses.append(status)
-            save("running")
+            # after every scene that did work or failed; a stretch of current scenes (a cron
+            # rerun over thousands) is recorded every RECORD_EVERY s, not rewritten per scene
+            if status.status != "current" or time.perf_counter() - saved[0] >= RECORD_EVERY:
+                save("running")
             say.scene_finished(status, f"scene {n}/{len(records)} {record.get('id')}: {status.status}"
                                + (f" ({status.message})" if status.message else ""))
     except ClusterError as exc:
