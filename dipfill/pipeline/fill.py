@@ -39,6 +39,7 @@ from dipfill.raster.masks import QA_OUTSIDE, footprint_from_validity
 from dipfill.raster.read import Scene, acquisition_date, data_validity, footprint_from_geojson, read_mask, read_scene
 from dipfill.raster.write import Preview
 from dipfill.specs import FillOptions
+from dipfill.stac.item import ItemExtras
 from dipfill.storage import JsonFileCache, check_output_dir, default_strategy_cache_path, remove
 
 __all__ = ["FillResult", "FillReport", "fill_arrays", "fill_files", "check_datetime", "check_rgb"]
@@ -191,8 +192,14 @@ def fill_files(
     rgb: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_steps: Callable[[int, int, BatchProgress], None] | None = None,
+    mode: Any = None,
 ) -> FillReport:
     """Fill the raster(s) ``inputs`` and write all outputs into ``out_dir``.
+
+    ``mode``: a job other than gap filling on the same pipeline (e.g.
+    :class:`~dipfill.pipeline.anonymise.AnonymiseMode`): its ``prepare(scene, valid,
+    footprint)`` decides the gaps and footprint (and may blank the scene's pixels), its
+    ``fill`` replaces :func:`fill_arrays`, its ``extras()`` go into the item.
 
     ``progress`` and ``on_steps``: as for :func:`fill_arrays`.
 
@@ -217,6 +224,8 @@ def fill_files(
     if mask is not None:
         valid = data_valid & ~read_mask(mask, scene.grid)[None]
     footprint = _footprint(scene, data_valid, options)
+    if mode is not None:
+        valid, footprint = mode.prepare(scene, valid, footprint)
     if not (valid & footprint[None]).any():
         raise InputError(f"{redact_href(scene.sources[0])}: no observed pixel inside the footprint")
     item_id = unique_id(item_id or _default_item_id(scene.sources)) + "-dipfill"
@@ -237,7 +246,7 @@ def fill_files(
     if guides and not uses_guides(engine):
         log.warning("engine %r ignores guides: the %d guide(s) are recorded in the item but do not change the fill",
                     options.engine, len(guides))
-    result = fill_arrays(
+    result = (mode.fill if mode is not None else fill_arrays)(
         scene.data,
         valid,
         footprint,
@@ -266,7 +275,8 @@ def fill_files(
         diagnostics=result.diagnostics,
         guides=[g.record() for g in guides],
     )
-    outputs = _write_or_undo(Path(out_dir), item_id, product, options, acq, rgb)
+    extras: ItemExtras | None = mode.extras() if mode is not None else None
+    outputs = _write_or_undo(Path(out_dir), item_id, product, options, acq, rgb, extras)
     return FillReport(
         item_id=item_id,
         outputs=outputs,
@@ -283,7 +293,7 @@ def fill_files(
 
 
 def _write_or_undo(out: Path, item_id: str, product: SceneProduct, options: FillOptions, acquired: str | None,
-                   rgb: Sequence[int]) -> dict[str, str]:
+                   rgb: Sequence[int], extras: ItemExtras | None = None) -> dict[str, str]:
     """:func:`write_outputs`, and on failure remove the outputs it created (each already
     complete: they are renamed into place) so that no product without its item is left;
     outputs of an earlier fill of this id stay, and so does ``out`` when it existed."""
@@ -291,7 +301,7 @@ def _write_or_undo(out: Path, item_id: str, product: SceneProduct, options: Fill
     paths = [out / name for name in output_names(item_id, product.band_keys, [c.key for c in product.carried]).values()]
     existed = {p for p in paths if p.exists() or p.is_symlink()}
     try:
-        return write_outputs(out, item_id, product, options, acquired, rgb)
+        return write_outputs(out, item_id, product, options, acquired, rgb, extras)
     except BaseException:
         for p in paths:
             if p not in existed:
