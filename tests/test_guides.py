@@ -386,7 +386,7 @@ def test_fill_with_a_guide_end_to_end(tmp_path: Path, guide_4326: Path, caplog) 
     valid = before != -999
     filled = {}
     for name in ("guided", "plain"):
-        with rasterio.open(next((tmp_path / name).glob("*_filled.tif"))) as ds:
+        with rasterio.open(next((tmp_path / name).glob("*_filled.vrt"))) as ds:
             filled[name] = ds.read()
         with rasterio.open(next((tmp_path / name).glob("*_qa.tif"))) as ds:
             outside = ds.read(1) == 0
@@ -633,7 +633,7 @@ def test_fill_with_a_guide_mask_end_to_end(tmp_path: Path, guide_mask: Path) -> 
     filled = {}
     for name, extra in runs.items():
         assert main([*common, "--out", str(tmp_path / name), *extra]) == 0
-        with rasterio.open(next((tmp_path / name).glob("*_filled.tif"))) as ds:
+        with rasterio.open(next((tmp_path / name).glob("*_filled.vrt"))) as ds:
             filled[name] = ds.read()
     with rasterio.open(ARG25_JAN) as src:
         gaps = src.read() == -999

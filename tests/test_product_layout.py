@@ -58,6 +58,7 @@ def test_the_output_mirrors_the_input_items_band_assets(output: Path) -> None:
         with rasterio.open(output.parent / mine["href"]) as ds:
             assert ds.count == 1 and ds.dtypes[0] == "int16" and ds.nodata == -999
     assert {"filled", "qa", "mosaic", "quicklook", "patches"} <= set(item["assets"])
+    assert (item["properties"]["platform"], item["properties"]["instruments"]) == ("landsat-7", ["etm+"])
 
 
 def test_odc_stac_loads_input_and_output_with_the_same_band_names(output: Path) -> None:
@@ -168,3 +169,50 @@ def test_landsat_product_has_every_reflectance_band_and_carries_qa_pixel(tmp_pat
     with rasterio.open(out.parent / qa["href"]) as ds, rasterio.open(source["assets"]["qa_pixel"]["href"]) as src:
         assert np.array_equal(ds.read(1), src.read(1)) and ds.transform == src.transform and ds.crs == src.crs
     assert item["assets"]["qa"]["roles"] == ["metadata"]  # dipfill's own QA beside it
+
+
+# ------------------------------------------- Sentinel-2 L2A: the bands it has, SCL on its own grid
+S2_DIR = "sentinel2/earthsearch_S2A_29RKH_20200219_L2A_reduced_res"
+S2_FILES = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11", "swir22": "B12", "scl": "SCL"}
+
+
+def test_sentinel2_product_mirrors_the_bands_the_item_has_and_copies_scl_on_its_grid(tmp_path: Path) -> None:
+    """The committed Earth Search item with hrefs to the real reduced-resolution rasters
+    (100 m 10 m-class bands, 200 m 20 m-class bands and SCL; ../shared/data) and without the
+    bands those lack: the default run fills the six it has on the finest grid, and SCL is
+    copied on its own 200 m grid (asset proj: fields say so); odc-stac reads both."""
+    import odc.stac
+
+    folder = shared_file(f"{S2_DIR}/SCL.tif").parent
+    item = json.loads((REPO / "tests/fixtures/stac/items/S2A_29RKH_20200219_0_L2A.json").read_text())
+    item["assets"] = {key: {**item["assets"][key], "href": str(folder / f"{name}.tif")}
+                      for key, name in S2_FILES.items()}
+    item.update(collection="sentinel-2-l2a", links=[])
+    root = tmp_path / "stac"
+    (root / "sentinel-2-l2a" / item["id"]).mkdir(parents=True)
+    (root / "sentinel-2-l2a" / item["id"] / f"{item['id']}.json").write_text(json.dumps(item))
+    (root / "sentinel-2-l2a" / "collection.json").write_text(json.dumps(
+        {"type": "Collection", "stac_version": "1.0.0", "id": "sentinel-2-l2a", "description": "test",
+         "license": "proprietary", "extent": {"spatial": {"bbox": [item["bbox"]]}, "temporal": {"interval": [[None, None]]}},
+         "links": [{"rel": "item", "href": f"./{item['id']}/{item['id']}.json"}]}))
+    (root / "catalog.json").write_text(json.dumps({"type": "Catalog", "stac_version": "1.0.0", "id": "c",
+                                                   "description": "test", "links": [
+                                                       {"rel": "child", "href": "./sentinel-2-l2a/collection.json"}]}))
+    out = Path(run_scene(tmp_path / "out", stac=root / "catalog.json", datetime="2020-02-01/2020-02-28",
+                         mask="clouds"))
+    product = json.loads(out.read_text())
+    assert validation_errors(product) == []
+    bands = [k for k in S2_FILES if k != "scl"]
+    for key in bands:
+        asset = product["assets"][key]
+        assert asset["eo:bands"] == item["assets"][key]["eo:bands"] and asset["roles"] == ["data", "reflectance"]
+        (band,) = asset["raster:bands"]
+        assert band["scale"] == 1e-4 and band["spatial_resolution"] == 100.0  # on the 100 m grid now
+        assert "proj:shape" not in asset
+    scl = product["assets"]["scl"]
+    assert scl["proj:shape"] == [549, 549] and scl["proj:transform"][0] == 200.0
+    with rasterio.open(out.parent / scl["href"]) as ds, rasterio.open(folder / "SCL.tif") as src:
+        assert np.array_equal(ds.read(1), src.read(1)) and ds.transform == src.transform
+    loaded = odc.stac.load([pystac.Item.from_file(str(out))], bands=["red", "swir16"], chunks=None)
+    with rasterio.open(out.parent / product["assets"]["red"]["href"]) as ds:
+        assert np.array_equal(loaded["red"].values[0], ds.read(1))

@@ -40,6 +40,7 @@ __all__ = [
     "MirroredAsset",
     "OWN_ASSETS",
     "own_asset_keys",
+    "mirrored_properties",
     "ItemSpec",
     "ItemExtras",
     "FilledScene",
@@ -63,6 +64,9 @@ OWN_ASSETS = ("filled", "qa", "mosaic", "quicklook", "patches")
 #: declares; hrefs, file:, proj:, alternate and storage: facts describe the input's file).
 MIRRORED_FIELDS = ("title", "description", "roles", "eo:bands", "gsd", "classification:classes",
                    "classification:bitfields", "unit")
+#: Item properties an output repeats from its input: common metadata (core schema) that
+#: code written for the input collection filters on (``platform == "landsat-8"``).
+MIRRORED_PROPERTIES = ("platform", "constellation", "instruments", "mission")
 #: raster:bands / bands entries that no longer hold for the filled pixels.
 _STALE_BAND_FIELDS = ("statistics", "histogram")
 COG_MEDIA_TYPE = pystac.MediaType.COG
@@ -98,6 +102,11 @@ def file_checksum(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return "1220" + h.hexdigest()
+
+
+def mirrored_properties(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """The input item's :data:`MIRRORED_PROPERTIES` it has."""
+    return {k: properties[k] for k in MIRRORED_PROPERTIES if properties.get(k) is not None}
 
 
 def own_asset_keys(mirrored: Sequence[str]) -> dict[str, str]:
