@@ -48,7 +48,7 @@ from dipfill.raster.guides import ItemGuide
 from dipfill.raster.hrefs import redact_href, signer
 from dipfill.raster.masks import OUTSIDE
 from dipfill.raster.scene import SceneSource, open_scene
-from dipfill.raster.scene_mask import scene_mask
+from dipfill.raster.scene_mask import SceneMask, scene_mask
 from dipfill.raster.write import MOSAIC_CHUNK, create_zarr_mosaic
 from dipfill.specs import RunRequest
 from dipfill.stac.guides import GuideQuery
@@ -60,8 +60,8 @@ from dipfill.storage import remove_stale_temporaries, staged
 #: Seconds between two ``steps`` events of a scene (progress within its batches) at most.
 STEPS_EVERY = 5.0
 
-__all__ = ["SceneJob", "SCENE_LOCK", "STEPS_EVERY", "process_scene", "current_status", "scene_dir", "source_version",
-           "output_id"]
+__all__ = ["SceneJob", "SCENE_LOCK", "STEPS_EVERY", "process_scene", "mask_stage", "current_status", "scene_dir",
+           "source_version", "output_id"]
 
 
 @dataclass
@@ -126,17 +126,19 @@ def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash
     """Every stage of one scene, timed; returns its status (raises what a stage raises)."""
     clock = StageClock()
     job = open_stage(item, request, out, chash)
-    plan_stage(job)
+    clock.lap("open")
+    mask = mask_stage(job)
     clock.lap("mask")
+    plan_stage(job, mask)
+    clock.lap("plan")
     if wants_guides(request):
         guide_stage(job, say)
         clock.lap("guides")
     diagnostics = fit_stage(job, executor, say, budget)
     clock.lap("fit")
     blocks = merge_stage(job, executor)
-    clock.lap("blend")
-    outputs, counts = write_stage(job, blocks, diagnostics, out)
-    clock.lap("write")
+    clock.lap("merge")
+    outputs, counts = write_stage(job, blocks, diagnostics, out, clock)  # laps write and describe
     if request.publish:
         publish_item(request.publish, outputs["item"], f"{item.get('collection') or 'items'}-dipfill")
         clock.lap("publish")
@@ -156,11 +158,17 @@ def open_stage(item: Mapping[str, Any], request: RunRequest, out: Path, chash: s
     return SceneJob(item, request, chash, output_id(item), directory, source, nodata)
 
 
-def plan_stage(job: SceneJob) -> None:
-    """Mask the scene in strips, plan its windows and batches, and list the fit tasks a
-    resumed patch store still needs."""
+def mask_stage(job: SceneJob) -> SceneMask:
+    """Read the scene in strips for its masks (three-state mask, observed bands per pixel)."""
+    return scene_mask(job.source, rows=MOSAIC_CHUNK, closing=job.request.options.collar_closing)
+
+
+def plan_stage(job: SceneJob, mask: SceneMask | None = None) -> None:
+    """Plan the windows and batches from the scene's masks (read here when not given), and
+    list the fit tasks a resumed patch store still needs."""
     opts = job.request.options
-    mask = scene_mask(job.source, rows=MOSAIC_CHUNK, closing=opts.collar_closing)
+    if mask is None:
+        mask = mask_stage(job)
     plan = plan_from_mask(mask.state, mask.nvalid, mask.bands, opts, with_fallback=opts.fallback != "none")
     job.plan, job.dtype = plan, mask.dtype
     del mask  # the plan keeps the one-byte state; the count of observed bands is done with
@@ -324,14 +332,19 @@ def describe_stage(job: SceneJob) -> ItemExtras:
 
 
 def write_stage(job: SceneJob, blocks: Sequence[BlockResult], diagnostics: Mapping[str, PatchDiagnostics],
-                out: Path) -> tuple[dict[str, str], dict[str, int]]:
+                out: Path, clock: StageClock | None = None) -> tuple[dict[str, str], dict[str, int]]:
     """COGs streamed from the mosaic, quicklook, diagnostics, then the item (last); the patch
-    store goes and the static catalog gets the item. Returns the outputs and QA counts."""
+    store goes and the static catalog gets the item. Returns the outputs and QA counts.
+
+    ``clock`` laps ``describe`` (what the item states, and the static catalog's update) and
+    ``write`` (the files, the item's own JSON file included: it is written with them, last)."""
     assert job.plan is not None and job.store is not None
     plan, item = job.plan, job.item
+    lap = clock.lap if clock is not None else (lambda name: None)
     mosaic = zarr.open_group(str(job.scene_dir / mosaic_name(job.item_id)), mode="r")
     counts = merge_counts([b.counts for b in blocks])
     extras = describe_stage(job)
+    lap("describe")
     product = SceneProduct(
         grid=job.source.grid,
         band_names=list(job.source.band_names),
@@ -352,7 +365,9 @@ def write_stage(job: SceneJob, blocks: Sequence[BlockResult], diagnostics: Mappi
     outputs = write_outputs(job.scene_dir, job.item_id, product, job.request.options,
                             when.replace("Z", "+00:00") if when else None, rgb, extras, mosaic_written=True)
     job.store.remove()
+    lap("write")
     add_to_static_catalog(out, job.scene_dir, job.scene_dir.parent.name)
+    lap("describe")
     return outputs, counts
 
 
