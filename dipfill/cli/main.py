@@ -46,6 +46,7 @@ def _requested_format(argv: Sequence[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dipfill.cli import anonymise
     from dipfill.cli import eval as eval_cmd
     from dipfill.cli import fill
     from dipfill.cli import report as report_cmd
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $DIPFILL_LOG_FORMAT or text)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fill.register(sub)
+    anonymise.register(sub)
     eval_cmd.register(sub)
     search_cmd.register(sub)
     run_cmd.register(sub)
