@@ -189,9 +189,9 @@ class _Page(HTMLParser):
                 self.external.append(a[key])  # type: ignore[index]
 
 
-def _parse(path: Path) -> _Page:
+def _parse(page_or_text: Path | str) -> _Page:
     page = _Page()
-    page.feed(path.read_text(encoding="utf-8"))
+    page.feed(page_or_text.read_text(encoding="utf-8") if isinstance(page_or_text, Path) else page_or_text)
     return page
 
 
@@ -241,6 +241,32 @@ def test_report_of_a_chosen_run_and_with_embedded_images(roots, tmp_path: Path, 
     capsys.readouterr()
     assert main(["report", str(out), "--run", "nope"]) == 1
     assert "--run nope: no such run" in capsys.readouterr().err
+
+
+def test_status_and_report_read_an_output_root_on_object_storage(roots, s3, tmp_path: Path, capsys) -> None:
+    """The same root on S3 (moto on 127.0.0.1): status and report read it through the store;
+    the report goes beside the run records, its quicklook a relative link there, and a page
+    written to this disk for it embeds the quicklook (no relative link reaches the bucket)."""
+    from dipfill.storage import ObjectPath, read_text
+
+    url = s3.bucket("operator") + "/outputs/mixed"
+    ObjectPath(url).upload(roots["mixed"])
+    assert main(["status", url]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert any(ln.startswith("failed") and JAN in ln and "B4.vrt" in ln for ln in lines), lines
+    assert any(ln.startswith("done") and FEB in ln and f"{FEB}-dipfill.json" in ln for ln in lines), lines
+    assert main(["report", url]) == 0 and capsys.readouterr().out.strip() == f"{url}/report.html"
+    page = _parse(read_text(f"{url}/report.html"))
+    assert sorted(page.rows) == sorted([JAN, FEB])
+    (src,) = page.images
+    assert not src.startswith("data:") and (ObjectPath(url) / src).is_file()
+    local = tmp_path / "from-s3.html"
+    assert main(["report", url, "--html", str(local)]) == 0
+    (src,) = _parse(local).images
+    assert src.startswith("data:image/png;base64,")
+    capsys.readouterr()
+    assert main(["status", s3.bucket("operator") + "/nothing-here"]) == 1
+    assert "nothing under this prefix" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ headless Chromium

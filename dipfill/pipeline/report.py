@@ -18,6 +18,7 @@ import base64
 import html
 import math
 import os
+import posixpath
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from dipfill.errors import InputError
 from dipfill.pipeline.progress import STAGES
-from dipfill.pipeline.status import check_root, find_items, read_json, read_runs
-from dipfill.storage import staged
+from dipfill import storage
+from dipfill.pipeline.status import check_root, exists, find_items, read_json, read_runs
 
 __all__ = ["SceneReport", "scene_reports", "render_report", "write_report", "gap_stats"]
 
@@ -59,7 +60,7 @@ class SceneReport:
     steps: dict[str, float]  # total, mean per fitted patch, by engine
     guides: tuple[str, ...]
     timings: Mapping[str, float]
-    picture: Path | None  # the quicklook's file
+    picture: Any  # the quicklook's file (Path or ObjectPath), None when the item has none
 
 
 def gap_stats(counts: Mapping[str, int]) -> dict[str, float]:
@@ -78,8 +79,20 @@ def _bbox_polygon(bbox: Sequence[float] | None) -> dict[str, Any] | None:
     return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
 
 
-def _asset_file(item_path: Path, item: Mapping[str, Any], roles: Iterable[str], types: Iterable[str]) -> Path | None:
-    """The local file of the item's first asset with one of ``roles`` (in that order of
+def _asset_target(item_path: Any, href: str) -> Any:
+    """Where an asset of the item at ``item_path`` lies: a relative href beside the item, an
+    object-storage URL as it is; any other absolute href (``https://`` of a bucket,
+    ``file://``, a local path written elsewhere) by its file name beside the item, which is
+    where dipfill writes every product."""
+    if "://" not in href and not href.startswith("/"):
+        return item_path.parent / href
+    if storage.is_remote(href):
+        return storage.as_path(href)
+    return item_path.parent / posixpath.basename(urllib.parse.urlparse(href).path)
+
+
+def _asset_file(item_path: Any, item: Mapping[str, Any], roles: Iterable[str], types: Iterable[str]) -> Any:
+    """The file of the item's first asset with one of ``roles`` (in that order of
     preference) and a media type in ``types``: keys change (per-band assets), roles do not."""
     assets = item.get("assets") or {}
     for role in roles:
@@ -88,15 +101,11 @@ def _asset_file(item_path: Path, item: Mapping[str, Any], roles: Iterable[str], 
                 continue
             if str(asset.get("type", "")).split(";")[0].strip() not in types:
                 continue
-            href = str(asset.get("href", ""))
-            if "://" in href and not href.startswith("file://"):
-                continue  # not on this file system
-            path = Path(urllib.parse.urlparse(href).path if href.startswith("file://") else href)
-            return path if path.is_absolute() else item_path.parent / path
+            return _asset_target(item_path, str(asset.get("href", "")))
     return None
 
 
-def _steps(item_path: Path, item: Mapping[str, Any]) -> dict[str, float]:
+def _steps(item_path: Any, item: Mapping[str, Any]) -> dict[str, float]:
     """Optimisation steps from the item's per-patch diagnostics (the JSON metadata asset)."""
     assets = item.get("assets") or {}
     candidates = [a for k, a in assets.items() if isinstance(a, dict) and "metadata" in (a.get("roles") or [])
@@ -104,7 +113,7 @@ def _steps(item_path: Path, item: Mapping[str, Any]) -> dict[str, float]:
     candidates.sort(key=lambda a: "patches" not in str(a.get("href", "")))
     for asset in candidates:
         try:
-            records = read_json(item_path.parent / str(asset["href"]))
+            records = read_json(_asset_target(item_path, str(asset["href"])))
         except (OSError, ValueError, KeyError):
             continue
         if not isinstance(records, list) or not all(isinstance(r, dict) and "steps" in r for r in records):
@@ -130,7 +139,7 @@ def _guide_ids(item: Mapping[str, Any] | None, scene: Mapping[str, Any]) -> tupl
     return tuple(ids)
 
 
-def select_run(out: Path, run_id: str | None) -> dict[str, Any]:
+def select_run(out: Any, run_id: str | None) -> dict[str, Any]:
     docs, _ = read_runs(out)
     if not docs:
         raise InputError(f"{out} is not a dipfill output root: no runs/<run-id>.json; give the --out of a dipfill run")
@@ -143,7 +152,7 @@ def select_run(out: Path, run_id: str | None) -> dict[str, Any]:
     raise InputError(f"--run {run_id}: no such run under {out}/runs (latest: {known})")
 
 
-def scene_reports(out: Path, doc: Mapping[str, Any]) -> list[SceneReport]:
+def scene_reports(out: Any, doc: Mapping[str, Any]) -> list[SceneReport]:
     """The run's scenes with what their items (if any) say about them."""
     items = find_items(out)
     rows = []
@@ -289,24 +298,37 @@ def _scene_row(r: SceneReport) -> str:
     return row
 
 
-def _picture(r: SceneReport, page_dir: Path, embed: bool) -> str:
+def _link(target: Any, page_dir: Any) -> str | None:
+    """A relative URL from the page's directory to ``target``; None when there is none
+    (a page on this disk for an output root on object storage)."""
+    if isinstance(target, storage.ObjectPath) != isinstance(page_dir, storage.ObjectPath):
+        return None
+    if isinstance(target, storage.ObjectPath):
+        if target.root != page_dir.root:
+            return None
+        rel = posixpath.relpath(target.key or ".", page_dir.key or ".")
+    else:
+        rel = Path(os.path.relpath(target, page_dir)).as_posix()
+    return urllib.parse.quote(rel)
+
+
+def _picture(r: SceneReport, page_dir: Any, embed: bool) -> str:
     if r.picture is None:
         return ""
-    if not r.picture.is_file():
+    if not exists(r.picture):
         return (f'<p class="muted">#{r.number} <code>{esc(r.id)}</code>: quicklook '
                 f'<code>{esc(r.picture.name)}</code> is missing</p>')
-    if embed:
+    src = None if embed else _link(r.picture, page_dir)
+    if src is None:  # asked for, or no relative link reaches it: the picture goes into the page
         mime = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}.get(r.picture.suffix.lower(),
                                                                                        "image/png")
-        src = f"data:{mime};base64," + base64.b64encode(r.picture.read_bytes()).decode("ascii")
-    else:
-        src = urllib.parse.quote(Path(os.path.relpath(r.picture, page_dir)).as_posix())
+        src = f"data:{mime};base64," + base64.b64encode(storage.read_bytes(r.picture)).decode("ascii")
     return (f'<figure id="quicklook-{r.number}"><img class="quicklook" src="{esc(src)}" '
             f'alt="before | after of {esc(r.id)}" loading="lazy">'
             f'<figcaption>#{r.number} <code>{esc(r.id)}</code>: before | after (gaps magenta)</figcaption></figure>')
 
 
-def render_report(doc: Mapping[str, Any], rows: Sequence[SceneReport], page_dir: Path,
+def render_report(doc: Mapping[str, Any], rows: Sequence[SceneReport], page_dir: Any,
                   *, embed_images: bool = False) -> str:
     """The page's HTML (a string): header, map, scene table, quicklooks, failures."""
     request = doc.get("request") or {}
@@ -351,18 +373,24 @@ Click a footprint for its row.</p>
 
 
 def write_report(out: str | os.PathLike[str], *, run_id: str | None = None, html_path: str | os.PathLike[str] | None = None,
-                 embed_images: bool = False) -> Path:
-    """Write the report of run ``run_id`` (default: the latest) of the output root ``out`` to
-    ``html_path`` (default ``OUT/report.html``), atomically; returns its path."""
+                 embed_images: bool = False) -> Any:
+    """Write the report of run ``run_id`` (default: the latest) of the output root ``out``
+    (a directory or an object-storage URL) to ``html_path`` (default ``OUT/report.html``),
+    atomically; returns where. A page on this disk for a root on object storage gets its
+    quicklooks embedded (no relative link reaches them)."""
     root = check_root(out)
     doc = select_run(root, run_id)
-    target = Path(html_path) if html_path is not None else root / "report.html"
-    if target.is_dir():
-        raise InputError(f"--html {target} is a directory; give a file name such as {target / 'report.html'}")
-    if not target.parent.is_dir():
-        raise InputError(f"--html {target}: {target.parent} does not exist")
+    target = storage.as_path(html_path) if html_path is not None else root / "report.html"
+    if not isinstance(target, storage.ObjectPath):
+        if target.is_dir():
+            raise InputError(f"--html {target} is a directory; give a file name such as {target / 'report.html'}")
+        if not target.parent.is_dir():
+            raise InputError(f"--html {target}: {target.parent} does not exist")
+        page_dir: Any = target.resolve().parent
+    else:
+        page_dir = target.parent
     rows = scene_reports(root, doc)
-    page = render_report(doc, rows, target.resolve().parent, embed_images=embed_images)
-    with staged(target) as tmp:
+    page = render_report(doc, rows, page_dir, embed_images=embed_images)
+    with storage.staged(target) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return target

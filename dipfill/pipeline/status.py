@@ -10,19 +10,20 @@
 * patch stores ``OUT/<collection>/<output id>/patches.zarr`` left by an unfinished scene:
   how many of its patches a rerun will not fit again.
 
-Reading goes through :func:`read_json`, :func:`list_json` and :func:`exists` only, so that
-output roots on object storage need only these three to change.
+The output root is a local directory or an object-storage prefix (``s3://bucket/prefix``):
+reading goes through :func:`read_json`, :func:`list_json`, :func:`list_dirs` and
+:func:`exists`, which :mod:`dipfill.storage` answers for either.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dipfill import storage
 from dipfill.errors import InputError
 from dipfill.stac.ids import unique_id
 
@@ -34,21 +35,44 @@ STATES = ("failed", "pending", "done")
 
 
 # ------------------------------------------------------------------ reading the output root
-def read_json(path: Path) -> Any:
+Where = "Path | storage.ObjectPath"
+
+
+def read_json(path: Where) -> Any:
     """One JSON document of the output root; raises ``OSError`` or ``ValueError``."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return storage.read_json(path)
 
 
-def list_json(folder: Path, pattern: str = "*.json") -> list[Path]:
+def list_json(folder: Where, pattern: str = "*.json") -> list[Any]:
     """The JSON files matching ``pattern`` under ``folder`` (hidden temporaries left out), sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob(pattern) if not p.name.startswith(".") and p.is_file())
+    return [p for p in storage.list_files(folder, pattern) if p.name.endswith(".json")]
 
 
-def exists(path: Path) -> bool:
-    return Path(path).exists()
+#: Names under an output root that are never collection or scene directories.
+_NOT_DIRS = (".json", ".html", ".zarr", ".tif", ".png", ".vrt", ".lock")
+
+
+def list_dirs(folder: Where) -> list[Any]:
+    """The directories (key prefixes) right under ``folder`` that may hold scenes, sorted:
+    not hidden, not ``runs``, not named like a file. On object storage one delimited
+    listing (not every key below), which also yields objects: a file let through has
+    nothing under it, so it adds nothing."""
+    if isinstance(folder, storage.ObjectPath):
+        entries = list(folder.iterdir())
+    else:
+        entries = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [p for p in entries if not p.name.startswith(".") and p.name != "runs" and not p.name.endswith(_NOT_DIRS)]
+
+
+def exists(path: Where) -> bool:
+    return storage.exists(path)
+
+
+def relative(path: Any, root: Any) -> str:
+    """``path`` below ``root`` as a relative POSIX path (local or object storage alike)."""
+    base = str(root).rstrip("/")
+    text = str(path).replace(os.sep, "/") if not isinstance(path, storage.ObjectPath) else str(path)
+    return text[len(base.replace(os.sep, "/")):].lstrip("/") if text.startswith(base.replace(os.sep, "/")) else text
 
 
 # ------------------------------------------------------------------ what was found
@@ -109,11 +133,11 @@ def _order(doc: dict[str, Any]) -> str:
     return f"{rid[0:4]}-{rid[4:6]}-{rid[6:8]}T{rid[9:11]}:{rid[11:13]}:{rid[13:15]}" if len(rid) >= 15 else rid
 
 
-def read_runs(out: Path) -> tuple[list[dict[str, Any]], list[str]]:
+def read_runs(out: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """The run records under ``out/runs``, oldest first, and the names of those that are
     not readable run records."""
     docs, bad = [], []
-    for path in list_json(Path(out) / "runs"):
+    for path in list_json(out / "runs"):
         try:
             doc = read_json(path)
         except (OSError, ValueError):
@@ -135,34 +159,37 @@ def item_scene_id(item: dict[str, Any]) -> str | None:
     return str(props.get("dipfill:source_item") or item.get("id"))
 
 
-def find_items(out: Path) -> dict[str, tuple[str, dict[str, Any]]]:
+def find_items(out: Any) -> dict[str, tuple[str, dict[str, Any]]]:
     """dipfill output items under ``out`` (``<collection>/<output id>/<output id>.json``),
     by source scene id: (path relative to ``out``, the item)."""
     found: dict[str, tuple[str, dict[str, Any]]] = {}
-    for path in list_json(Path(out), "*/*/*.json"):
-        if path.stem != path.parent.name:  # the item is named after its directory
-            continue
-        try:
-            item = read_json(path)
-        except (OSError, ValueError):
-            continue
-        scene = item_scene_id(item)
-        if scene is not None:
-            found[scene] = (path.relative_to(out).as_posix(), item)
+    for collection in list_dirs(out):
+        for directory in list_dirs(collection):
+            path = directory / f"{directory.name}.json"  # the item is named after its directory
+            try:
+                item = read_json(path)
+            except (OSError, ValueError):  # no item (yet): a scene in progress or failed
+                continue
+            scene = item_scene_id(item)
+            if scene is not None:
+                found[scene] = (relative(path, out), item)
     return found
 
 
-def _patch_store(out: Path, scene_id: str) -> tuple[int, int] | None:
+def _patch_store(out: Any, scene_id: str) -> tuple[int, int] | None:
     """(patches stored, patches planned) of a scene's patch store, when one is left."""
     try:
         name = unique_id(scene_id) + "-dipfill"
     except Exception:  # an id with nothing usable in it has no scene directory
         return None
-    for store in sorted(Path(out).glob(f"*/{name}/patches.zarr")):
+    for collection in list_dirs(out):
+        store = collection / name / "patches.zarr"
+        if not exists(store / "zarr.json"):
+            continue
         try:
             import zarr  # only when a patch store is there
 
-            done = zarr.open_group(str(store), mode="r")["done"][...]
+            done = zarr.open_group(storage.zarr_store(store, read_only=True), mode="r")["done"][...]
         except Exception:  # a store being created or removed right now: nothing to tell
             continue
         return int(done.sum()), int(done.size)
@@ -192,11 +219,22 @@ def _run_info(doc: dict[str, Any]) -> RunInfo:
                    doc["_record"], str(doc.get("error") or ""))
 
 
-def check_root(out: str | os.PathLike[str]) -> Path:
-    """``out`` as a Path, or one-line :class:`~dipfill.errors.InputError` when it is no output root."""
-    root = Path(out)
+def check_root(out: str | os.PathLike[str]) -> Any:
+    """``out`` as a Path (or an ObjectPath for ``s3://``...), or one-line
+    :class:`~dipfill.errors.InputError` when it is no directory (no prefix with objects)."""
+    root = storage.as_path(out)
+    if isinstance(root, storage.ObjectPath):
+        try:
+            found = root.is_dir()
+        except Exception as exc:  # credentials, endpoint, bucket: the store's own words
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise InputError(f"{out}: cannot list it ({why}); check the URL and the AWS_*/GOOGLE_*/AZURE_* "
+                             "credentials") from None
+        if not found:
+            raise InputError(f"{out}: nothing under this prefix: give the --out of a dipfill run")
+        return root
     if not root.is_dir():
-        what = "is not a directory" if exists(root) else "does not exist"
+        what = "is not a directory" if root.exists() else "does not exist"
         raise InputError(f"{out} {what}: give the --out directory of a dipfill run")
     return root
 
