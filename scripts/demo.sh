@@ -38,3 +38,5 @@ print(f"  outputs in {sys.argv[1].rsplit('/', 1)[0]}/ (COG, QA COG, Zarr mosaic,
 PY
 done
 echo "static catalog: ${OUT}/catalog.json; run record: $(ls "${OUT}"/runs/*.json)"
+"${BIN}/dipfill" status "${OUT}"
+echo "report (open it in a browser, offline): $("${BIN}/dipfill" report "${OUT}")"
