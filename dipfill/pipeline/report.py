@@ -372,8 +372,8 @@ Click a footprint for its row.</p>
 """
 
 
-def write_report(out: str | os.PathLike[str], *, run_id: str | None = None, html_path: str | os.PathLike[str] | None = None,
-                 embed_images: bool = False) -> Any:
+def write_report(out: str | os.PathLike[str], *, run_id: str | None = None,
+                 html_path: str | os.PathLike[str] | None = None, embed_images: bool = False) -> Any:
     """Write the report of run ``run_id`` (default: the latest) of the output root ``out``
     (a directory or an object-storage URL) to ``html_path`` (default ``OUT/report.html``),
     atomically; returns where. A page on this disk for a root on object storage gets its
