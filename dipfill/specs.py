@@ -114,6 +114,13 @@ def band_list(value: Any) -> tuple[int, ...]:
     return bands
 
 
+#: What a run's product holds, in the config hash of every run: a scene whose output an
+#: earlier layout wrote is not current and is redone once. 2 (issue 12): every band of the
+#: collection profile by default, one COG per band under the input item's asset keys, the
+#: input's QA asset carried (1: the profile's three default bands in one multi-band COG).
+PRODUCT_LAYOUT = 2
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """Everything `dipfill run` was asked, as recorded in ``runs/<run-id>.json``."""
@@ -156,9 +163,11 @@ class RunRequest:
                 **({"guide_composite": self.guide_composite} if self.guide_composite != "none" else {})}
 
     def config(self, *, with_guides: bool = False) -> dict[str, Any]:
-        """What decides the output bytes: fill options, mask mode, bands and, for an engine
-        that uses guides, the guide search (left out otherwise: old hashes stay valid)."""
-        cfg = {**self.options.hashable_dict(), "mask": self.mask, "bands": list(self.bands or [])}
+        """What decides the output bytes: fill options, mask mode, bands, the product layout
+        (:data:`PRODUCT_LAYOUT`) and, for an engine that uses guides, the guide search (left
+        out otherwise: old hashes stay valid)."""
+        cfg = {**self.options.hashable_dict(), "mask": self.mask, "bands": list(self.bands or []),
+               "product_layout": PRODUCT_LAYOUT}
         if with_guides and self.guides != "none":
             cfg["guide_search"] = self.guide_query()
         return cfg

@@ -19,6 +19,7 @@ from dipfill.cli.run import build_request
 from dipfill.pipeline import run as run_mod
 from dipfill.pipeline.executor import LocalPool
 from dipfill.raster.masks import QA_ENGINE, QA_OBSERVED
+from dipfill.specs import PRODUCT_LAYOUT
 from tests._data import DATA, REPO, shared_file
 from tests._schemas import validation_errors
 
@@ -59,6 +60,8 @@ def test_the_output_mirrors_the_input_items_band_assets(output: Path) -> None:
             assert ds.count == 1 and ds.dtypes[0] == "int16" and ds.nodata == -999
     assert {"filled", "qa", "mosaic", "quicklook", "patches"} <= set(item["assets"])
     assert (item["properties"]["platform"], item["properties"]["instruments"]) == ("landsat-7", ["etm+"])
+    # the layout is in the config hash: outputs of the one-COG layout are not current
+    assert item["properties"]["dipfill:run_config"]["product_layout"] == PRODUCT_LAYOUT == 2
 
 
 def test_odc_stac_loads_input_and_output_with_the_same_band_names(output: Path) -> None:
