@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from dipfill.engines.sar import detect_units, from_db, speckle_db, to_db
+from dipfill.engines.sar import correlated_speckle, detect_units, from_db, lag1_correlation, speckle_db, to_db
 from dipfill.eval.metrics import enl, epi, ms_ssim, ssim
 from tests._data import shared_file
 
@@ -194,6 +194,11 @@ def test_speckle_has_the_asked_enl_and_keeps_the_mean():
     s = speckle_db((1, 500, 500), 4.0, np.random.default_rng(0))
     assert abs(s.mean()) < 0.05  # zero-mean in dB
     assert enl(10 ** (s / 10), np.ones(s.shape, bool))[0] == pytest.approx(4.0, rel=0.1)
+    ones = np.ones((300, 300), bool)
+    assert abs(lag1_correlation(s[0, :300, :300], ones)) < 0.07  # white
+    c = correlated_speckle((300, 300), 4.0, 0.4, np.random.default_rng(1))
+    assert lag1_correlation(c, ones) == pytest.approx(0.4, abs=0.05)  # as smooth as asked (GRD-like)
+    assert c.std() == pytest.approx(s.std(), rel=0.05)  # and as rough
 
 
 # -- metrics (paper 004) on known inputs ---------------------------------------------

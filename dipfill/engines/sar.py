@@ -25,10 +25,11 @@ across the boundary. Concentric patch order would feed the engine's own output f
 would serialise the patches; coarse-to-fine costs one extra (small) fill and keeps the
 patches independent.
 
-Limits, stated: the synthetic speckle is spatially white at the pixel (real GRD speckle is
-slightly correlated by the processor's oversampling) and its ENL is one number per band
-(the median over homogeneous windows in the ring), so heterogeneous texture inside the
-region comes only from the coarse mean and the engine near the edge.
+Limits, stated: the synthetic speckle's ENL and pixel-to-pixel correlation (GRD speckle is
+correlated by the processor's oversampling) are one number each per band, measured in the
+ring, and it is log-Gamma only before that smoothing (Gaussian-ish after), so
+heterogeneous texture inside the region comes only from the coarse mean and the engine
+near the edge.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = ["UNITS", "Units", "detect_units", "to_db", "from_db", "local_enl", "estimate_enl", "speckle_db",
-           "block_average", "upsample", "coarse_factor", "edge_weight", "ring"]
+           "block_average", "upsample", "coarse_factor", "edge_weight", "ring", "lag1_correlation",
+           "correlated_speckle"]
 
 Units = Literal["db", "linear-amplitude", "linear-power"]
 UNITS: tuple[str, ...] = ("db", "linear-amplitude", "linear-power")
@@ -138,6 +140,57 @@ def speckle_db(shape: tuple[int, ...], enl: float, rng: np.random.Generator) -> 
 
     bias = 10.0 / math.log(10.0) * (float(digamma(L)) - math.log(L))
     return 10.0 * np.log10(np.maximum(g, 1e-30)) - bias
+
+
+def lag1_correlation(db: NDArray, usable: NDArray[np.bool_]) -> float:
+    """Correlation of neighbouring pixels' dB residuals (the value minus its 5×5 mean) over
+    ``usable``, horizontal and vertical averaged: how smooth the speckle is at the pixel.
+    Sentinel-1 GRD and BigEarthNet resampled to 10 m have clearly positive values (the
+    processor's oversampling); white speckle has about 0."""
+    x = np.where(usable, np.asarray(db, dtype=np.float64), 0.0)
+    n = _box_mean(usable.astype(np.float64), 5)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        res = np.where(usable & (n > 0), x - _box_mean(x, 5) / n, 0.0)
+    values = []
+    for a, b, ok in ((res[:, :-1], res[:, 1:], usable[:, :-1] & usable[:, 1:]),
+                     (res[:-1], res[1:], usable[:-1] & usable[1:])):
+        if ok.sum() > 64:
+            values.append(float(np.corrcoef(a[ok], b[ok])[0, 1]))
+    return float(np.nanmean(values)) if values else 0.0
+
+
+_RHO_GRID = np.linspace(0.05, 0.95, 19)
+
+
+def _smoothed(s: NDArray[np.float64], rho: float) -> NDArray[np.float64]:
+    """``s`` smoothed by the Gaussian whose white-noise lag-1 autocorrelation is ``rho``
+    (``exp(-1 / (4σ²))``), rescaled to ``s``'s standard deviation."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = math.sqrt(-1.0 / (4.0 * math.log(rho)))
+    smooth = gaussian_filter(s, sigma, mode="reflect")
+    sd = smooth.std()
+    return (smooth - smooth.mean()) * (s.std() / sd) if sd > 0 else s
+
+
+def _calibration() -> NDArray[np.float64]:
+    """:func:`lag1_correlation` (a residual measure, lower than the raw autocorrelation) of
+    speckle smoothed for each raw value of ``_RHO_GRID``; fixed seed, so deterministic."""
+    white = np.random.default_rng(0).standard_normal((160, 160))
+    ones = np.ones(white.shape, dtype=bool)
+    return np.array([lag1_correlation(_smoothed(white, r), ones) for r in _RHO_GRID])
+
+
+def correlated_speckle(shape: tuple[int, int], enl: float, rho: float, rng: np.random.Generator
+                       ) -> NDArray[np.float64]:
+    """:func:`speckle_db` smoothed so that its :func:`lag1_correlation` is ``rho`` (as measured
+    in the ring) and rescaled to its unsmoothed standard deviation: the surroundings'
+    roughness (ENL) *and* pixel-to-pixel smoothness (what EPI measures)."""
+    s = speckle_db(shape, enl, rng)
+    table = _calibration()
+    if rho <= table[0] or min(shape) < 3:
+        return s
+    return _smoothed(s, float(np.interp(rho, table, _RHO_GRID)))
 
 
 def coarse_factor(region: NDArray[np.bool_], patch: int) -> int:

@@ -37,8 +37,8 @@ from numpy.typing import NDArray
 
 from dipfill.engines.base import Engine
 from dipfill.engines.sar import (
-    UNITS, block_average, coarse_factor, detect_units, edge_weight, estimate_enl, from_db, ring, speckle_db, to_db,
-    upsample,
+    UNITS, block_average, coarse_factor, correlated_speckle, detect_units, edge_weight, estimate_enl, from_db,
+    lag1_correlation, ring, to_db, upsample,
 )
 from dipfill.errors import InputError
 from dipfill.raster.masks import QA_ENGINE, QA_OBSERVED, QA_OUTSIDE
@@ -167,18 +167,27 @@ class AnonymiseMode:
         width = max(16, options.patch // 8)
         around = ring(region, usable.all(axis=0), width)
         out = data.copy()
-        self._enl = []
+        self._enl, rhos = [], []
+        rows, cols = np.nonzero(region)
+        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+        in_box = region[box]
         for b in range(data.shape[0]):
-            enl = estimate_enl(db[b], around & usable[b])
+            near_ring = around & usable[b]
+            enl = estimate_enl(db[b], near_ring)
+            rho = lag1_correlation(db[b], near_ring)
             self._enl.append(round(enl, 3))
-            speckle = speckle_db(region.shape, enl, rng)[region]
+            rhos.append(round(rho, 3))
+            speckle = correlated_speckle(in_box.shape, enl, rho, rng)[in_box]
             synthetic = mean[b][region] + speckle
             engine_part = near[b][region] + (0.0 if name in TEXTURED_ENGINES else speckle)
             # where a fill is missing (no coarse block reached, no patch fitted): the ring's mean
-            level = float(db[b][around & usable[b]].mean()) if (around & usable[b]).any() else 0.0
+            level = float(db[b][near_ring].mean()) if near_ring.any() else 0.0
             synthetic = np.where(np.isfinite(synthetic), synthetic, level + speckle)
             w = np.where(np.isfinite(engine_part), weight[region], 0.0)
             value = w * np.nan_to_num(engine_part) + (1 - w) * synthetic
+            # an unbounded network head (sar2023: no sigmoid) may overshoot: keep the band's observed range
+            seen = db[b][usable[b]]
+            value = np.clip(value, seen.min() - 3.0, seen.max() + 3.0)
             band = out[b]
             band[region] = from_db(value, self._units, data.dtype)  # type: ignore[arg-type]
         if nodata is not None:
@@ -186,9 +195,10 @@ class AnonymiseMode:
         qa = np.full(region.shape, QA_OUTSIDE, dtype=np.uint8)
         qa[footprint] = QA_OBSERVED
         qa[region] = QA_ENGINE
-        self.record.update({"enl": self._enl, "coarse_factor": f if deep else 1, "edge_reach_px": reach,
+        self.record.update({"enl": self._enl, "speckle_lag1_correlation": rhos, "coarse_factor": f if deep else 1,
+                            "edge_reach_px": reach,
                             "speckle": "" if name in TEXTURED_ENGINES and not deep else
-                            "synthetic, Gamma(ENL) intensity, white", "engine": name})
+                            "synthetic: log-Gamma(ENL) in dB, correlated like the ring's", "engine": name})
         return FillResult(out, qa, full.diagnostics, full.windows_total, full.windows_filled)
 
     def extras(self) -> ItemExtras:
