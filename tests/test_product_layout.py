@@ -219,3 +219,25 @@ def test_sentinel2_product_mirrors_the_bands_the_item_has_and_copies_scl_on_its_
     loaded = odc.stac.load([pystac.Item.from_file(str(out))], bands=["red", "swir16"], chunks=None)
     with rasterio.open(out.parent / product["assets"]["red"]["href"]) as ds:
         assert np.array_equal(loaded["red"].values[0], ds.read(1))
+
+
+def test_default_bands_are_those_of_the_profile_the_item_has() -> None:
+    """Landsat 7 (ETM+) has no coastal band: its default product is the other six; Sentinel-2
+    in Planetary Computer naming all twelve; an item with none of them is one clear error."""
+    from dipfill.errors import InputError
+    from dipfill.raster.scene import _default_bands
+    from dipfill.stac.profiles import LANDSAT_C2_L2, SENTINEL_2_L2A
+
+    items = REPO / "tests/fixtures/stac/items"
+    le07 = json.loads((items / "LE07_L2SP_044033_20210329_20210424_02_T1_SR.json").read_text())
+    assert _default_bands(LANDSAT_C2_L2, le07["assets"], "le07") == (
+        "blue", "green", "red", "nir08", "swir16", "swir22")
+    lc08 = json.loads((items / "LC08_L2SP_028030_20200114_20200824_02_T1_SR.json").read_text())
+    assert _default_bands(LANDSAT_C2_L2, lc08["assets"], "lc08")[0] == "coastal"
+    s2 = json.loads((items / "S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531.json").read_text())
+    assert len(_default_bands(SENTINEL_2_L2A, s2["assets"], "s2")) == 12
+    with pytest.raises(InputError, match=r"item x: no asset for any band of profile landsat-c2-l2 .*--bands"):
+        _default_bands(LANDSAT_C2_L2, {"thumbnail": {}}, "x")
+    # the quicklook shows true colour where the product has it, whatever the band order
+    assert LANDSAT_C2_L2.quicklook_indices(("blue", "green", "red", "nir08")) == (2, 1, 0)
+    assert LANDSAT_C2_L2.quicklook_indices(("red", "nir08", "swir16")) == (0, 1, 2)  # --bands without blue
