@@ -148,8 +148,19 @@ class RunRequest:
     max_guides: int = 2
     guide_bands: tuple[str, ...] | None = None  # band names in the guide collection (default: the target's)
     guide_composite: str = "none"  # "median": each time window's items as one per-pixel median guide
+    # The job: "fill" gaps, or "anonymise" the lon/lat GeoJSON `region` of every scene (SAR,
+    # paper 004; dipfill.pipeline.anonymise) with `units` auto or as given
+    mode: str = "fill"
+    region: str | None = None
+    units: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.mode not in ("fill", "anonymise"):
+            raise InputError(f"--mode must be fill or anonymise, got {self.mode!r}")
+        if self.mode == "anonymise" and not self.region:
+            raise InputError("--mode anonymise needs --region REGION.geojson (the site to hide, lon/lat)")
+        if self.region and self.mode != "anonymise":
+            raise InputError("--region is the site --mode anonymise hides; give --mode anonymise with it")
         if self.guides not in ("auto", "none"):
             raise InputError(f"--guides must be auto or none, got {self.guides!r}")
         if self.guide_composite not in ("none", "median"):
@@ -170,6 +181,8 @@ class RunRequest:
                "product_layout": PRODUCT_LAYOUT}
         if with_guides and self.guides != "none":
             cfg["guide_search"] = self.guide_query()
+        if self.mode != "fill":  # a fill's hash stays what it was
+            cfg["mode"] = {"mode": self.mode, "region": self.region, "units": self.units}
         return cfg
 
 

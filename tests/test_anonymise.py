@@ -221,3 +221,66 @@ def test_ms_ssim_enl_epi_on_known_inputs():
     assert epi(x, x, full)[0] == pytest.approx(1.0)
     assert epi(x, 0.5 * x, full)[0] == pytest.approx(0.5)
     assert epi(x, np.full_like(x, 0.3), full)[0] == 0.0
+
+
+# -- dipfill run --mode anonymise ----------------------------------------------------
+
+
+def test_run_mode_anonymise_over_a_sentinel1_catalog(tmp_path):
+    """A static catalog of one sentinel-1-rtc item (BigEarthNet VV/VH): the run anonymises the
+    region in the scene's directory like a fill run's product, and a rerun finds it current."""
+    import pystac
+    from rasterio.warp import transform_bounds, transform_geom
+
+    from dipfill.cli.run import build_request
+    from dipfill.pipeline.executor import LocalPool
+    from dipfill.pipeline.run import run
+
+    vv = shared_file(BEN)
+    vh = Path(str(vv).replace("_VV.tif", "_VH.tif"))
+    with rasterio.open(vv) as ds:
+        t, crs, bounds, orig = ds.transform, ds.crs, ds.bounds, ds.read()
+    (x0, y0), (x1, y1) = t @ (28, 28), t @ (92, 92)
+    region = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [[(x0, y0), (x1, y0), (x1, y1),
+                                                                                   (x0, y1), (x0, y0)]]})
+    (tmp_path / "site.geojson").write_text(json.dumps(region))
+    w, s, e, n = transform_bounds(crs, "EPSG:4326", *bounds)
+    item = pystac.Item("S1A_87_48", {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]},
+                       [w, s, e, n], dt_parse("2017-06-13T16:50:43Z"), {})
+    item.add_asset("vv", pystac.Asset(str(vv), media_type=pystac.MediaType.GEOTIFF, roles=["data"]))
+    item.add_asset("vh", pystac.Asset(str(vh), media_type=pystac.MediaType.GEOTIFF, roles=["data"]))
+    root = pystac.Catalog("s1", "one Sentinel-1 scene")
+    coll = pystac.Collection("sentinel-1-rtc", "S1", extent=pystac.Extent.from_items([item]))
+    root.add_child(coll)
+    coll.add_items([item])
+    root.normalize_hrefs(str(tmp_path / "stac"))
+    root.save(pystac.CatalogType.SELF_CONTAINED)
+
+    request = build_request({"stac": str(tmp_path / "stac" / "catalog.json"), "out": str(tmp_path / "out"),
+                             "collection": ["sentinel-1-rtc"], "mode": "anonymise",
+                             "region": str(tmp_path / "site.geojson"), "engine": "fillnodata", "patch": 128,
+                             "overlap": 16})
+    assert request.mode == "anonymise" and request.config()["mode"]["units"] == "auto"
+    pool = LocalPool("fillnodata", {}, "fillnodata")  # never used: anonymise runs in the driver
+    first = run(request, pool=pool)
+    (scene,) = first.scenes
+    assert scene.status == "done", scene.message
+    assert scene.counts["filled"] == 4096
+    props = json.loads(Path(scene.output).read_text())["properties"]
+    assert props["dipfill:mode"] == "anonymise" and props["dipfill:source_item"] == "S1A_87_48"
+    assert props["dipfill:anonymise"]["units"] == "db"
+    cogs = sorted(Path(scene.output).parent.glob("*-dipfill_*.tif"))
+    vv_out = _read(str(next(p for p in cogs if "_VV" in p.name)))  # fill's layout: COGs named after the files
+    hole = np.zeros(orig.shape[1:], dtype=bool)
+    hole[28:92, 28:92] = True
+    assert np.array_equal(vv_out[:, ~hole], orig[:, ~hole]) and not np.array_equal(vv_out[:, hole], orig[:, hole])
+    (again,) = run(request, pool=pool).scenes
+    assert again.status == "current"
+    dip = build_request({"stac": "x", "out": str(tmp_path / "o2"), "mode": "anonymise", "region": "site.geojson"})
+    assert dip.options.engine_options["preset"] == "sar2023" and dip.options.engine_options["blend"] == "none"
+
+
+def dt_parse(text: str):
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -41,6 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", choices=("gaps", "clouds"), help="what to fill: missing data only (gaps), or clouds too")
     p.add_argument("--bands", help="comma-separated band names to fill (default: every band of the collection "
                    "profile that the item has)")
+    p.add_argument("--mode", choices=("fill", "anonymise"),
+                   help="fill gaps (default), or anonymise --region in every scene (SAR, paper 004: see "
+                        "`dipfill anonymise`; DIP preset sar2023 unless --preset)")
+    p.add_argument("--region", metavar="REGION.geojson", help="--mode anonymise: the site to hide (lon/lat polygons)")
+    p.add_argument("--units", choices=("auto", "db", "linear-amplitude", "linear-power"),
+                   help="--mode anonymise: the scenes' units (default: auto, from dtype and values)")
     add_fill_flags(p, names=RUN_FILL_FIELDS, defaults=False)
     add_dip_flags(p.add_argument_group("dip engine"), defaults=False)
     p.add_argument("--out", help="output directory")
@@ -104,7 +110,17 @@ def merged(args: argparse.Namespace) -> dict[str, Any]:
 def build_request(values: dict[str, Any]):
     from dipfill.specs import RunRequest
 
+    mode = values.get("mode") or "fill"
+    if mode == "anonymise" and not values.get("preset"):
+        values = {**values, "preset": "sar2023"}
     options = fill_options(values)
+    if mode == "anonymise":  # what the anonymise command uses, in the hash too (no judged blend)
+        from dataclasses import replace
+
+        from dipfill.pipeline.anonymise import anonymise_engine_options
+
+        options = replace(options, engine_options=anonymise_engine_options(options.engine,
+                                                                           dict(options.engine_options)))
     collections = values.get("collection") or ()
     if isinstance(collections, str):
         collections = (collections,)
@@ -133,6 +149,9 @@ def build_request(values: dict[str, Any]):
         since=values.get("since"),
         force=bool(values.get("force", False)),
         sign=values.get("sign"),
+        mode=mode,
+        region=str(Path(values["region"]).resolve()) if values.get("region") else None,
+        units=values.get("units") or "auto",
         **_guide_fields(values),
     )
 

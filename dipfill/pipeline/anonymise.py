@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,7 +47,7 @@ from dipfill.raster.region import gcp_outline, region_mask
 from dipfill.specs import FillOptions
 from dipfill.stac.item import ItemExtras
 
-__all__ = ["AnonymiseMode", "anonymise_files", "TEXTURED_ENGINES", "anonymise_engine_options"]
+__all__ = ["AnonymiseMode", "anonymise_files", "anonymise_scene", "TEXTURED_ENGINES", "anonymise_engine_options"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class AnonymiseMode:
     _units: str = "db"
     _enl: list[float] = field(default_factory=list)
     _gcp_outline: dict[str, Any] | None = None
+    item_extras: ItemExtras | None = None  # a run's: the source item's geometry, lineage, versions
 
     def __post_init__(self) -> None:
         if self.units not in ("auto", *UNITS):
@@ -205,6 +206,8 @@ class AnonymiseMode:
         """What the output item records about the mode; for a scene placed by GCPs only (no
         CRS), its footprint from the GCPs (an item needs a geometry)."""
         props = {"dipfill:mode": "anonymise", "dipfill:anonymise": dict(self.record)}
+        if self.item_extras is not None:
+            return replace(self.item_extras, properties={**self.item_extras.properties, **props})
         if self._gcp_outline is not None:
             geometry = self._gcp_outline
             xs = [p[0] for p in geometry["coordinates"][0]]
@@ -223,3 +226,28 @@ def anonymise_files(inputs: Sequence[str], out_dir: str, *, region: str | None =
     mode = AnonymiseMode(region=region, mask=mask, units=units)
     opts = replace(options, engine_options=anonymise_engine_options(options.engine, dict(options.engine_options)))
     return fill_files(inputs, out_dir, options=opts, mode=mode, **kwargs)
+
+
+def anonymise_scene(job: Any, extras: ItemExtras, out: Any) -> Any:
+    """One scene of ``dipfill run --mode anonymise`` (called by ``stages.process_scene`` with
+    the scene opened and described as the run's other stages do): the item's bands
+    anonymised in the driver by :func:`~dipfill.pipeline.fill.fill_files` with
+    :class:`AnonymiseMode` into the scene's directory, with the item id, lineage, source
+    version and config hash a run's item has (so a rerun finds it current), then added to
+    the static catalog. In the driver, not on the engine actors: the coarse stage and the
+    ring statistics need the whole region at once. Returns the scene's status."""
+    from dipfill.pipeline.fill import fill_files
+    from dipfill.pipeline.progress import SceneStatus
+    from dipfill.stac.publish import add_to_static_catalog, publish_item
+
+    item, request = job.item, job.request
+    mode = AnonymiseMode(region=request.region, units=request.units, item_extras=extras)
+    props = item.get("properties") or {}
+    when = props.get("datetime") or props.get("start_datetime")
+    report = fill_files(list(job.source.band_hrefs), job.scene_dir, options=request.options, mode=mode,
+                        item_id=str(item["id"]), datetime=when)
+    add_to_static_catalog(out, job.scene_dir, job.scene_dir.parent.name)
+    if request.publish:
+        publish_item(request.publish, report.outputs["item"], f"{item.get('collection') or 'items'}-dipfill")
+    return SceneStatus(str(item["id"]), "done", output=report.outputs["item"], patches=report.windows_total,
+                       patches_fitted=report.windows_filled, counts=report.counts)

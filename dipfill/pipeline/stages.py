@@ -124,6 +124,11 @@ def current_status(item: Mapping[str, Any], out: Path, chash: str, request: RunR
 def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str, executor: Executor,
                   say: Progress, budget: list[int | None]) -> SceneStatus:
     """Every stage of one scene, timed; returns its status (raises what a stage raises)."""
+    if request.mode == "anonymise":  # the whole region at once, in the driver (pipeline.anonymise)
+        from dipfill.pipeline.anonymise import anonymise_scene
+
+        job = open_stage(item, request, out, chash)
+        return anonymise_scene(job, describe_stage(job), out)
     clock = StageClock()
     job = open_stage(item, request, out, chash)
     clock.lap("open")
