@@ -57,7 +57,7 @@ from dipfill.errors import InputError
 __all__ = ["staged", "staged_tree", "write_json", "write_bytes", "remove", "temporary_path",
            "remove_stale_temporaries", "exclusive", "check_output_dir", "JsonFileCache",
            "default_strategy_cache_path", "ObjectPath", "as_path", "is_remote", "read_json", "read_text",
-           "read_bytes", "exists", "list_files", "zarr_store", "LEASE_ENV"]
+           "read_bytes", "exists", "list_files", "copy_tree", "zarr_store", "LEASE_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -618,6 +618,31 @@ def list_files(folder: "str | os.PathLike[str] | ObjectPath", pattern: str = "*"
                   and not any(s.startswith(".") for s in p.relative_to(path).parts))
 
 
+def copy_tree(src: "str | os.PathLike[str] | ObjectPath", dest: "str | os.PathLike[str] | ObjectPath", *,
+              skip: str | None = None) -> None:
+    """Copy every file (and directory tree) in the directory ``src`` into ``dest``, each
+    written atomically (:func:`staged`/one PUT), leaving out the entry named ``skip``."""
+    src, dest = as_path(src), as_path(dest)
+    if isinstance(src, Path) and isinstance(dest, Path):
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in src.iterdir():
+            if path.name == skip:
+                continue
+            if path.is_dir():
+                shutil.copytree(path, dest / path.name, dirs_exist_ok=True)
+            else:
+                with staged(dest / path.name) as tmp:
+                    shutil.copy2(path, tmp)
+        return
+    rels = (src.keys() if isinstance(src, ObjectPath)
+            else [p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()])
+    for rel in rels:
+        if rel.split("/")[0] != skip:
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes(target, (src / rel).read_bytes())
+
+
 def zarr_store(target: "str | os.PathLike[str] | ObjectPath", *, read_only: bool = False) -> Any:
     """What ``zarr.open_group`` takes for the Zarr store at ``target``: the local path as
     a string, or a ``zarr.storage.ObjectStore`` on the object store's prefix."""
@@ -671,7 +696,7 @@ def staged_tree(final: "str | os.PathLike[str] | ObjectPath") -> Iterator["Path 
 def _short(exc: BaseException) -> str:
     """An object-store error in a few words: its first line, the server's error code where
     it gave one (obstore's messages carry the whole request)."""
-    text = str(exc)
+    text = re.sub(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@", r"\1", str(exc))  # no user:password@ of an endpoint
     code = re.search(r"<Code>([^<]+)</Code>", text)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return (code.group(1) + ": " if code else "") + first[:200]

@@ -34,9 +34,10 @@ class S3Server:
                 "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
 
     def rasterio_env(self) -> dict[str, str]:
-        """GDAL's settings for reading ``s3://`` (``/vsis3/``) from this server."""
-        return {"AWS_S3_ENDPOINT": f"{self.host}:{self.port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
-                "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": REGION}
+        """GDAL's settings for reading ``s3://`` (``/vsis3/``) from this server, for
+        ``rasterio.Env(**...)`` (the keys themselves come from the environment: rasterio
+        refuses them as settings)."""
+        return {"AWS_S3_ENDPOINT": f"{self.host}:{self.port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
 
     def client(self) -> Any:
         import boto3
@@ -58,25 +59,50 @@ class S3Server:
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
+#: The server process: moto's ThreadedMotoServer on 127.0.0.1 and a free port, which it
+#: prints; it exits when its stdin closes (the test session ended, or was killed).
+_SERVER = """
+import logging, sys
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print("%s %d" % server.get_host_and_port(), flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
 def s3_server() -> Iterator[S3Server]:
-    """Start moto's server on 127.0.0.1 (a free port), export the AWS variables, stop both at the end."""
-    import logging
+    """Start moto's server on 127.0.0.1 (a free port) in a process of its own, export the
+    AWS variables, stop both at the end.
 
-    from moto.server import ThreadedMotoServer
+    A process, not a thread of the test's: GDAL holds the GIL through some of its network
+    reads (opening a VRT over /vsis3/), and a server thread waiting for the GIL never answers."""
+    import subprocess
+    import sys
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    s3 = S3Server(host, port)
-    saved = {k: os.environ.get(k) for k in s3.env()}
-    os.environ.update(s3.env())
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
     try:
-        yield s3
+        line = proc.stdout.readline().split()  # type: ignore[union-attr]
+        if len(line) != 2:
+            raise RuntimeError(f"moto server did not start (exit {proc.poll()})")
+        s3 = S3Server(line[0], int(line[1]))
+        saved = {k: os.environ.get(k) for k in s3.env()}
+        os.environ.update(s3.env())
+        try:
+            yield s3
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
+        proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

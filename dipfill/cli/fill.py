@@ -148,13 +148,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace, report: Any) -> None:
     """--catalog and --publish, after the outputs and their item are complete."""
-    from pathlib import Path
-
     from dipfill.stac.item import sanitize_id
     from dipfill.stac.publish import add_to_static_catalog, publish_item
+    from dipfill.storage import as_path
 
     collection = sanitize_id(args.collection)
-    item_path = Path(report.outputs["item"])
+    item_path = as_path(report.outputs["item"])
     if args.catalog:
         item_path = add_to_static_catalog(args.catalog, item_path.parent, collection)
         report.outputs["catalog_item"] = str(item_path)

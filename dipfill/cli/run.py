@@ -10,6 +10,7 @@ from typing import Any
 
 from dipfill.cli.options import add_dip_flags, add_fill_flags, fill_options
 from dipfill.errors import InputError
+from dipfill.storage import read_text
 
 log = logging.getLogger("dipfill")
 
@@ -180,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("dipfill.pipeline.run").setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
     summary = run_pipeline(request, ray_address=values.get("ray_address"))
     if args.json:
-        print(Path(summary.record).read_text())
+        print(read_text(summary.record))
     else:
         for s in summary.scenes:
             extra = f"{s.patches_fitted} fitted, {s.patches_resumed} resumed" if s.status == "done" else s.message

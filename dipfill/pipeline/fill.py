@@ -40,7 +40,7 @@ from dipfill.raster.read import Scene, acquisition_date, data_validity, footprin
 from dipfill.raster.write import Preview
 from dipfill.specs import FillOptions
 from dipfill.stac.item import ItemExtras
-from dipfill.storage import JsonFileCache, check_output_dir, default_strategy_cache_path, remove
+from dipfill.storage import JsonFileCache, ObjectPath, as_path, check_output_dir, default_strategy_cache_path, remove
 
 __all__ = ["FillResult", "FillReport", "fill_arrays", "fill_files", "check_datetime", "check_rgb"]
 
@@ -276,7 +276,7 @@ def fill_files(
         guides=[g.record() for g in guides],
     )
     extras: ItemExtras | None = mode.extras() if mode is not None else None
-    outputs = _write_or_undo(Path(out_dir), item_id, product, options, acq, rgb, extras)
+    outputs = _write_or_undo(as_path(out_dir), item_id, product, options, acq, rgb, extras)
     return FillReport(
         item_id=item_id,
         outputs=outputs,
@@ -292,7 +292,7 @@ def fill_files(
     )
 
 
-def _write_or_undo(out: Path, item_id: str, product: SceneProduct, options: FillOptions, acquired: str | None,
+def _write_or_undo(out: "Path | ObjectPath", item_id: str, product: SceneProduct, options: FillOptions, acquired: str | None,
                    rgb: Sequence[int], extras: ItemExtras | None = None) -> dict[str, str]:
     """:func:`write_outputs`, and on failure remove the outputs it created (each already
     complete: they are renamed into place) so that no product without its item is left;

@@ -25,7 +25,8 @@ from dipfill.raster.read import Grid, describe_grid_difference
 from dipfill.raster.write import CopiedRaster, Preview, copy_as_cog, write_cog, write_quicklook, write_vrt, write_zarr_mosaic
 from dipfill.specs import FillOptions
 from dipfill.stac.item import FilledScene, ItemExtras, MirroredAsset, band_asset_keys, output_item, own_asset_keys
-from dipfill.storage import write_json
+from dipfill.stac.publish import remote_hrefs
+from dipfill.storage import ObjectPath, write_json
 
 __all__ = ["SceneProduct", "CarriedAsset", "output_names", "mosaic_name", "mosaic_attrs", "write_outputs",
            "patch_records"]
@@ -151,7 +152,9 @@ def write_outputs(
         write_json(paths[own["patches"]], patch_records(product.diagnostics))
         scene = describe(item_id, product, extras or ItemExtras(), copies)
         item = output_item(scene, options, acquired, names, out_dir, extras or ItemExtras())
-        write_json(paths["item"], item.to_dict(include_self_link=False))
+        doc = item.to_dict(include_self_link=False)
+        # on object storage, asset hrefs are the objects' URLs (s3://...): what readers open
+        write_json(paths["item"], remote_hrefs(doc, out_dir) if isinstance(out_dir, ObjectPath) else doc)
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()

@@ -10,13 +10,14 @@ one writer (zarr loses data when writers share a chunk or a
 shard). A rerun reads the flags and fits only what is missing. The group records the
 configuration hash it was made for: a store from another configuration is discarded, never
 mixed in.
+
+The store may lie on object storage (``s3://...``: a run's ``--out`` there): workers on
+other nodes then write their patches straight into it through
+:func:`~dipfill.storage.zarr_store`, and a diagnostics record is one PUT.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
-from dipfill.storage import write_json
+from dipfill.storage import as_path, list_files, read_json, remove, write_json, zarr_store
 
 __all__ = ["PatchStore"]
 
@@ -40,19 +41,20 @@ class PatchStore:
 
     @classmethod
     def open(cls, path: str | Path, count: int, bands: int, size: int, config_hash: str) -> "PatchStore":
-        """Open the store at ``path`` for ``count`` patches, creating or resetting it."""
-        path = Path(path)
+        """Open the store at ``path`` (a directory or an object-storage URL) for ``count``
+        patches, creating or resetting it."""
+        path = as_path(path)
         if path.exists():
             try:
-                root = zarr.open_group(str(path), mode="r")
+                root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
                 same = (root.attrs.get("config_hash") == config_hash
                         and root["values"].shape == (count, bands, size, size))
             except Exception:  # unreadable leftovers: start over
                 same = False
             if same:
                 return cls(str(path))
-            shutil.rmtree(path)
-        root = zarr.open_group(str(path), mode="w")
+            remove(path)
+        root = zarr.open_group(zarr_store(path), mode="w")
         root.attrs["config_hash"] = config_hash
         # Uncompressed: fitted float32 values hardly compress (zstd saved ~10 %) and the
         # store is temporary, removed once the scene's item is written; it saves CPU per patch.
@@ -62,44 +64,41 @@ class PatchStore:
         return cls(str(path))
 
     def done(self) -> NDArray[np.bool_]:
-        return zarr.open_group(self.path, mode="r")["done"][...].astype(bool)
+        return zarr.open_group(zarr_store(self.path, read_only=True), mode="r")["done"][...].astype(bool)
 
     def write(self, index: int, values: NDArray[np.float32], diagnostics: dict | None = None) -> None:
         """Store patch ``index`` (values padded to the store's patch size) and its
         diagnostics, then flag it done."""
-        root = zarr.open_group(self.path, mode="r+")
+        root = zarr.open_group(zarr_store(self.path), mode="r+")
         arr = root["values"]
         full = np.full(arr.shape[1:], np.nan, dtype=np.float32)
         full[:, : values.shape[1], : values.shape[2]] = values
         arr[index] = full
         if diagnostics is not None:
-            folder = Path(self.path) / "diagnostics"
-            folder.mkdir(exist_ok=True)
-            tmp = folder / f".{index}.json.tmp"
-            tmp.write_text(json.dumps(diagnostics))
-            os.replace(tmp, folder / f"{index}.json")
+            folder = as_path(self.path) / "diagnostics"
+            folder.mkdir(exist_ok=True)  # nothing to make on object storage
+            write_json(folder / f"{index}.json", diagnostics, indent=0)
         root["done"][index] = 1
 
     def diagnostics(self) -> dict[int, dict]:
         """Diagnostics of every patch written with them, by index."""
-        folder = Path(self.path) / "diagnostics"
-        return {int(p.stem): json.loads(p.read_text()) for p in folder.glob("[0-9]*.json")} if folder.is_dir() else {}
+        return {int(p.stem): read_json(p) for p in list_files(as_path(self.path) / "diagnostics", "[0-9]*.json")}
 
     def record_guides(self, choice: dict[str, Any]) -> None:
         """Keep the scene's guide choice (plain JSON values) with its patches, atomically:
         a resumed scene must fit its remaining patches with the same guides."""
-        write_json(Path(self.path) / _GUIDES, choice, indent=1)
+        write_json(as_path(self.path) / _GUIDES, choice, indent=1)
 
     def recorded_guides(self) -> dict[str, Any] | None:
         """The guide choice :meth:`record_guides` kept; None when none was (or it is unreadable)."""
         try:
-            doc = json.loads((Path(self.path) / _GUIDES).read_text())
+            doc = read_json(as_path(self.path) / _GUIDES)
         except (OSError, ValueError):
             return None
         return doc if isinstance(doc, dict) else None
 
     def read(self, index: int, height: int, width: int) -> NDArray[np.float32]:
-        return zarr.open_group(self.path, mode="r")["values"][index, :, :height, :width]
+        return zarr.open_group(zarr_store(self.path, read_only=True), mode="r")["values"][index, :, :height, :width]
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        remove(self.path)

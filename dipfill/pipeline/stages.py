@@ -55,7 +55,7 @@ from dipfill.stac.guides import GuideQuery
 from dipfill.stac.ids import unique_id
 from dipfill.stac.item import ItemExtras, mirrored_properties, sanitize_id, self_href
 from dipfill.stac.publish import add_to_static_catalog, publish_item
-from dipfill.storage import remove_stale_temporaries, staged
+from dipfill.storage import remove_stale_temporaries, staged_tree, zarr_store
 
 #: Seconds between two ``steps`` events of a scene (progress within its batches) at most.
 STEPS_EVERY = 5.0
@@ -309,7 +309,8 @@ def merge_stage(job: SceneJob, executor: Executor) -> list[BlockResult]:
     # left by a killed driver; never another live run's (two cron runs may share --out)
     remove_stale_temporaries(job.scene_dir / mosaic_name(job.item_id))
     blocks: list[BlockResult] = []
-    with staged(job.scene_dir / mosaic_name(job.item_id)) as tmp:
+    # staged beside it locally; in place on object storage, where workers on other nodes write it
+    with staged_tree(job.scene_dir / mosaic_name(job.item_id)) as tmp:
         create_zarr_mosaic(tmp, plan.shape, job.dtype, job.source.grid, nodata=job.nodata,
                            band_names=list(job.source.band_names), attrs=mosaic_attrs(job.request.options))
         tasks = block_tasks(job.item_id, job.source, plan, job.store.path, str(tmp), job.nodata, MOSAIC_CHUNK)
@@ -346,7 +347,7 @@ def write_stage(job: SceneJob, blocks: Sequence[BlockResult], diagnostics: Mappi
     assert job.plan is not None and job.store is not None
     plan, item = job.plan, job.item
     lap = clock.lap if clock is not None else (lambda name: None)
-    mosaic = zarr.open_group(str(job.scene_dir / mosaic_name(job.item_id)), mode="r")
+    mosaic = zarr.open_group(zarr_store(job.scene_dir / mosaic_name(job.item_id), read_only=True), mode="r")
     counts = merge_counts([b.counts for b in blocks])
     extras = describe_stage(job)
     lap("describe")

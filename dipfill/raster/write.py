@@ -22,7 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from dipfill.raster.read import Grid
-from dipfill.storage import remove, staged
+from dipfill.storage import remove, staged, zarr_store
 from dipfill.stretch import percentile_limits
 
 __all__ = [
@@ -172,7 +172,7 @@ def create_zarr_mosaic(
         "band_names": list(band_names),
     }
     cf = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root = zarr.open_group(zarr_store(path), mode="w", zarr_format=3)
     root.attrs.update({**attrs, **geo})
     fill = None if nodata is None else np.asarray(nodata).astype(dtype).item()
     root.create_array(
@@ -198,7 +198,7 @@ def create_zarr_mosaic(
         # zarr warns that consolidated metadata is not (yet) in the v3 spec; xarray reads it
         # and, without it, warns on every open_zarr
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(zarr_store(path))
 
 
 def _write_coordinates(root: Any, grid: Grid, count: int) -> None:
@@ -242,7 +242,7 @@ def write_mosaic_block(path: str | os.PathLike[str], origin: tuple[int, int], ba
     share a chunk."""
     import zarr
 
-    root = zarr.open_group(str(path), mode="r+")
+    root = zarr.open_group(zarr_store(path), mode="r+")
     cy, cx = root["qa"].chunks
     row0, col0 = origin
     if row0 % cy or col0 % cx:

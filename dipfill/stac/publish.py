@@ -1,4 +1,4 @@
-"""Put finished items where readers find them: a static catalog on disk, and a STAC API.
+"""Put finished items where readers find them: a static catalog (on disk or object storage), and a STAC API.
 
 Both are upserts: re-publishing the same item replaces it, so reruns are idempotent, and
 so are retries: an API is written through the same retrying transport that searches it
@@ -8,12 +8,12 @@ so are retries: an API is written through the same retrying transport that searc
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 from dipfill.errors import InputError
-from dipfill.storage import check_output_dir, write_json
+from dipfill.storage import (ObjectPath, as_path, check_output_dir, copy_tree, exclusive, list_files,
+                             read_json, write_json)
 from dipfill.stac.catalog import (
     catalog_with_collection,
     collection_with_item,
@@ -26,12 +26,33 @@ from dipfill.stac.transport import DEFAULT_BACKOFF, DEFAULT_RETRIES, DEFAULT_TIM
 __all__ = ["add_to_static_catalog", "check_catalog_root", "publish_to_api", "publish_item", "absolute_item"]
 
 
-def _read(path: Path, default: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else default
+#: The lock file (or lease object, on object storage) under which a static catalog's
+#: collection and catalog documents are read, updated and written: two runs adding items
+#: to one output root at once (cron) must not drop each other's item links.
+CATALOG_LOCK = ".dipfill-catalog.lock"
 
 
-def _write(path: Path, doc: Mapping[str, Any]) -> None:
+def _read(path: "Path | ObjectPath", default: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        return default
+
+
+def _write(path: "Path | ObjectPath", doc: Mapping[str, Any]) -> None:
     write_json(path, doc)
+
+
+def remote_hrefs(item: Mapping[str, Any], item_dir: ObjectPath) -> dict[str, Any]:
+    """``item`` with each relative asset href made the object's URL (``s3://bucket/...``):
+    what odc-stac, stackstac and GDAL (``/vsis3/``) open directly, and what stays right when
+    the item JSON is read without its location (a STAC API, ``pystac.Item.from_dict``)."""
+    out = json.loads(json.dumps(item))
+    for asset in out.get("assets", {}).values():
+        href = asset.get("href", "")
+        if "://" not in href and not href.startswith("/"):
+            asset["href"] = f"{item_dir.url}/{href[2:] if href.startswith('./') else href}"
+    return out
 
 
 def check_catalog_root(root: str | Path, collection_id: str, *, flag: str = "--catalog") -> Path:
@@ -40,7 +61,7 @@ def check_catalog_root(root: str | Path, collection_id: str, *, flag: str = "--c
     ``<collection_id>/collection.json``, where present, are a STAC catalog and collection.
     The path of a ``catalog.json`` itself stands for its directory. Anything else is an
     :class:`~dipfill.errors.InputError` naming ``flag``, the path and the fix."""
-    path = Path(root)
+    path = as_path(root)
     if path.is_file() and path.name == "catalog.json":
         path = path.parent
     elif path.is_file():
@@ -64,33 +85,32 @@ def check_catalog_root(root: str | Path, collection_id: str, *, flag: str = "--c
     return path
 
 
-def add_to_static_catalog(root: str | Path, item_dir: str | Path, collection_id: str) -> Path:
+def add_to_static_catalog(root: "str | Path | ObjectPath", item_dir: "str | Path | ObjectPath",
+                          collection_id: str) -> "Path | ObjectPath":
     """Add the item written in ``item_dir`` (its ``<id>.json`` and assets) to the catalog at
-    ``root`` under ``collection_id``; returns the item's path in the catalog.
+    ``root`` (a directory or an object-storage URL) under ``collection_id``; returns the
+    item's path in the catalog.
 
     When ``item_dir`` is not already ``ROOT/<collection>/<id>/``, its files are copied there
-    first. The item JSON is written last, then the collection, then the catalog.
+    first. The item JSON is written last, then the collection, then the catalog; the two
+    shared documents are read and rewritten under :data:`CATALOG_LOCK` (a lease on object
+    storage), so concurrent runs into one root lose no item. On object storage the item's
+    asset hrefs become the objects' URLs (:func:`remote_hrefs`).
     """
-    root, item_dir = Path(root), Path(item_dir)
-    src_item = next(p for p in item_dir.glob("*.json") if not p.name.endswith("_patches.json"))
-    item = json.loads(src_item.read_text())
+    root, item_dir = as_path(root), as_path(item_dir)
+    src_item = next(p for p in list_files(item_dir, "*.json") if not p.name.endswith("_patches.json"))
+    item = read_json(src_item)
     dest = root / collection_id / item["id"]
     if dest.resolve() != item_dir.resolve():
-        dest.mkdir(parents=True, exist_ok=True)
-        for path in item_dir.iterdir():
-            if path == src_item:
-                continue
-            target = dest / path.name
-            if path.is_dir():
-                shutil.copytree(path, target, dirs_exist_ok=True)
-            else:
-                shutil.copy2(path, target)
+        copy_tree(item_dir, dest, skip=src_item.name)
     item_path = dest / f"{item['id']}.json"
-    _write(item_path, with_item_links(item, collection_id))
-    coll_path = root / collection_id / "collection.json"
-    _write(coll_path, collection_with_item(_read(coll_path, new_collection(collection_id)), item))
-    cat_path = root / "catalog.json"
-    _write(cat_path, catalog_with_collection(_read(cat_path, new_catalog()), collection_id))
+    doc = with_item_links(item, collection_id)
+    _write(item_path, remote_hrefs(doc, dest) if isinstance(dest, ObjectPath) else doc)
+    with exclusive(root / CATALOG_LOCK):
+        coll_path = root / collection_id / "collection.json"
+        _write(coll_path, collection_with_item(_read(coll_path, new_collection(collection_id)), item))
+        cat_path = root / "catalog.json"
+        _write(cat_path, catalog_with_collection(_read(cat_path, new_catalog()), collection_id))
     return item_path
 
 
@@ -167,7 +187,7 @@ def publish_item(url: str, item_path: str | Path, collection_id: str) -> None:
     STAC API at ``url``. Asset hrefs become ``file://`` URIs of the written files: readers
     resolve a bare ``/path`` against the API's URL, and an API has no directory to resolve
     relative ones against."""
-    item_path = Path(item_path)
-    item = json.loads(item_path.read_text())
+    item_path = as_path(item_path)
+    item = read_json(item_path)
     doc = absolute_item(item, item_path.parent.resolve().as_uri())
     publish_to_api(url, collection_with_item(new_collection(collection_id), item), [doc])
