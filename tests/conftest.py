@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -10,6 +11,40 @@ import pytest
 # its own IP lookups, so no part of a test's local cluster listens beyond loopback
 # (dipfill's start_ray sets it too, but only if Ray was not imported before).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "", None, socket.gethostname(), socket.getfqdn()}
+
+
+def _local(host: object) -> bool:
+    if isinstance(host, bytes):
+        host = host.decode()
+    return host in _LOCAL_NAMES or (isinstance(host, str) and (host.startswith("127.") or host.startswith("/")))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _loopback_only():
+    """Tests talk to 127.0.0.1 only: a name lookup or connection to any other address from
+    this process fails the test that made it, saying where it tried to go (a stubbed search
+    that still reached a public STAC API was caught this way). Subprocesses and GDAL's own
+    HTTP are not covered; their tests point them at 127.0.0.1 explicitly."""
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not _local(host):
+            raise AssertionError(f"a test tried to resolve {host!r}: tests reach 127.0.0.1 only")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
+            raise AssertionError(f"a test tried to connect to {address!r}: tests reach 127.0.0.1 only")
+        return real_connect(self, address)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(socket, "getaddrinfo", getaddrinfo)
+    mp.setattr(socket.socket, "connect", connect)
+    yield
+    mp.undo()
 
 
 @pytest.fixture(autouse=True, scope="session")

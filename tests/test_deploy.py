@@ -558,10 +558,20 @@ def test_cron_run_finds_recently_updated_scenes_only(monkeypatch):
 
     request = run_yaml_request("--since", "7d")
     queries = []
-    monkeypatch.setattr(pipeline_run, "search", lambda stac, query: queries.append((stac, query)) or [])
+    checked = []
+
+    class _Source:  # the API is not asked (no traffic beyond 127.0.0.1): only what would be sent
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        def check_collections(self, ids: tuple[str, ...]) -> None:
+            checked.extend(ids)
+
+    monkeypatch.setattr(pipeline_run, "open_source", _Source)
+    monkeypatch.setattr(pipeline_run, "search", lambda source, query: queries.append((source.url, query)) or [])
     assert pipeline_run.find_scenes(request) == []
     ((stac, query),) = queries
-    assert stac == request.stac
+    assert stac == request.stac and checked == list(request.collections)
 
     now = dt.datetime.now(dt.timezone.utc)
     w, s, e, n = request.bbox
