@@ -5,11 +5,15 @@ One cluster for the module (a Ray head with the dashboard costs the most here): 
 --address`), each with one CPU, a temp dir of its own and a private token, everything on
 127.0.0.1, stopped by process tree at the end (never `ray stop`, which would stop every
 Ray on the machine). The job is submitted with `ray job submit --working-dir .` from the
-repository root, exactly as README.md documents it (tests._ray.JOB_COMMAND).
+repository root, exactly as README.md documents it (tests._ray.JOB_COMMAND): once on the
+demo catalog into a local --out, once with the catalog read over HTTP from a bucket and
+--out s3://... (moto's S3 API on 127.0.0.1, the ``s3`` fixture), the nodes sharing no
+path. Both runs' engine actors must be found on both nodes.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -76,20 +80,25 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(request):
     """A Ray head with the dashboard (Jobs API) and a second node, one CPU each, on 127.0.0.1.
 
     Two nodes on one machine: each gets its own --temp-dir (Ray allows one per node; short,
     under /tmp, for Ray's unix sockets' 108-byte limit, and away from /tmp/ray, where
     other drivers' ray.init() would find and join it) and its own agent ports (Ray's
     defaults would collide). The nodes' PATH starts with this Python's bin directory, where
-    `dipfill` is installed, as in the image the deploy/ manifests use."""
+    `dipfill` is installed, as in the image the deploy/ manifests use. With moto installed,
+    the module's S3 server (the ``s3`` fixture) runs beside it and both nodes get its AWS
+    variables in their environment, as deploy/'s pods get theirs from a Secret: a job's
+    driver and actors inherit them, and nothing secret travels with the job."""
     c = Cluster()
     t0 = time.perf_counter()
     try:
         for prefix in ("dfjh-", "dfjw-"):
             c.temps.append(Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp")))
         _, env = token_envs(c.temps[0])
+        if importlib.util.find_spec("moto") is not None:
+            env.update(request.getfixturevalue("s3").env())
         env["PATH"] = f"{Path(ray_cli()).parent}{os.pathsep}{env.get('PATH', '')}"
         c.env = env
         c.port, c.dashboard = free_port(), free_port()
@@ -133,20 +142,22 @@ def cluster():
     assert not still_listening, still_listening
 
 
-def job_command(c: Cluster, submission_id: str, out: str) -> list[str]:
+def job_command(c: Cluster, submission_id: str, out: str, stac: str | None = None) -> list[str]:
     """README's command (JOB_COMMAND) with this cluster's address, a submission id and an
-    output root of the test's."""
+    output root of the test's (and another --stac)."""
     tokens = shlex.split(JOB_COMMAND)
-    for flag, value in (("--address", c.api), ("--submission-id", submission_id), ("--out", out)):
-        tokens[tokens.index(flag) + 1] = value
+    for flag, value in (("--address", c.api), ("--submission-id", submission_id), ("--out", out), ("--stac", stac)):
+        if value is not None:
+            tokens[tokens.index(flag) + 1] = value
     return tokens
 
 
-def submit(c: Cluster, submission_id: str, out: str) -> tuple[subprocess.CompletedProcess, list[tuple[str, str]]]:
+def submit(c: Cluster, submission_id: str, out: str, *, stac: str | None = None
+           ) -> tuple[subprocess.CompletedProcess, list[tuple[str, str]]]:
     """Submit the job from the repository root and follow it to its end (`ray job submit`
     waits and prints the job's logs); returns that and the TCP listeners of the nodes'
     processes, sampled all through the job."""
-    tokens = job_command(c, submission_id, out)
+    tokens = job_command(c, submission_id, out, stac)
     assert tokens[0] == "ray"
     t0 = time.perf_counter()
     proc = subprocess.Popen([ray_cli(), *tokens[1:]], env=c.env, cwd=REPO, stdout=subprocess.PIPE,
@@ -230,17 +241,66 @@ def test_ray_job_submit_runs_dipfill_on_the_demo_catalog(cluster: Cluster, demo_
         assert not ignored, f"uploaded although .gitignore lists them: {ignored[:20]}"
 
 
-def test_engine_actors_run_on_both_nodes(cluster: Cluster, demo_job) -> None:
-    """The run's engine actors were placed on both nodes (one CPU each: one actor per node),
-    as the State API records them and as processes under each node's `ray start`; no
-    process of either node listened beyond 127.0.0.1 during the job."""
-    sid, _, _, listening = demo_job
+def assert_actors_on_both_nodes(cluster: Cluster, sid: str) -> None:
+    """The job's engine actors were placed on both nodes (one CPU each: one actor per node),
+    as the State API records them."""
     job_id = cluster.job(sid)["job_id"]
     nodes = {n["node_id"]: n for n in cluster.listed("nodes")}
     assert len(nodes) == 2 and sum(n["is_head_node"] for n in nodes.values()) == 1, nodes
     assert {n["node_ip"] for n in nodes.values()} == {"127.0.0.1"}, nodes
     actors = [a for a in cluster.listed("actors", class_name="EngineWorker") if a["job_id"] == job_id]
     assert {a["node_id"] for a in actors} == set(nodes), (actors, nodes)
+
+
+def test_engine_actors_run_on_both_nodes(cluster: Cluster, demo_job) -> None:
+    """The run's engine actors ran on both nodes (State API, and processes under each node's
+    `ray start`); no process of either node listened beyond 127.0.0.1 during the job."""
+    sid, _, _, listening = demo_job
+    assert_actors_on_both_nodes(cluster, sid)
     for node in cluster.nodes:
         assert node.named("EngineWorker"), f"no engine actor process under {node.log.stem}"
     assert listening and all(loopback(local) for local, _ in listening), sorted(set(listening))
+
+
+def test_two_nodes_share_no_filesystem_with_s3_in_and_out(cluster: Cluster, request, tmp_path: Path) -> None:
+    """The job on two nodes with nothing shared but the object store (moto's S3 API on
+    127.0.0.1): the demo catalog and its rasters read over HTTP from a bucket (`--stac
+    http://.../catalog.json`, GDAL's /vsicurl/), the outputs written with `--out s3://...`
+    (patch stores, COGs, Zarr mosaic, items, catalog, run record: all objects). What the
+    actors on both nodes and the driver wrote is the product: downloaded, every observed
+    pixel is bit-exact."""
+    s3 = request.getfixturevalue("s3")
+    client = s3.client()
+    s3.bucket("dipfill-input")
+    for path in sorted((REPO / "data" / "arg25_menindee").rglob("*")):
+        if path.is_file():
+            # public-read, as the open collections dipfill reads (anonymous GETs over HTTP)
+            client.upload_file(str(path), "dipfill-input", path.relative_to(REPO / "data").as_posix(),
+                               ExtraArgs={"ACL": "public-read"})
+    catalog = f"{s3.endpoint}/dipfill-input/arg25_menindee/stac/catalog.json"
+    bucket, prefix = "dipfill-jobs", "demo"
+    url = f"{s3.bucket(bucket)}/{prefix}"
+    done, _ = submit(cluster, "dipfill-s3-test", url, stac=catalog)
+    assert done.returncode == 0, f"ray job submit exited {done.returncode}:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    assert_actors_on_both_nodes(cluster, "dipfill-s3-test")
+
+    keys = s3.keys(bucket, f"{prefix}/")
+    (record_key,) = [k for k in keys if re.fullmatch(rf"{prefix}/runs/[^/]+\.json", k)]
+    record = json.loads(client.get_object(Bucket=bucket, Key=record_key)["Body"].read())
+    assert record["state"] == "finished" and record["request"]["stac"] == catalog, record
+    assert {s["id"]: s["status"] for s in record["scenes"]} == {JAN: "done", FEB: "done"}, record
+    assert f"{prefix}/catalog.json" in keys
+    assert not [k for k in keys if "patches.zarr" in k or ".tmp-" in k], "patch stores or temporaries left behind"
+    # the product, downloaded as it is in the bucket
+    local = tmp_path / "from-s3"
+    for key in keys:
+        dest = local / key[len(prefix) + 1:]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, key, str(dest))
+    for scene in (JAN, FEB):
+        item = assert_filled(local, scene)
+        hrefs = [a["href"] for a in item["assets"].values()]
+        assert all(not Path(h).is_absolute() for h in hrefs), hrefs  # no node's local path
+    # nothing of the run landed on a node's disk: no local directory named after the URL
+    # (e.g. in the job's unpacked working dir, where a relative "s3:/..." path would go)
+    assert not [p for temp in cluster.temps for p in temp.glob("**/s3:*")]
