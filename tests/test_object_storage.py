@@ -27,6 +27,7 @@ from dipfill.cli.run import build_request
 from dipfill.pipeline import run as run_mod
 from dipfill.pipeline.ray_executor import stop_ray
 from dipfill import storage
+from dipfill.storage.owners import host
 from tests._data import ARG25_JAN, DATA, REPO
 from tests._s3 import SECRET
 from tests._schemas import validation_errors
@@ -194,6 +195,13 @@ def test_a_dead_holders_lease_is_taken_over_once_expired(s3, monkeypatch) -> Non
         assert json.loads(lock.read_bytes())["owner"] != "deadhost 4242 0"
     assert waited == ["deadhost 4242 0"] and 1.0 < took < 10
     assert not lock.exists()  # released
+    # a holder on this host whose process is gone (a driver killed here): taken over at once
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_bytes(json.dumps({"owner": f"{host()} {dead.stdout.strip()} 0",
+                                 "expires": time.time() + 60}).encode())
+    t0 = time.perf_counter()
+    with storage.exclusive(lock):
+        assert time.perf_counter() - t0 < 5
 
 
 def test_fill_writes_its_product_to_the_bucket(s3) -> None:
