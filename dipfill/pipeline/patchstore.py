@@ -46,7 +46,7 @@ class PatchStore:
         path = as_path(path)
         if path.exists():
             try:
-                root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+                root = zarr.open_group(zarr_store(path, read_only=True), mode="r", zarr_format=3)
                 same = (root.attrs.get("config_hash") == config_hash
                         and root["values"].shape == (count, bands, size, size))
             except Exception:  # unreadable leftovers: start over
@@ -54,7 +54,7 @@ class PatchStore:
             if same:
                 return cls(str(path))
             remove(path)
-        root = zarr.open_group(zarr_store(path), mode="w")
+        root = zarr.open_group(zarr_store(path), mode="w", zarr_format=3)
         root.attrs["config_hash"] = config_hash
         # Uncompressed: fitted float32 values hardly compress (zstd saved ~10 %) and the
         # store is temporary, removed once the scene's item is written; it saves CPU per patch.
@@ -64,13 +64,12 @@ class PatchStore:
         return cls(str(path))
 
     def done(self) -> NDArray[np.bool_]:
-        return zarr.open_group(zarr_store(self.path, read_only=True), mode="r")["done"][...].astype(bool)
+        return _array(self.path, "done")[...].astype(bool)
 
     def write(self, index: int, values: NDArray[np.float32], diagnostics: dict | None = None) -> None:
         """Store patch ``index`` (values padded to the store's patch size) and its
         diagnostics, then flag it done."""
-        root = zarr.open_group(zarr_store(self.path), mode="r+")
-        arr = root["values"]
+        arr = _array(self.path, "values", "r+")
         full = np.full(arr.shape[1:], np.nan, dtype=np.float32)
         full[:, : values.shape[1], : values.shape[2]] = values
         arr[index] = full
@@ -78,7 +77,7 @@ class PatchStore:
             folder = as_path(self.path) / "diagnostics"
             folder.mkdir(exist_ok=True)  # nothing to make on object storage
             write_json(folder / f"{index}.json", diagnostics, indent=0)
-        root["done"][index] = 1
+        _array(self.path, "done", "r+")[index] = 1
 
     def diagnostics(self) -> dict[int, dict]:
         """Diagnostics of every patch written with them, by index."""
@@ -98,7 +97,13 @@ class PatchStore:
         return doc if isinstance(doc, dict) else None
 
     def read(self, index: int, height: int, width: int) -> NDArray[np.float32]:
-        return zarr.open_group(zarr_store(self.path, read_only=True), mode="r")["values"][index, :, :height, :width]
+        return _array(self.path, "values")[index, :, :height, :width]
 
     def remove(self) -> None:
         remove(self.path)
+
+
+def _array(path: str, name: str, mode: str = "r") -> Any:
+    """One array of the store, opened by itself (Zarr v3 named: on object storage every
+    metadata read is a request, and a patch is written and read once each)."""
+    return zarr.open_array(zarr_store(path, read_only=mode == "r"), path=name, mode=mode, zarr_format=3)

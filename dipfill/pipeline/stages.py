@@ -347,7 +347,8 @@ def write_stage(job: SceneJob, blocks: Sequence[BlockResult], diagnostics: Mappi
     assert job.plan is not None and job.store is not None
     plan, item = job.plan, job.item
     lap = clock.lap if clock is not None else (lambda name: None)
-    mosaic = zarr.open_group(zarr_store(job.scene_dir / mosaic_name(job.item_id), read_only=True), mode="r")
+    mosaic = zarr.open_group(zarr_store(job.scene_dir / mosaic_name(job.item_id), read_only=True), mode="r",
+                             zarr_format=3)
     counts = merge_counts([b.counts for b in blocks])
     extras = describe_stage(job)
     lap("describe")

@@ -242,7 +242,7 @@ def write_mosaic_block(path: str | os.PathLike[str], origin: tuple[int, int], ba
     share a chunk."""
     import zarr
 
-    root = zarr.open_group(zarr_store(path), mode="r+")
+    root = zarr.open_group(zarr_store(path), mode="r+", zarr_format=3)
     cy, cx = root["qa"].chunks
     row0, col0 = origin
     if row0 % cy or col0 % cx:
