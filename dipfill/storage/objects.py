@@ -58,10 +58,21 @@ def as_path(target: "str | os.PathLike[str] | ObjectPath") -> "Path | ObjectPath
     return Path(target)
 
 
-@functools.lru_cache(maxsize=64)
+#: The environment variables a store is configured from: a store made before one of them
+#: changed (another endpoint or key, in tests or a notebook) is not reused.
+_STORE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_DEFAULT_REGION",
+              "AWS_PROFILE", "GOOGLE_SERVICE_ACCOUNT", "AZURE_STORAGE_ACCOUNT_NAME")
+
+
 def _bucket_store(root: str) -> Any:
     """The obstore store of one bucket (``scheme://bucket``), or of a prefix in it (a Zarr
-    store's), made once per process.
+    store's), made once per process and environment (:data:`_STORE_ENV`)."""
+    return _make_store(root, tuple(os.environ.get(k) for k in _STORE_ENV))
+
+
+@functools.lru_cache(maxsize=64)
+def _make_store(root: str, _env: tuple[str | None, ...]) -> Any:
+    """The store :func:`_bucket_store` gives (``_env``: the cache key, read again here).
 
     Configured from the process's own environment: the AWS_*/GOOGLE_*/AZURE_* variables
     obstore reads, and ``AWS_ENDPOINT_URL`` (plain ``http://`` allowed for it: a MinIO or
