@@ -159,6 +159,44 @@ def test_resume_after_a_killed_driver_reuses_the_patch_store_on_s3(s3, first_run
             assert after[f"resumed/{name}"] == first_run["objects"][f"run/{name}"]
 
 
+def test_a_driver_killed_with_sigkill_leaves_its_lease_and_patches_and_a_rerun_resumes(s3, first_run) -> None:
+    """A real kill: the driver process (LocalPool, one patch per batch) is SIGKILLed once its
+    patch store on S3 holds two done flags. Its scene lease stays behind (no code ran to
+    release it); the rerun on this host takes it over at once (the holder's process is gone),
+    resumes from the patch store and writes the same pixels as the uninterrupted run."""
+    out, scene = f"s3://{BUCKET}/killed", "LS7_ETM_095_082_20100116_crop512"
+    values = {"engine": "fillnodata", "batch_size": 1, "datetime": "2010-01-01/2010-01-31"}
+    code = ("import sys, json; from dipfill.cli.run import build_request; from dipfill.pipeline import run; "
+            "from dipfill.pipeline.executor import LocalPool; "
+            "r = build_request({'stac': sys.argv[1], 'out': sys.argv[2], **json.loads(sys.argv[3])}); "
+            "run.run(r, pool=LocalPool('fillnodata', {}, r.options.fallback))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(CATALOG), out, json.dumps(values)], cwd=REPO,
+                            env={**os.environ, **s3.env(), "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len([k for k in s3.keys(BUCKET, "killed/") if "/patches.zarr/done/c/" in k]) < 2:
+            assert proc.poll() is None, f"the driver ended before it was killed: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "no patch reached the bucket in 120 s"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.communicate()
+    left = s3.keys(BUCKET, "killed/")
+    assert any(k.endswith("/.dipfill.lock") for k in left)  # SIGKILL: nothing released it
+    assert not any(k.endswith(f"{scene}-dipfill.json") for k in left)  # no item: the scene is not done
+    t0 = time.perf_counter()
+    again = run_mod.run(request(out, **values))
+    assert time.perf_counter() - t0 < 60  # the lease was not waited out (120 s)
+    (status,) = again.scenes
+    assert status.status == "done" and status.patches_resumed >= 2
+    after = objects(s3, "killed/")
+    assert not [k for k in after if "patches.zarr" in k or k.endswith(".lock")]
+    for band in ("B3", "B4", "B5"):
+        name = f"{COLLECTION}/{scene}-dipfill/{scene}-dipfill_{band}.tif"
+        assert after[f"killed/{name}"] == first_run["objects"][f"run/{name}"]
+
+
 def test_two_concurrent_runs_into_one_prefix_lose_no_item(s3) -> None:
     """Two driver processes at once (no Ray: LocalPool), one scene each: both items and both
     collection links survive the shared collection.json (updated under the catalog lease)."""
