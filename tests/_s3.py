@@ -1,7 +1,8 @@
 """A real S3 API on 127.0.0.1 for the tests: moto's server mode, started and stopped inside
 the test session (no mock of boto: dipfill talks HTTP to it as to AWS or MinIO).
 
-Use the ``s3`` fixture (session scope, in tests/conftest.py): it starts one server, sets
+Use the ``s3`` fixture (module scope, in tests/conftest.py): it starts one server (in a
+process of its own, see :func:`s3_server`), sets
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_REGION``/``AWS_ENDPOINT_URL`` in this
 process's environment for as long as it runs (child processes and a local Ray started by
 the test inherit them) and gives an :class:`S3Server`; ``server.bucket(name)`` creates a
