@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--size", type=int, default=128, help="tile side (px, <= 256): 256² costs ~4× per step")
     parser.add_argument("--crops", action="store_true", help="use the committed crops even when ../shared is present")
+    parser.add_argument("--gaps", choices=("thin", "wide", "both"), default="both",
+                        help="which stripe widths to run (each is ~10 min per tile on 2 idle cores)")
     args = parser.parse_args()
     dates, source = load(args.crops)
     cases = build(dates, args.tiles, args.size)
@@ -93,6 +95,8 @@ def main() -> None:
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for width, items in cases.items():
+        if args.gaps not in ("both", width):
+            continue
         rows: dict[str, dict] = {}
         for i, case in enumerate(items):
             seed = 100 + i
