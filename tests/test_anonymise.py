@@ -94,6 +94,13 @@ def test_grd_region_placed_by_gcps_and_several_patches_wide(grd_runs):
     assert record["units"] == "linear-amplitude" and "uint16" in record["units_decided_by"]
     assert record["coarse_factor"] >= 5  # 600 px wide region, half a 128 patch at coarse scale
     assert item["geometry"]["type"] == "Polygon"  # the outline through the GCPs
+    # the outputs are placed as the input: same GCPs, same CRS, no CRS of their own
+    with rasterio.open(src) as ds:
+        want = [(p.row, p.col, p.x, p.y) for p in ds.gcps[0]], ds.gcps[1]
+    for key in ("band1", "qa", "filled"):
+        with rasterio.open(first.outputs[key]) as ds:
+            got = [(p.row, p.col, p.x, p.y) for p in ds.gcps[0]], ds.gcps[1]
+            assert ds.crs is None and got == want, key
     orig, out = _read(str(src)), _read(first.outputs["band1"])
     assert out.dtype == np.uint16
     assert np.array_equal(out[:, ~region], orig[:, ~region])  # outside: bit-exact

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import numpy as np
 import rasterio
@@ -36,10 +36,25 @@ class Grid:
     transform: Affine
     width: int
     height: int
+    # A raster placed by ground control points only (Sentinel-1 GRD: no CRS, identity
+    # transform): its GCPs as (row, col, x, y, z) and their CRS, carried so outputs written
+    # on this grid are placed as the input is (GDAL, QGIS, titiler warp through them).
+    gcps: tuple[tuple[float, float, float, float, float], ...] = ()
+    gcp_crs: str | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.height, self.width)
+
+    def georeferencing(self) -> dict[str, Any]:
+        """The rasterio ``open(..., "w")`` keywords placing a raster on this grid: CRS and
+        transform, or the GCPs (with their CRS) for a grid placed by GCPs only."""
+        if self.crs is None and self.gcps:
+            from rasterio.control import GroundControlPoint
+
+            points = [GroundControlPoint(row, col, x, y, z) for row, col, x, y, z in self.gcps]
+            return {"gcps": points, "crs": self.gcp_crs}
+        return {"crs": self.crs, "transform": self.transform}
 
 
 @dataclass
@@ -86,7 +101,12 @@ def describe_grid_difference(a: Grid, b: Grid) -> str | None:
 
 
 def _grid_of(ds: rasterio.DatasetReader) -> Grid:
-    return Grid(crs=ds.crs, transform=ds.transform, width=ds.width, height=ds.height)
+    grid = Grid(crs=ds.crs, transform=ds.transform, width=ds.width, height=ds.height)
+    points, gcp_crs = ds.gcps if ds.crs is None else ((), None)
+    if points:
+        gcps = tuple((p.row, p.col, p.x, p.y, p.z or 0.0) for p in points)
+        grid = replace(grid, gcps=gcps, gcp_crs=gcp_crs.to_string() if gcp_crs else None)
+    return grid
 
 
 def read_scene(paths: Sequence[str]) -> Scene:

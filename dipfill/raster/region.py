@@ -8,7 +8,8 @@ the rio-tiler-pds ``iw-vv.tiff``: identity transform, 210 GCPs in EPSG:4326) are
 through GDAL's GCP transformer (:class:`rasterio.transform.GCPTransformer`): the polygon's
 vertices, densified every few pixels so the GCP polynomial's curvature is followed, are
 mapped to pixel coordinates and rasterised on the pixel grid. Outputs of such a scene are
-written on its pixel grid without the GCPs (see README: the item has no geometry).
+written on its pixel grid with the input's GCPs (``Grid.gcps``); the item's geometry is
+the scene outline through them (:func:`gcp_outline`).
 """
 
 from __future__ import annotations

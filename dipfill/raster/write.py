@@ -81,8 +81,7 @@ def write_cog(
         height=height,
         count=count,
         dtype=np.dtype(data.dtype).name,
-        crs=grid.crs,
-        transform=grid.transform,
+        **grid.georeferencing(),
         nodata=nodata,
         tiled=True,
         blockxsize=blocksize,
@@ -341,6 +340,14 @@ def write_vrt(path: str | os.PathLike[str], sources: Sequence[tuple[str, int, st
     t = grid.transform
     nodata_xml = f"    <NoDataValue>{nodata!r}</NoDataValue>\n" if nodata is not None else ""
     srs = f"  <SRS>{escape(grid.crs.to_wkt())}</SRS>\n" if grid.crs else ""
+    placement = f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>\n"
+    if grid.crs is None and grid.gcps:  # placed by GCPs only (Sentinel-1 GRD), as the input
+        from rasterio.crs import CRS
+
+        projection = escape(CRS.from_user_input(grid.gcp_crs).to_wkt(), {'"': "&quot;"}) if grid.gcp_crs else ""
+        placement = f'  <GCPList Projection="{projection}">\n' + "".join(
+            f'    <GCP Id="{i}" Pixel="{col!r}" Line="{row!r}" X="{x!r}" Y="{y!r}" Z="{z!r}"/>\n'
+            for i, (row, col, x, y, z) in enumerate(grid.gcps, start=1)) + "  </GCPList>\n"
     height, width = grid.shape
     bands = "".join(
         f'  <VRTRasterBand dataType="{gdal_type}" band="{i}">\n'
@@ -353,8 +360,7 @@ def write_vrt(path: str | os.PathLike[str], sources: Sequence[tuple[str, int, st
         for i, (name, band, description) in enumerate(sources, start=1)
     )
     xml = (
-        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}'
-        f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>\n"
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}{placement}'
         f"{bands}</VRTDataset>\n"
     )
     with staged(path) as tmp:
