@@ -4,6 +4,13 @@
 2. Cost: seconds per patch per Adam step at 256x256 for each preset, loop vs packed,
    fp32 vs bf16 autocast (channels_last and fused Adam on), eager; then torch.compile for
    the light and the paper network, with the compile time.
+2b. Roofline (dipfill.engines.roofline): each cost row's achieved TFLOP/s and GB/s against
+   the device's datasheet peak, from counted FLOPs/bytes of one step.
+2c. Saturation: packed width raised (8, 16, 32, ...) for the light and the paper network
+   in bf16 until ms/patch-step stops improving by 5 % or memory runs out; the best width
+   per network is what ``--batch-size`` should be on this device.
+2d. CUDA graphs: the packed step (forward, loss, backward, capturable Adam) captured once
+   and replayed, at the best width, against the eager step — the launch-overhead test.
 3. What ``strategy="auto"`` picks for the paper network and how long measuring took.
 4. Quality on the transplanted ARG25 tiles (``.gpu/cases.npz``, written from the committed
    crops by ``python scripts/gpu_check.py --prepare``): the paper configuration at 1500
@@ -30,14 +37,20 @@ sys.path.insert(0, str(REPO))
 from dipfill.engines import make_engine  # noqa: E402
 from dipfill.engines.dip import preset  # noqa: E402
 from dipfill.engines.dipnet import pack_members  # noqa: E402
+from dipfill.engines.config import padded_size  # noqa: E402
 from dipfill.engines.fit import fit_members  # noqa: E402
-from dipfill.engines.strategy import Plan, _time_candidate, resolve_plan  # noqa: E402
+from dipfill.engines.losses import masked_loss  # noqa: E402
+from dipfill.engines.roofline import count_step, device_peak, utilisation  # noqa: E402
+from dipfill.engines.strategy import Plan, _time_candidate, prepare_net, resolve_plan  # noqa: E402
 from dipfill.storage import JsonFileCache, default_strategy_cache_path  # noqa: E402
 from dipfill.eval.metrics import r2  # noqa: E402
 
 CASES = REPO / ".gpu" / "cases.npz"
 T0 = time.time()
 BUDGET = float(os.environ.get("GPU_CHECK_BUDGET", "420"))
+SIZE = int(os.environ.get("GPU_CHECK_SIZE", "256"))  # patch side; CPU dry runs use 64
+MEMBERS = int(os.environ.get("GPU_CHECK_MEMBERS", "8"))  # packed width of the cost table
+WIDTHS = [int(w) for w in os.environ.get("GPU_CHECK_WIDTHS", "8,16,32,64,128").split(",")]
 results: dict = {}
 
 
@@ -92,10 +105,12 @@ def cost(dev: torch.device, members: int) -> None:
             cfg = preset(name)
             key = f"{name} {'bf16' if bf16 else 'fp32'}"
             rows[key] = {
-                "loop": _time_candidate(cfg, dev, (3, 256, 256), members, base, "loop", False),
-                f"packed{members}": _time_candidate(cfg, dev, (3, 256, 256), members, base, "packed", False),
+                "loop": _time_candidate(cfg, dev, (3, SIZE, SIZE), members, base, "loop", False),
+                f"packed{members}": _time_candidate(cfg, dev, (3, SIZE, SIZE), members, base, "packed", False),
             }
             print(key, {k: round(v * 1000, 2) for k, v in rows[key].items()}, "ms", flush=True)
+            roof = results.setdefault("roofline", {})[key] = {k: roofline(name, v, dev, bf16) for k, v in rows[key].items()}
+            print("  roofline", roof, flush=True)
             save()
     for name in ("mcpn-core", "landsat2020"):
         for strategy in ("loop", "packed"):
@@ -103,11 +118,109 @@ def cost(dev: torch.device, members: int) -> None:
                 return
             base = Plan("loop", False, True, channels_last=True, fused_adam=True)
             start = time.time()
-            t = _time_candidate(preset(name), dev, (3, 256, 256), members, base, strategy, True)
+            t = _time_candidate(preset(name), dev, (3, SIZE, SIZE), members, base, strategy, True)
             rows[f"{name} bf16 compiled {strategy}"] = {"s_per_patch_step": t, "compile_and_measure_s": time.time() - start}
             print(name, "compiled", strategy, round(t * 1000, 2), "ms/patch-step; compile+measure",
                   round(time.time() - start, 1), "s", flush=True)
             save()
+
+
+def roofline(name: str, seconds: float, dev: torch.device, bf16: bool) -> dict:
+    """Achieved rates of a measured step, and fractions of the device's datasheet peak."""
+    peak = device_peak(results["device"]) if dev.type == "cuda" else None
+    cost = count_step(preset(name), (3, SIZE, SIZE), bf16=bf16)
+    return {k: round(v, 4) for k, v in utilisation(cost, seconds, peak, bf16=bf16).items()}
+
+
+def saturation(dev: torch.device) -> dict[str, int]:
+    """Packed width raised until ms/patch-step stops improving (5 %) or memory runs out."""
+    rows = results.setdefault("saturation", {})
+    best: dict[str, int] = {}
+    for name in ("mcpn-core", "landsat2020"):
+        base = Plan("loop", False, dev.type == "cuda", channels_last=dev.type == "cuda", fused_adam=dev.type == "cuda")
+        previous = None
+        for width in WIDTHS:
+            if left() < 90:
+                return best
+            try:
+                t = _time_candidate(preset(name), dev, (3, SIZE, SIZE), width, base, "packed", False)
+            except torch.OutOfMemoryError:
+                rows[f"{name} x{width}"] = "out of memory"
+                print(name, "x", width, "out of memory", flush=True)
+                break
+            finally:
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+            rows[f"{name} x{width}"] = {"s_per_patch_step": t, "roofline": roofline(name, t, dev, base.bf16)}
+            print(name, "packed x", width, round(t * 1000, 3), "ms/patch-step", rows[f"{name} x{width}"]["roofline"],
+                  flush=True)
+            save()
+            if previous is not None and t > 0.95 * previous[1]:
+                break
+            previous = (width, t) if previous is None or t < previous[1] else previous
+        best[name] = previous[0] if previous else WIDTHS[0]
+    results["best_width"] = best
+    return best
+
+
+def graphed_seconds(name: str, dev: torch.device, members: int, steps: int = 20) -> float:
+    """Seconds per patch-step of the packed step captured in one CUDA graph and replayed.
+
+    The whole step — forward, masked loss, backward, Adam (``capturable=True``) — is one
+    graph, so one replay is one launch; the per-step input noise is written into the
+    graph's static input outside it, as the engine draws it."""
+    cfg = preset(name)
+    ph = pw = padded_size(SIZE, cfg.depth)
+    net = prepare_net(pack_members(cfg, 3, range(members)), dev, Plan("packed", False, True, True, True))
+    gen = torch.Generator().manual_seed(0)
+    z = (torch.rand((members, cfg.net_input_channels, ph, pw), generator=gen) * 0.1).to(dev)
+    target = torch.rand((members, 3, ph, pw), generator=gen).to(dev)
+    mask = (torch.rand((members, 3, ph, pw), generator=gen) > 0.3).float().to(dev)
+    static_in = z.clone()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, capturable=True)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            out = net(static_in)
+        masked_loss(cfg.loss, out.float(), target, mask).sum().backward()
+        opt.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the graph (allocator, cuDNN choices)
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        step()
+    noise = torch.Generator(device=dev).manual_seed(1)
+    torch.cuda.synchronize(dev)
+    start = time.perf_counter()
+    for _ in range(steps):
+        static_in.copy_(z + cfg.reg_noise_std * torch.randn(z.shape, generator=noise, device=dev))
+        graph.replay()
+    torch.cuda.synchronize(dev)
+    return (time.perf_counter() - start) / (steps * members)
+
+
+def graphs(dev: torch.device, best: dict[str, int]) -> None:
+    rows = results.setdefault("cuda_graphs", {})
+    for name, width in best.items():
+        if left() < 90:
+            return
+        try:
+            t = graphed_seconds(name, dev, width)
+        except Exception as exc:  # noqa: BLE001 - a capture failure is a result to report
+            rows[f"{name} x{width}"] = f"capture failed: {type(exc).__name__}: {exc}"[:300]
+        else:
+            eager = results["saturation"][f"{name} x{width}"]["s_per_patch_step"]
+            rows[f"{name} x{width}"] = {"s_per_patch_step": t, "eager_s_per_patch_step": eager, "speedup": eager / t,
+                                        "roofline": roofline(name, t, dev, True)}
+        print(name, "cuda graph", rows[f"{name} x{width}"], flush=True)
+        save()
 
 
 def quality(dev: torch.device) -> None:
@@ -160,9 +273,12 @@ def main() -> None:
     save()
     if "--quality-first" in sys.argv:
         quality(dev)
-        cost(dev, 8)
+        cost(dev, MEMBERS)
     elif not os.environ.get("GPU_CHECK_SKIP_COST"):
-        cost(dev, 8)
+        cost(dev, MEMBERS)
+        best = saturation(dev)
+        if dev.type == "cuda":
+            graphs(dev, best)
         quality(dev)
     else:
         quality(dev)
