@@ -9,8 +9,9 @@
 2c. Saturation: packed width raised (8, 16, 32, ...) for the light and the paper network
    in bf16 until ms/patch-step stops improving by 5 % or memory runs out; the best width
    per network is what ``--batch-size`` should be on this device.
-2d. CUDA graphs: the packed step (forward, loss, backward, capturable Adam) captured once
-   and replayed, at the best width, against the eager step — the launch-overhead test.
+2d. At the best width: cuDNN's autotuner on (grouped convolutions have algorithms of very
+   different speed), then the packed step (forward, loss, backward, capturable Adam)
+   captured once as a CUDA graph and replayed — the launch-overhead test.
 3. What ``strategy="auto"`` picks for the paper network and how long measuring took.
 4. Quality on the transplanted ARG25 tiles (``.gpu/cases.npz``, written from the committed
    crops by ``python scripts/gpu_check.py --prepare``): the paper configuration at 1500
@@ -207,10 +208,18 @@ def graphed_seconds(name: str, dev: torch.device, members: int, steps: int = 20)
 
 
 def graphs(dev: torch.device, best: dict[str, int]) -> None:
+    """At each network's best width: eager with cuDNN's autotuner (``cudnn.benchmark``:
+    grouped convolutions have several algorithms of very different speed), then the step
+    as one CUDA graph (with the autotuner still on)."""
     rows = results.setdefault("cuda_graphs", {})
     for name, width in best.items():
         if left() < 90:
             return
+        torch.backends.cudnn.benchmark = True
+        base = Plan("loop", False, True, channels_last=True, fused_adam=True)
+        t = _time_candidate(preset(name), dev, (3, SIZE, SIZE), width, base, "packed", False)
+        rows[f"{name} x{width} eager cudnn.benchmark"] = {"s_per_patch_step": t, "roofline": roofline(name, t, dev, True)}
+        print(name, "x", width, "eager, cudnn.benchmark", round(t * 1000, 3), "ms/patch-step", flush=True)
         try:
             t = graphed_seconds(name, dev, width)
         except Exception as exc:  # noqa: BLE001 - a capture failure is a result to report
