@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dipfill.raster.read import Grid  # noqa: E402
-from dipfill.raster.write import write_band_vrt  # noqa: E402
+from dipfill.raster.write import write_vrt  # noqa: E402
 from dipfill.stac.catalog import (  # noqa: E402
     catalog_with_collection,
     collection_with_item,
@@ -47,7 +47,7 @@ def item_for(tif: Path, root: Path = ROOT, suffix: str = "_crop512") -> dict:
     assets = {}
     for i, (key, common, lo, hi) in enumerate(BANDS, start=1):
         vrt = item_dir / f"{key}.vrt"
-        write_band_vrt(vrt, os.path.relpath(tif, item_dir), i, grid, dtype, nodata, f"ETM+ {key}")
+        write_vrt(vrt, [(os.path.relpath(tif, item_dir), i, f"ETM+ {key}")], grid, dtype, nodata)
         assets[key] = {
             "href": f"./{key}.vrt", "type": "application/x-vrt", "roles": ["data"], "title": f"ETM+ {key} NBAR x10000",
             "raster:bands": [{"data_type": dtype, "nodata": nodata, "scale": 1e-4, "spatial_resolution": 25}],

@@ -97,3 +97,38 @@ def test_three_state_keeps_partially_valid_pixels_and_respects_footprint() -> No
     footprint[2, 2] = False
     assert three_state(valid, footprint)[2, 2] == OBSERVED
     assert not footprint_from_validity(np.zeros((4, 4), dtype=bool)).any()
+
+
+def _scipy_footprint(any_valid: np.ndarray, closing: int) -> np.ndarray:
+    """The footprint as it was computed with scipy.ndimage (min/max filters, binary_fill_holes,
+    label): the reference the OpenCV version must reproduce pixel for pixel."""
+    def close(valid: np.ndarray, border: str) -> np.ndarray:
+        v = valid.astype(np.uint8)
+        if border == "edge":
+            v = np.pad(v, closing, mode="edge")
+            c = ndimage.minimum_filter(ndimage.maximum_filter(v, size=closing, mode="nearest"), size=closing,
+                                       mode="nearest")[closing:-closing, closing:-closing]
+        else:
+            c = ndimage.minimum_filter(ndimage.maximum_filter(v, size=closing, mode="constant", cval=0),
+                                       size=closing, mode="constant", cval=1)
+        return ndimage.binary_fill_holes(c.astype(bool) | valid)
+
+    if closing <= 1:
+        return ndimage.binary_fill_holes(any_valid)
+    certain = ~close(any_valid, "bridge")
+    labels, _ = ndimage.label(~close(any_valid, "edge") | certain)
+    keep = np.unique(labels[certain])
+    return ~np.isin(labels, keep[keep > 0])
+
+
+def test_footprint_equals_the_scipy_formulation_on_real_and_random_masks() -> None:
+    data = read(ARG25_JAN)
+    rows, cols = np.mgrid[0:512, 0:512]
+    stripes = (data != -999).any(axis=0)
+    cases = [stripes, stripes & (rows + 0.3 * cols > 80) & (cols - 0.2 * rows < 470)]  # real gaps, tilted collar
+    rng = np.random.default_rng(7)
+    cases += [rng.random(tuple(rng.integers(3, 120, 2))) < rng.uniform(0.3, 0.97) for _ in range(12)]
+    for any_valid in cases:
+        for closing in (0, 2, 8, DEFAULT_COLLAR_CLOSING):
+            np.testing.assert_array_equal(footprint_from_validity(any_valid, closing=closing),
+                                          _scipy_footprint(any_valid, closing))

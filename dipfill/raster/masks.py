@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Callable, Final, Literal, Mapping
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
 from dipfill.specs import DEFAULT_COLLAR_CLOSING
 
@@ -67,22 +67,44 @@ QA_CLASSES: Final = {
 }
 
 
+def _label(mask: NDArray[np.bool_]) -> tuple[NDArray[np.int32], int]:
+    """4-connected components of ``mask`` (0 where False) and their count: what
+    ``scipy.ndimage.label`` gives with its default structure, up to the numbering, from
+    OpenCV's ~4x faster labelling (a 7000x7000 scene's footprint needs three)."""
+    count, labels = cv2.connectedComponents(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=4,
+                                            ltype=cv2.CV_32S)
+    return labels, count - 1
+
+
+def _fill_holes(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """``scipy.ndimage.binary_fill_holes`` (4-connected background not reaching the border
+    is a hole), as a labelling of the background instead of an iterated dilation."""
+    labels, count = _label(~mask)
+    hole = np.ones(count + 1, dtype=bool)
+    hole[0] = False
+    hole[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+    return mask | hole[labels]
+
+
 def _close(valid: NDArray[np.bool_], size: int, *, border: str) -> NDArray[np.bool_]:
-    """Binary closing of ``valid`` with a ``size``² square (separable min/max filters).
+    """Binary closing of ``valid`` with a ``size``² square (OpenCV's dilate/erode: the same
+    window as scipy's maximum/minimum filters, several times faster), holes filled.
 
     ``border="bridge"``: beyond the raster counts as valid for the erosion, so nodata
     slivers along the border are bridged. ``border="edge"``: the raster is edge-replicated,
     so nodata touching the border extends beyond it and is not bridged there.
     """
     v = valid.astype(np.uint8)
+    kernel = np.ones((size, size), dtype=np.uint8)
     if border == "edge":
         v = np.pad(v, size, mode="edge")
-        closed = ndimage.minimum_filter(ndimage.maximum_filter(v, size=size, mode="nearest"), size=size, mode="nearest")
+        closed = cv2.erode(cv2.dilate(v, kernel, borderType=cv2.BORDER_REPLICATE), kernel,
+                           borderType=cv2.BORDER_REPLICATE)
         closed = closed[size:-size, size:-size]
     else:
-        dil = ndimage.maximum_filter(v, size=size, mode="constant", cval=0)
-        closed = ndimage.minimum_filter(dil, size=size, mode="constant", cval=1)
-    return ndimage.binary_fill_holes(closed.astype(bool) | valid)
+        dil = cv2.dilate(v, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        closed = cv2.erode(dil, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=1)
+    return _fill_holes(closed.astype(bool) | valid)
 
 
 def footprint_from_validity(
@@ -116,13 +138,14 @@ def footprint_from_validity(
     if not any_valid.any():
         return np.zeros_like(any_valid)
     if closing <= 1:
-        return ndimage.binary_fill_holes(any_valid)
+        return _fill_holes(any_valid)
     certain = ~_close(any_valid, closing, border="bridge")
     candidate = ~_close(any_valid, closing, border="edge") | certain
-    labels, _ = ndimage.label(candidate)
-    keep = np.unique(labels[certain])
-    outside = np.isin(labels, keep[keep > 0])
-    return ~outside
+    labels, count = _label(candidate)
+    outside = np.zeros(count + 1, dtype=bool)  # by label: connected to the certain collar
+    outside[labels[certain]] = True
+    outside[0] = False
+    return ~outside[labels]
 
 
 def three_state(
