@@ -153,8 +153,17 @@ class RunRequest:
     mode: str = "fill"
     region: str | None = None
     units: str = "auto"
+    # The scene to fill: its "bands", or "ndvi" (paper 001; dipfill.pipeline.ndvi) computed from
+    # the profile's red/NIR or read from its NDVI band; `accept`: the QA classes kept as observed
+    # (MODIS pixel reliability; None: the profile's default, only "good")
+    product: str = "bands"
+    accept: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.product not in ("bands", "ndvi"):
+            raise InputError(f"--product must be bands or ndvi, got {self.product!r}")
+        if self.product == "ndvi" and self.mode != "fill":
+            raise InputError(f"--product ndvi fills NDVI; it does not combine with --mode {self.mode}")
         if self.mode not in ("fill", "anonymise"):
             raise InputError(f"--mode must be fill or anonymise, got {self.mode!r}")
         if self.mode == "anonymise" and not self.region:
@@ -183,6 +192,8 @@ class RunRequest:
             cfg["guide_search"] = self.guide_query()
         if self.mode != "fill":  # a fill's hash stays what it was
             cfg["mode"] = {"mode": self.mode, "region": self.region, "units": self.units}
+        if self.product != "bands" or self.accept is not None:  # so does a run of the bands
+            cfg["product"] = {"product": self.product, "accept": list(self.accept) if self.accept else None}
         return cfg
 
 

@@ -8,9 +8,13 @@ import logging
 import statistics
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
-from dipfill.cli.options import FILL_FIELDS, GUIDE_FIELDS, add_dip_flags, add_fill_flags, fill_options
+from dipfill.cli.options import (
+    FILL_FIELDS, GUIDE_FIELDS, add_dip_flags, add_fill_flags, add_product_flags, fill_options,
+    ndvi_threshold, product_values,
+)
 from dipfill.errors import InputError
 
 log = logging.getLogger("dipfill")
@@ -65,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fill_flags(p, names=tuple(n for n in FILL_FIELDS if n not in GUIDE_FIELDS))
     add_fill_flags(p.add_argument_group("guides (other dates or sensors of the same ground)"), names=GUIDE_FIELDS)
     add_dip_flags(p.add_argument_group("dip engine"))
+    add_product_flags(p.add_argument_group("NDVI (--product ndvi, paper 001)"), files=True)
     o = p.add_argument_group("output naming")
     o.add_argument("--id", dest="item_id", help="item id (default: from the input file name); '-dipfill' is appended. "
                    "An id that is not a safe file name is cleaned and gets a short hash of itself (a/b -> a_b-<hash>)")
@@ -80,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="upsert the collection and item into the STAC API at URL (Transactions extension); "
                         "asset hrefs become file:// URIs of the written files")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run)
+    # --preset unset means the mode's default (landsat2020; ndvi2024 for --product ndvi)
+    p.set_defaults(func=run, preset=None)
 
 
 def parse_rgb(text: str) -> tuple[int, int, int]:
@@ -101,7 +107,17 @@ def run(args: argparse.Namespace) -> int:
     from dipfill.stac.publish import check_catalog_root
 
     rgb = parse_rgb(args.rgb) if args.rgb is not None else None
-    options = fill_options(vars(args))
+    options = fill_options(product_values(vars(args)))
+    mode = _ndvi_mode(args, options) if args.product == "ndvi" else None
+    if mode is not None:
+        options = replace(options, engine_options=mode.engine_options)
+    else:
+        given = [f"--{k.replace('_', '-')}" for k in ("accept", "ndvi_threshold", "ndvi_bands", "ndvi_scale",
+                                                      "ndvi_offset", "reliability", "vi_quality")
+                 if getattr(args, k) is not None]
+        if given:
+            raise InputError(f"{given[0]} is an option of --product ndvi; add --product ndvi (or mark other "
+                             "gaps with --mask)")
     if args.catalog:  # before any work: a catalog that cannot take the item must not cost a fill
         args.catalog = str(check_catalog_root(args.catalog, sanitize_id(args.collection)))
 
@@ -116,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         rgb=rgb,
         progress=shown.patches,
         on_steps=shown.steps,
+        mode=mode,
     )
     _publish(args, report)
     if args.json:
@@ -144,6 +161,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"steps     per patch: min {min(steps)}, median {int(statistics.median(steps))}, max {max(steps)}")
     print(f"wall time {report.seconds:.1f} s")
     return 0
+
+
+def _ndvi_mode(args: argparse.Namespace, options: Any) -> Any:
+    """The NDVI mode the flags ask for, with the vegetation-only loss in its engine options."""
+    from dipfill.pipeline.ndvi import NdviMode, ndvi_engine_options
+
+    bands = None
+    if args.ndvi_bands:
+        try:
+            bands = tuple(int(b) for b in args.ndvi_bands.split(","))
+        except ValueError:
+            raise InputError(f"--ndvi-bands takes 1-based band numbers like 3,4, got {args.ndvi_bands!r}") from None
+    engine_options = ndvi_engine_options(options.engine, options.engine_options, ndvi_threshold(args.ndvi_threshold))
+    return NdviMode(bands=bands, scale=args.ndvi_scale, offset=args.ndvi_offset, reliability=args.reliability,
+                    vi_quality=args.vi_quality, accept=args.accept if args.accept is not None else (0,),
+                    engine=options.engine, engine_options=engine_options)
 
 
 def _publish(args: argparse.Namespace, report: Any) -> None:

@@ -19,7 +19,8 @@ from dipfill.errors import InputError
 from dipfill.keyvalue import parse_pairs
 from dipfill.specs import GUIDE_FIELDS, GUIDE_RESAMPLINGS, FillOptions
 
-__all__ = ["FILL_FIELDS", "GUIDE_FIELDS", "add_fill_flags", "add_dip_flags", "fill_options", "dip_options"]
+__all__ = ["FILL_FIELDS", "GUIDE_FIELDS", "add_fill_flags", "add_dip_flags", "fill_options", "dip_options",
+           "add_product_flags", "product_values", "ndvi_threshold"]
 
 #: The FillOptions fields a flag sets (``engine_options`` comes from the DIP flags).
 FILL_FIELDS = tuple(f.name for f in dataclasses.fields(FillOptions) if f.name != "engine_options")
@@ -123,3 +124,56 @@ def fill_options(values: Mapping[str, Any]) -> FillOptions:
         return FillOptions(**given)
     except TypeError as exc:  # a YAML value of the wrong kind
         raise InputError(f"bad option value: {exc}") from None
+
+
+def add_product_flags(group: argparse.ArgumentParser | Any, *, files: bool, defaults: bool = True) -> None:
+    """``--product`` and the NDVI mode's flags (paper 001; :mod:`dipfill.pipeline.ndvi`).
+    ``files``: also the flags that say how to read NDVI from plain rasters (``dipfill fill``)."""
+    group.add_argument("--product", choices=("bands", "ndvi"), default="bands" if defaults else None,
+                       help="what to fill: the input's bands, or ndvi: one float32 NDVI band (nodata NaN) computed "
+                            "from red and NIR with their scale/offset, or read from an NDVI product (MODIS 13Q1/13A1); "
+                            "DIP preset ndvi2024 and the vegetation-only loss by default (default: bands)")
+    group.add_argument("--accept", metavar="CLASSES",
+                       help="QA classes kept as observed, the others are gaps: MODIS pixel reliability 0 good, "
+                            "1 marginal, 2 snow/ice, 3 cloudy (VI Quality: MODLAND bits 0-3) (default: 0, as paper 001)")
+    group.add_argument("--ndvi-threshold", metavar="T|none",
+                       help="--product ndvi with dip/mcpn: observed pixels with NDVI <= T (water) stay out of the loss "
+                            "and the held-out scoring; none keeps them (default: 0, as paper 001; same as "
+                            "--dip loss_min_value=T)")
+    if not files:
+        return
+    group.add_argument("--ndvi-bands", metavar="RED,NIR",
+                       help="1-based red and NIR bands of the input (or one band: an NDVI product) "
+                            "(default: one-band input is NDVI, else 1,2)")
+    group.add_argument("--ndvi-scale", type=float, metavar="S",
+                       help="reflectance (or index) = DN x S + offset for the NDVI input bands (default: the file's "
+                            "scale; Landsat C2 L2 SR file names 2.75e-5; one-band integer NDVI 1e-4)")
+    group.add_argument("--ndvi-offset", type=float, metavar="O",
+                       help="the offset of --ndvi-scale (Landsat C2 L2: -0.2; Sentinel-2 baseline >= 04.00: -0.1) "
+                            "(default: the file's, else 0)")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--reliability", metavar="FILE",
+                       help="MODIS pixel reliability on the input's grid: --accept classes observed, fill outside")
+    where.add_argument("--vi-quality", metavar="FILE",
+                       help="MODIS VI Quality on the input's grid: its MODLAND bits (0-1) in --accept observed")
+
+
+def ndvi_threshold(value: Any) -> float | None:
+    """``--ndvi-threshold`` as a number, or None for ``none``; absent: paper 001's 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, str) and value.strip().lower() in ("none", "null", "off"):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--ndvi-threshold takes a number (NDVI, e.g. 0 or 0.1) or none, got {value!r}") from None
+
+
+def product_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The flag values with what ``--product ndvi`` changes: the ``dip`` engine's preset is
+    ``ndvi2024`` unless one was named."""
+    out = dict(values)
+    if out.get("product") == "ndvi" and (out.get("engine") or "dip") == "dip" and not out.get("preset"):
+        out["preset"] = "ndvi2024"
+    return out

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dipfill.cli.options import add_dip_flags, add_fill_flags, fill_options
+from dipfill.cli.options import add_dip_flags, add_fill_flags, add_product_flags, fill_options, ndvi_threshold, product_values
 from dipfill.errors import InputError
 from dipfill.storage import read_text
 
@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--mode anonymise: the scenes' units (default: auto, from dtype and values)")
     add_fill_flags(p, names=RUN_FILL_FIELDS, defaults=False)
     add_dip_flags(p.add_argument_group("dip engine"), defaults=False)
+    add_product_flags(p.add_argument_group("NDVI (--product ndvi, paper 001: --bands may name RED,NIR)"),
+                      files=False, defaults=False)
     p.add_argument("--out", help="output directory")
     p.add_argument("--publish", metavar="URL", help="upsert each output item into this STAC API (Transactions)")
     p.add_argument("--sign", choices=("planetary-computer",),
@@ -114,7 +116,27 @@ def build_request(values: dict[str, Any]):
     mode = values.get("mode") or "fill"
     if mode == "anonymise" and not values.get("preset"):
         values = {**values, "preset": "sar2023"}
-    options = fill_options(values)
+    product = values.get("product") or "bands"
+    options = fill_options(product_values(values))
+    if product == "ndvi":  # the vegetation-only loss of paper 001, in the hash too
+        from dataclasses import replace
+
+        from dipfill.engines import engine_uses_guides
+        from dipfill.pipeline.ndvi import ndvi_engine_options
+
+        options = replace(options, engine_options=ndvi_engine_options(
+            options.engine, options.engine_options, ndvi_threshold(values.get("ndvi_threshold"))))
+        if values.get("guides", "auto") != "none" and engine_uses_guides(options.engine):
+            raise InputError(f"--product ndvi with the {options.engine} engine: guides found through STAC are read as "
+                             "their bands, not as NDVI, yet; pass --guides none, or fill with `dipfill fill "
+                             "--product ndvi --guide FILE`")
+    elif values.get("ndvi_threshold") is not None:
+        raise InputError("--ndvi-threshold is an option of --product ndvi")
+    accept = values.get("accept")
+    if accept is not None:
+        from dipfill.pipeline.ndvi import parse_classes
+
+        accept = parse_classes(accept)
     if mode == "anonymise":  # what the anonymise command uses, in the hash too (no judged blend)
         from dataclasses import replace
 
@@ -153,6 +175,8 @@ def build_request(values: dict[str, Any]):
         mode=mode,
         region=str(Path(values["region"]).resolve()) if values.get("region") else None,
         units=values.get("units") or "auto",
+        product=product,
+        accept=accept,
         **_guide_fields(values),
     )
 

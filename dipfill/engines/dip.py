@@ -179,12 +179,16 @@ class DIPEngine:
         has_obs = obs.any(axis=(1, 2))
         if not has_obs.any():
             return None
-        norm, params = normalize(np.where(obs, vals, 0.0), obs, percentiles=cfg.percentiles, target=cfg.target_range)
+        # vegetation only (paper 001, loss_min_value): pixels at or below the threshold stay out
+        # of the loss, the held-out scoring and the normalisation, so nothing the fit sees
+        # depends on them (a band without such pixels keeps all its observed ones)
         train = obs if cfg.loss_min_value is None else obs & (vals > cfg.loss_min_value)
+        train = np.where(train.any(axis=(1, 2), keepdims=True), train, obs)
+        norm, params = normalize(np.where(obs, vals, 0.0), train, percentiles=cfg.percentiles, target=cfg.target_range)
         holdout = held = None
         if cfg.holds_out:
             rng = np.random.default_rng(seed)
-            held = stripe_holdout(obs.any(axis=0), cfg.holdout_fraction, rng)[None] & obs
+            held = stripe_holdout(obs.any(axis=0), cfg.holdout_fraction, rng)[None] & train
             train = train & ~held
             holdout = self._pad(held)
         return _Prepared(index, seed, params, has_obs, self._pad(np.where(obs, norm, 0.0)), self._pad(train), holdout,

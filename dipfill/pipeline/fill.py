@@ -225,7 +225,10 @@ def fill_files(
         valid = data_valid & ~read_mask(mask, scene.grid)[None]
     footprint = _footprint(scene, data_valid, options)
     if mode is not None:
+        count = scene.data.shape[0]
         valid, footprint = mode.prepare(scene, valid, footprint)
+        if scene.data.shape[0] != count:  # the mode made other bands (NDVI): the quicklook shows those
+            rgb = check_rgb(None, scene)
     if not (valid & footprint[None]).any():
         raise InputError(f"{redact_href(scene.sources[0])}: no observed pixel inside the footprint")
     item_id = unique_id(item_id or _default_item_id(scene.sources)) + "-dipfill"

@@ -46,7 +46,7 @@ from dipfill.pipeline.plan import FillPlan, patch_seed, plan_from_mask
 from dipfill.pipeline.progress import Progress, SceneStatus, StageClock
 from dipfill.raster.guides import ItemGuide
 from dipfill.raster.hrefs import redact_href, signer
-from dipfill.raster.masks import OUTSIDE
+from dipfill.raster.masks import ACCEPTING_DECODERS, OUTSIDE
 from dipfill.raster.scene import SceneSource, open_scene
 from dipfill.raster.scene_mask import SceneMask, scene_mask
 from dipfill.raster.write import MOSAIC_CHUNK, create_zarr_mosaic
@@ -156,7 +156,8 @@ def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash
 
 def open_stage(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str) -> SceneJob:
     """Open the item's assets as one scene (headers only) and make its output directory."""
-    source = open_scene(dict(item), bands=request.bands, mask=request.mask, sign=signer(request.sign))
+    source = open_scene(dict(item), bands=request.bands, mask=request.mask, sign=signer(request.sign),
+                        product=request.product, accept=request.accept)  # type: ignore[arg-type]
     nodata = one_nodata(source.nodata, str(item["id"]))
     directory = scene_dir(out, item)
     directory.mkdir(parents=True, exist_ok=True)
@@ -325,6 +326,14 @@ def describe_stage(job: SceneJob) -> ItemExtras:
     href = self_href(item)
     # lineage links are hrefs from outside: without their secrets (signatures, user:password@)
     derived_from = ((href,) if href else ()) + (tuple(job.guides.derived_from()) if job.guides else ())
+    mode: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    if job.source.derive is not None:  # --product ndvi: what the index is, its QA classes, its threshold
+        from dipfill.pipeline.ndvi import ndvi_item_fields
+
+        opts, qa = job.request.options, job.source.profile.qa
+        mode = ndvi_item_fields(job.source.derive, engine=opts.engine, engine_options=opts.engine_options,
+                                accept=job.request.accept,
+                                qa_layer=job.source.qa_key if qa and qa.decoder in ACCEPTING_DECODERS else None)
     return ItemExtras(
         geometry=item.get("geometry"),
         bbox=item.get("bbox"),
@@ -332,8 +341,9 @@ def describe_stage(job: SceneJob) -> ItemExtras:
         properties={**mirrored_properties(item.get("properties") or {}),
                     "dipfill:source_version": source_version(item), "dipfill:source_item": str(item["id"]),
                     "dipfill:config_hash": job.config_hash, "dipfill:run_config": run_config(job.request),
-                    **(job.guides.item_properties() if job.guides is not None else {})},
+                    **(job.guides.item_properties() if job.guides is not None else {}), **mode[0]},
         scale_offset=tuple(zip(job.source.scale, job.source.offset)),
+        band_fields=mode[1],
     )
 
 
@@ -386,6 +396,8 @@ def mirrored_assets(job: SceneJob) -> dict[str, Any]:
     carried = ()
     if src.qa_key is not None and src.qa_href is not None:
         carried = (CarriedAsset(src.qa_key, src.qa_href, dict(assets.get(src.qa_key) or {}), src.gdal_options),)
+    if src.derive is not None:  # an NDVI band derived from other assets: none of their metadata holds for it
+        return {"band_assets": [(key, {}) for key in src.band_keys], "carried": carried}
     return {"band_assets": [(key, dict(assets.get(key) or {})) for key in src.band_keys], "carried": carried}
 
 

@@ -11,7 +11,7 @@ Also the decoders of the collections' QA layers into the three states (the profi
 
 from __future__ import annotations
 
-from typing import Callable, Final, Literal, Mapping
+from typing import Callable, Final, Literal, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -38,6 +38,7 @@ __all__ = [
     "decode_landsat_qa_pixel",
     "decode_s2_scl",
     "decode_modis_reliability",
+    "decode_modis_vi_quality",
     "LANDSAT_FILL_BIT",
     "LANDSAT_CLOUD_BITS",
     "S2_SCL_OUTSIDE",
@@ -45,6 +46,7 @@ __all__ = [
     "S2_SCL_CLOUD",
     "MODIS_RELIABILITY_GOOD",
     "MODIS_RELIABILITY_FILL",
+    "MODIS_VIQ_FILL",
 ]
 
 # Three states of a pixel (uint8).
@@ -275,28 +277,71 @@ MODIS_RELIABILITY_GOOD: Final = 0
 MODIS_RELIABILITY_FILL: Final = (-1, 255)
 
 
+def _accepted(accept: Sequence[int] | None, what: str, allowed: range) -> tuple[int, ...]:
+    classes = (MODIS_RELIABILITY_GOOD,) if accept is None else tuple(int(c) for c in accept)
+    bad = [c for c in classes if c not in allowed]
+    if not classes or bad:
+        raise ValueError(f"{what}: accepted classes must be some of {allowed.start}..{allowed.stop - 1}, "
+                         f"got {list(accept or ())}")
+    return classes
+
+
 def decode_modis_reliability(
     reliability: NDArray[np.integer],
     *,
     footprint: NDArray[np.bool_] | None = None,
     mask: MaskMode = "fill",
+    accept: Sequence[int] | None = None,
 ) -> NDArray[np.uint8]:
     """MODIS 13Q1/13A1 pixel reliability → three states.
 
-    0 (good) is observed; 1 (marginal), 2 (snow/ice), 3 (cloudy) are gaps in either mask
-    mode (paper 001 keeps only "good" NDVI); fill (-1, or 255 read as uint8) is outside —
-    it is where the product has no land retrieval at all (ocean, beyond the tile).
+    The ``accept`` classes (default: only 0, "good", as paper 001) are observed; the other
+    ranks of 0 (good), 1 (marginal), 2 (snow/ice), 3 (cloudy) are gaps in either mask mode;
+    fill (-1, or 255 read as uint8) is outside — it is where the product has no land
+    retrieval at all (ocean, beyond the tile).
     """
     rel = np.asarray(reliability)
     if mask not in ("fill", "clouds"):
         raise ValueError(f"mask must be 'fill' or 'clouds', got {mask!r}")
+    keep = _accepted(accept, "MODIS pixel reliability", range(0, 4))
     rel = rel.astype(np.int32, copy=False)
     state = np.full(rel.shape, GAP, dtype=np.uint8)
-    state[rel == MODIS_RELIABILITY_GOOD] = OBSERVED
+    state[np.isin(rel, keep)] = OBSERVED
     outside = np.isin(rel, MODIS_RELIABILITY_FILL)
     if footprint is not None:
         # fill inside a given footprint stays a gap: the footprint is the authority
         outside &= ~np.asarray(footprint, dtype=bool)
+    state[outside] = OUTSIDE
+    return state
+
+
+#: MODIS VI Quality (uint16 bit field) fill value; its bits 0-1 are the MODLAND QA: 0 VI
+#: produced with good quality, 1 produced but check other QA, 2 produced but most probably
+#: cloudy, 3 not produced for other reasons than clouds.
+MODIS_VIQ_FILL: Final = 65535
+
+
+def decode_modis_vi_quality(
+    viq: NDArray[np.integer],
+    *,
+    footprint: NDArray[np.bool_] | None = None,
+    mask: MaskMode = "fill",
+    accept: Sequence[int] | None = None,
+) -> NDArray[np.uint8]:
+    """MODIS 13Q1/13A1 VI Quality → three states, from its MODLAND QA bits (0-1).
+
+    The ``accept`` MODLAND classes (default: only 0, "VI produced, good quality", the
+    counterpart of pixel reliability 0) are observed, the other classes gaps; the fill
+    value 65535 (-1 read as int16) is outside unless ``footprint`` says inside."""
+    q = np.asarray(viq)
+    if mask not in ("fill", "clouds"):
+        raise ValueError(f"mask must be 'fill' or 'clouds', got {mask!r}")
+    keep = _accepted(accept, "MODIS VI Quality MODLAND", range(0, 4))
+    q = q.astype(np.int64, copy=False)
+    fill = (q == MODIS_VIQ_FILL) | (q == -1)
+    state = np.full(q.shape, GAP, dtype=np.uint8)
+    state[np.isin(q & 0b11, keep) & ~fill] = OBSERVED
+    outside = fill if footprint is None else fill & ~np.asarray(footprint, dtype=bool)
     state[outside] = OUTSIDE
     return state
 
@@ -306,14 +351,24 @@ QA_DECODERS: Final[Mapping[str, Callable[..., NDArray[np.uint8]]]] = {
     "landsat_qa_pixel": decode_landsat_qa_pixel,
     "s2_scl": decode_s2_scl,
     "modis_reliability": decode_modis_reliability,
+    "modis_vi_quality": decode_modis_vi_quality,
 }
 
 
 def decode_qa(decoder: str, qa: NDArray[np.integer], *, footprint: NDArray[np.bool_] | None = None,
-              mask: MaskMode = "fill") -> NDArray[np.uint8]:
-    """Decode the QA layer ``qa`` into three states with the decoder named ``decoder``."""
+              mask: MaskMode = "fill", accept: Sequence[int] | None = None) -> NDArray[np.uint8]:
+    """Decode the QA layer ``qa`` into three states with the decoder named ``decoder``;
+    ``accept``: the classes kept as observed, for the decoders of class layers (MODIS)."""
     try:
         fn = QA_DECODERS[decoder]
     except KeyError:
         raise ValueError(f"unknown QA decoder {decoder!r}; known: {', '.join(QA_DECODERS)}") from None
-    return fn(qa, footprint=footprint, mask=mask)
+    if accept is None:
+        return fn(qa, footprint=footprint, mask=mask)
+    if decoder not in ACCEPTING_DECODERS:
+        raise ValueError(f"QA decoder {decoder!r} has no classes to accept; only {', '.join(ACCEPTING_DECODERS)}")
+    return fn(qa, footprint=footprint, mask=mask, accept=accept)
+
+
+#: The decoders whose accepted classes are configurable (``--accept``).
+ACCEPTING_DECODERS: Final = ("modis_reliability", "modis_vi_quality")

@@ -31,6 +31,7 @@ from dipfill.errors import InputError, SceneReadError
 from dipfill.raster.gdal import gdal_env
 from dipfill.raster.hrefs import redact_href, resolve_href
 from dipfill.raster.masks import (
+    ACCEPTING_DECODERS,
     GAP,
     OBSERVED,
     OUTSIDE,
@@ -39,9 +40,10 @@ from dipfill.raster.masks import (
     footprint_from_validity,
     three_state,
 )
+from dipfill.raster.ndvi import NDVI_BAND, NdviInputs
 from dipfill.raster.read import Grid
 from dipfill.stac.item import self_href
-from dipfill.stac.profiles import CollectionProfile, profile_for
+from dipfill.stac.profiles import CollectionProfile, band_scale_offset, profile_for
 
 __all__ = [
     "SceneSource",
@@ -102,6 +104,10 @@ class SceneSource:
     resampling: str = "nearest"
     db: bool = False
     gdal_options: tuple[tuple[str, str], ...] = ()
+    # --product ndvi: the scene is one NDVI band derived from these assets when a window is
+    # read (band_* then describe that band); qa_accept: the QA classes kept as observed
+    derive: NdviInputs | None = None
+    qa_accept: tuple[int, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -225,6 +231,8 @@ def open_scene(
     sign: Signer | None = None,
     gdal_options: Mapping[str, str] | None = None,
     grid: Grid | None = None,
+    product: Literal["bands", "ndvi"] = "bands",
+    accept: Sequence[int] | None = None,
 ) -> SceneSource:
     """Describe how to read ``item`` (``pystac.Item`` or dict) with ``profile`` (default:
     the profile of the item's collection).
@@ -237,8 +245,11 @@ def open_scene(
     rasterio resampling name for bands not on the grid (QA always ``nearest``). ``db``:
     10·log10 of SAR power (profiles that allow it). ``sign``: applied to every asset
     href before it is opened (e.g. ``planetary_computer.sign``). ``grid``: read onto this
-    grid instead (another scene's: a guide item read on its target's pixels). Only the
-    headers of the band assets are read here.
+    grid instead (another scene's: a guide item read on its target's pixels). ``product``:
+    ``ndvi`` makes the scene one float32 NDVI band (:mod:`dipfill.raster.ndvi`), computed from
+    the profile's red and NIR bands (``bands`` may name those two) or read from its index
+    band; ``accept``: the QA classes kept as observed (MODIS pixel reliability; default
+    only "good"). Only the headers of the band assets are read here.
     """
     from rasterio.enums import Resampling
 
@@ -256,8 +267,13 @@ def open_scene(
     if db and not profile.db_convertible:
         raise InputError(f"dB conversion is for SAR backscatter; profile {profile.name} does not allow it")
     assets: Mapping[str, Any] = d.get("assets") or {}
+    if product == "ndvi":
+        bands = _ndvi_inputs(profile, bands, item_id)
+    elif product != "bands":
+        raise InputError(f"product must be 'bands' or 'ndvi', got {product!r}")
 
-    names, keys, hrefs, nodatas, scales, offsets = [], [], [], [], [], []
+    names, keys, hrefs, nodatas, scales, offsets, whys = [], [], [], [], [], [], []
+    properties = d.get("properties") or {}
     for name in bands or _default_bands(profile, assets, item_id):
         spec = next((b for b in profile.bands if b.name == name), None)
         key = spec.keys.find(assets) if spec else (name if name in assets else None)
@@ -273,8 +289,10 @@ def open_scene(
         keys.append(key)
         hrefs.append(sign(href) if sign else href)
         nodatas.append(info["nodata"] if info.get("nodata") is not None else (spec.nodata if spec else None))
-        scales.append(float(info.get("scale", spec.scale if spec else 1.0)))
-        offsets.append(float(info.get("offset", spec.offset if spec else 0.0)))
+        scale, offset, why = band_scale_offset(profile, spec, info, properties)
+        scales.append(scale)
+        offsets.append(offset)
+        whys.append(why)
 
     qa_key = profile.qa.keys.find(assets) if profile.qa else None
     qa_href = None
@@ -302,6 +320,16 @@ def open_scene(
             if nodatas[i] is None and file_nodata is not None:
                 nodatas[i] = file_nodata
     grid = grid if grid is not None else _target_grid(headers, resolution, item_id)
+    if accept is not None and (profile.qa is None or profile.qa.decoder not in ACCEPTING_DECODERS):
+        raise InputError(f"item {item_id}: --accept chooses QA classes of a MODIS quality layer; profile "
+                         f"{profile.name} has {'no QA layer' if profile.qa is None else 'a QA bit field, not classes'}")
+    derive = None
+    if product == "ndvi":
+        nodatas = [None if v is None else float(v) for v in nodatas]
+        derive = NdviInputs("product" if len(names) == 1 else "computed", tuple(names), tuple(keys), tuple(hrefs),
+                            tuple(nodatas), tuple(scales), tuple(offsets), tuple(whys),
+                            (-0.2, 1.0) if len(names) == 1 and profile.ndvi_band else (-1.0, 1.0))
+        names, keys, nodatas, scales, offsets = [NDVI_BAND], [NDVI_BAND], [float("nan")], [1.0], [0.0]
     return SceneSource(
         item_id=item_id,
         collection=d.get("collection"),
@@ -320,7 +348,25 @@ def open_scene(
         resampling=resampling,
         db=db,
         gdal_options=tuple(sorted(options.items())),
+        derive=derive,
+        qa_accept=tuple(int(c) for c in accept) if accept is not None else None,
     )
+
+
+def _ndvi_inputs(profile: CollectionProfile, bands: Sequence[str] | None, item_id: str) -> tuple[str, ...]:
+    """The bands NDVI comes from: ``bands`` when given (red, NIR; or the index band), else
+    the profile's index band or its (red, NIR)."""
+    if bands:
+        if len(bands) not in (1, 2):
+            raise InputError(f"item {item_id}: --product ndvi takes --bands RED,NIR (or the NDVI band), "
+                             f"got {','.join(bands)}")
+        return tuple(bands)
+    if profile.ndvi_band:
+        return (profile.ndvi_band,)
+    if profile.ndvi_from:
+        return profile.ndvi_from
+    raise InputError(f"item {item_id}: profile {profile.name} has no red/NIR bands or NDVI band for --product ndvi; "
+                     "name them with --bands RED,NIR")
 
 
 def _default_bands(profile: CollectionProfile, assets: Mapping[str, Any], item_id: str) -> tuple[str, ...]:
@@ -413,10 +459,13 @@ def read_pixels(source: SceneSource, window: Any) -> tuple[NDArray, NDArray[np.b
         height=int(window.height),
     )
     options = dict(source.gdal_options)
+    derive = source.derive
+    assets = zip(derive.keys, derive.hrefs, derive.nodata) if derive is not None else \
+        zip(source.band_keys, source.band_hrefs, source.nodata)
     with gdal_env(options):
         arrays = [
             _read_asset(href, f"item {source.item_id} asset {key}", grid, window, source.resampling, nodata)
-            for key, href, nodata in zip(source.band_keys, source.band_hrefs, source.nodata)
+            for key, href, nodata in assets
         ]
         qa = None
         if source.qa_href is not None:
@@ -426,7 +475,9 @@ def read_pixels(source: SceneSource, window: Any) -> tuple[NDArray, NDArray[np.b
     dtype = np.result_type(*(a.dtype for a in arrays))
     data = np.stack([a.astype(dtype, copy=False) for a in arrays])
     del arrays
-    valid = np.stack([_band_validity(band, nd) for band, nd in zip(data, source.nodata)])
+    valid = np.stack([_band_validity(band, nd) for band, nd in zip(data, derive.nodata if derive else source.nodata)])
+    if derive is not None:
+        data, valid = derive.apply(data, valid)
     if source.db:
         data, valid = _to_db(data, valid, source.nodata)
 
@@ -434,7 +485,7 @@ def read_pixels(source: SceneSource, window: Any) -> tuple[NDArray, NDArray[np.b
     geom_fp = _geometry_footprint(source.geometry, win_grid) if profile.footprint == "geometry" else None
     footprint = None
     if qa is not None and profile.qa is not None:
-        qa_state = decode_qa(profile.qa.decoder, qa, footprint=geom_fp, mask=source.mask)
+        qa_state = decode_qa(profile.qa.decoder, qa, footprint=geom_fp, mask=source.mask, accept=source.qa_accept)
         footprint = qa_state != OUTSIDE
         valid &= (qa_state == OBSERVED)[None]
     elif geom_fp is not None:

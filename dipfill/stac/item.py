@@ -223,6 +223,9 @@ class ItemExtras:
     derived_from: Sequence[str] = ()
     properties: Mapping[str, Any] = field(default_factory=dict)
     scale_offset: Sequence[tuple[float, float]] = ()  # per band, from the source's raster:bands
+    # fields added to every filled band's raster:bands/bands entry (a mode's: --product ndvi
+    # states the index, its nodata "nan", the accepted QA classes, the vegetation threshold)
+    band_fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -311,7 +314,7 @@ def output_item(scene: FilledScene, options: FillOptions, acquired: str | None, 
     scales = list(extras.scale_offset) or [(1.0, 0.0)] * len(scene.band_names)
     bands = tuple(
         {"name": n, "data_type": scene.dtype, **({"nodata": nodata} if nodata is not None else {}),
-         **({"scale": sc, "offset": off} if (sc, off) != (1.0, 0.0) else {})}
+         **({"scale": sc, "offset": off} if (sc, off) != (1.0, 0.0) else {}), **extras.band_fields}
         for n, (sc, off) in zip(scene.band_names, scales)
     )
     qa_classes = [

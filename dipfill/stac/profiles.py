@@ -30,6 +30,8 @@ __all__ = [
     "SENTINEL_1_RTC",
     "get_profile",
     "profile_for",
+    "band_scale_offset",
+    "S2_BOA_OFFSET_BASELINE",
 ]
 
 
@@ -108,12 +110,20 @@ class CollectionProfile:
     cloud_property: str | None = "eo:cloud_cover"
     db_convertible: bool = False  # linear power → 10·log10 on request (SAR)
     notes: str = ""
+    # NDVI (``--product ndvi``): the (red, NIR) bands it is computed from, or the band that
+    # holds it already (a vegetation-index product: MODIS 13Q1/13A1)
+    ndvi_from: tuple[str, str] | None = None
+    ndvi_band: str | None = None
+    # Sentinel-2 processing baseline >= 04.00 adds BOA_ADD_OFFSET (-1000 DN): the offset in
+    # reflectance units that such items need when they do not state one (band_scale_offset)
+    baseline_offset: float | None = None
 
     def __post_init__(self) -> None:
         names = self.band_names
         if len(set(names)) != len(names):
             raise ValueError(f"profile {self.name}: duplicate band names {names}")
-        unknown = [b for b in (*self.default_bands, *self.quicklook) if b not in names]
+        unknown = [b for b in (*self.default_bands, *self.quicklook, *(self.ndvi_from or ()),
+                               *((self.ndvi_band,) if self.ndvi_band else ())) if b not in names]
         if unknown:
             raise ValueError(f"profile {self.name}: default or quicklook bands {unknown} are not bands of it")
 
@@ -164,6 +174,7 @@ LANDSAT_C2_L2: Final = CollectionProfile(
     footprint="geometry",
     quicklook=("red", "green", "blue"),
     notes="red/nir08/swir16 are ETM+ B3/B4/B5 and OLI B4/B5/B6 (paper 000 used B3/B4/B5); coastal is OLI's only",
+    ndvi_from=("red", "nir08"),
 )
 
 # Sentinel-2 L2A: PC and Earth Search v0 key by band number, Earth Search v1 by common
@@ -200,27 +211,36 @@ SENTINEL_2_L2A: Final = CollectionProfile(
     footprint="qa",
     quicklook=("red", "green", "blue"),
     notes="10/20/60 m bands are resampled onto one grid (resolution selectable; the finest by default)",
+    ndvi_from=("red", "nir"),  # B04 and B08, both 10 m
+    baseline_offset=-0.1,
 )
 
 
 def _modis(product: str, metres: int, title: str) -> CollectionProfile:
     pre = f"{metres}m_16_days_"
+    # Planetary Computer keys, then the Astraea/rio-tiler-pds COG naming (B01 NDVI, B02 EVI,
+    # B03 VI Quality, B12 pixel reliability) and plain names
     return CollectionProfile(
         name=f"modis-{product}-061",
         title=title,
-        collections=(f"modis-{product}-061",),
+        collections=(f"modis-{product}-061", *(f"{sat}{product}.{v}" for sat in ("MOD", "MYD")
+                                                for v in ("061", "v061", "006", "v006"))),
         bands=(
-            BandSpec("ndvi", _keys(f"{pre}NDVI", None, None, "NDVI"), float(metres), nodata=-3000, scale=1e-4),
-            BandSpec("evi", _keys(f"{pre}EVI", None, None, "EVI"), float(metres), nodata=-3000, scale=1e-4),
+            BandSpec("ndvi", _keys(f"{pre}NDVI", None, None, "NDVI", "ndvi", "B01"), float(metres), nodata=-3000,
+                     scale=1e-4),
+            BandSpec("evi", _keys(f"{pre}EVI", None, None, "EVI", "evi", "B02"), float(metres), nodata=-3000,
+                     scale=1e-4),
         ),
         default_bands=("ndvi", "evi"),
         qa=QASpec(
-            keys=_keys(f"{pre}pixel_reliability", None, None, "pixel_reliability", "PR"),
+            keys=_keys(f"{pre}pixel_reliability", None, None, "pixel_reliability", "PR", "B12"),
             decoder="modis_reliability",
-            description="pixel reliability: 0 observed; 1, 2, 3 → gap; fill (-1/255) → outside",
+            description="pixel reliability: 0 (good) observed, or the --accept classes; the other ranks "
+            "(1 marginal, 2 snow/ice, 3 cloudy) → gap; fill (-1/255) → outside",
         ),
         footprint="qa",
         cloud_property=None,  # composites carry no scene cloud cover
+        ndvi_band="ndvi",
     )
 
 
@@ -284,3 +304,51 @@ def profile_for(item: Any) -> CollectionProfile:
         item_id = item.get("id") if isinstance(item, Mapping) else getattr(item, "id", "?")
         raise KeyError(f"item {item_id} names no collection; pass a profile explicitly")
     return get_profile(collection)
+
+
+#: The first Sentinel-2 processing baseline whose L2A DN carry BOA_ADD_OFFSET (-1000).
+S2_BOA_OFFSET_BASELINE: Final = (4, 0)
+
+#: Item properties that say a Sentinel-2 item's DN were harmonised (the offset taken out).
+_OFFSET_APPLIED = ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied")
+_BASELINE = ("s2:processing_baseline", "sentinel:processing_baseline", "processing:version")
+
+
+def _baseline(properties: Mapping[str, Any]) -> tuple[int, int] | None:
+    for key in _BASELINE:
+        value = properties.get(key)
+        if value is None:
+            continue
+        try:
+            major, _, minor = str(value).strip().lstrip("N").partition(".")
+            return int(major), int(minor or 0)
+        except ValueError:
+            continue
+    return None
+
+
+def band_scale_offset(profile: CollectionProfile, spec: BandSpec | None, asset_band: Mapping[str, Any],
+                      properties: Mapping[str, Any]) -> tuple[float, float, str]:
+    """A band's (scale, offset) — value = DN × scale + offset — and where they come from.
+
+    An item's own ``raster:bands`` scale/offset win over the profile's documented values
+    (they change with processing). Sentinel-2 L2A (``baseline_offset``): from processing
+    baseline 04.00 on, DN carry BOA_ADD_OFFSET = -1000, so reflectance = DN × 1e-4 - 0.1.
+    An item that says its DN were harmonised (``earthsearch:boa_offset_applied: true``)
+    gets offset 0 whatever its ``raster:bands`` say (Earth Search's maintainers call that
+    flag the truth where the two disagree, element84/earth-search#9); an item that states
+    no offset but a baseline >= 04.00 (Planetary Computer) gets -0.1."""
+    scale = float(asset_band.get("scale", spec.scale if spec else 1.0))
+    offset = float(asset_band.get("offset", spec.offset if spec else 0.0))
+    why = "item raster:bands" if "scale" in asset_band or "offset" in asset_band else "collection profile"
+    if profile.baseline_offset is None:
+        return scale, offset, why
+    if any(properties.get(k) is True for k in _OFFSET_APPLIED):
+        return scale, 0.0, "DN harmonised by the provider (boa_offset_applied): no offset"
+    if "offset" in asset_band:
+        return scale, offset, why
+    baseline = _baseline(properties)
+    if baseline is not None and baseline >= S2_BOA_OFFSET_BASELINE:
+        return scale, profile.baseline_offset, (f"processing baseline {baseline[0]:02d}.{baseline[1]:02d} >= 04.00: "
+                                                "BOA_ADD_OFFSET -1000 DN")
+    return scale, offset, why
