@@ -115,3 +115,33 @@ def test_packed_and_loop_reach_the_same_quality_in_float32():
     assert min(a.min(), b.min()) > 0.2, scores
     ratio = losses["packed"].mean() / losses["loop"].mean()
     assert 0.8 < ratio < 1.25, losses
+
+
+def test_warm_start_loads_one_fitted_member_into_every_packed_member():
+    """DIPEngine.init_state (issue 14 item 3): the weights fit_state returns start each
+    member of a packed network; a member then computes what the donor network computes."""
+    import torch
+
+    from dipfill.engines.dip import DIPEngine, make_input, preset
+    from dipfill.engines.dipnet import load_member_state, pack_members
+
+    cfg = preset("mcpn-core", channels_down=(8,) * 3, channels_up=(8,) * 3, channels_skip=(4,) * 3,
+                 steps=3, strategy="loop", blend="none")
+    rng = np.random.default_rng(0)
+    patch = rng.random((3, 32, 32), dtype=np.float32)
+    observed = rng.random((3, 32, 32)) > 0.3
+    state = DIPEngine(cfg).fit_state(patch, observed, seed=5)
+    donor, packed = pack_members(cfg, 3, [5]), pack_members(cfg, 3, [1, 2])
+    assert not torch.equal(donor.state_dict()[next(iter(state))], state[next(iter(state))])  # it moved
+    donor.load_state_dict(state)
+    load_member_state(packed, state)
+    z = torch.cat([make_input(cfg, 32, 32, torch.Generator().manual_seed(s)) for s in (7, 8)])
+    with torch.no_grad():
+        want = torch.cat([donor(z[j : j + 1]) for j in range(2)])
+        assert torch.allclose(packed(z), want, atol=1e-5)
+    warm = DIPEngine(cfg, init_state=state).fill(patch[None], observed[None], seeds=[5])
+    cold = DIPEngine(cfg).fill(patch[None], observed[None], seeds=[5])
+    assert np.isfinite(warm.values).all()
+    assert not np.array_equal(warm.values, cold.values)  # the start changed the fit
+    with pytest.raises(ValueError, match="does not fit"):
+        load_member_state(pack_members(preset("mcpn-core"), 3, [1]), state)

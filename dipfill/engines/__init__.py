@@ -69,10 +69,11 @@ def make_engine(name: str, *, strategy_cache: StrategyCache | None = None, **opt
         from dipfill.engines.dip import DIPEngine, preset
 
         opts = dict(options)
+        init_state = opts.pop("init_state", None)  # warm start: weights, not configuration
         config = preset(opts.pop("preset", DEFAULT_PRESET), **opts)
         if strategy_cache is None:
-            return DIPEngine(config)
-        return DIPEngine(config, strategy_cache=strategy_cache)
+            return DIPEngine(config, init_state=init_state)
+        return DIPEngine(config, strategy_cache=strategy_cache, init_state=init_state)
     if name == "mcpn":
         # guided DIP (paper 003): torch loads here too
         from dipfill.engines.mcpn import make_mcpn_engine

@@ -36,7 +36,7 @@ from dipfill.engines.base import EngineResult, PatchDiagnostics, check_batch
 from dipfill.engines.blend import judged_blend
 from dipfill.engines.cache import MemoryStrategyCache, StrategyCache
 from dipfill.engines.config import PRESETS, DIPConfig, Monitor, padded_size, preset
-from dipfill.engines.dipnet import pack_members
+from dipfill.engines.dipnet import load_member_state, pack_members
 from dipfill.engines.fit import FitOutcome, fit_members
 from dipfill.engines.normalize import NormParams, denormalize, normalize
 from dipfill.engines.holdout import stripe_holdout
@@ -112,6 +112,10 @@ class DIPEngine:
 
     config: DIPConfig = field(default_factory=DIPConfig)
     strategy_cache: StrategyCache = field(default_factory=MemoryStrategyCache, compare=False, repr=False)
+    # Warm start (issue 14 item 3, measured in scripts/bench_warm_start.py): the weights of
+    # one fitted member (:meth:`fit_state`) every patch starts from instead of its seed's
+    # initialisation; the input noise and perturbations still come from the patch's seed.
+    init_state: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     name: ClassVar[str] = "dip"
     uses_guides: ClassVar[bool] = False  # single-image DIP: guides are accepted and ignored
@@ -147,7 +151,7 @@ class DIPEngine:
         groups = [[p] for p in todo] if plan.strategy == "loop" else [todo]
         for group in groups:
             start = time.perf_counter()
-            fit = self._fit_group(group, device, plan, (count, bands, height, width), monitor)
+            fit, _ = self._fit_group(group, device, plan, (count, bands, height, width), monitor)
             seconds = (time.perf_counter() - start) / len(group)
             for j, p in enumerate(group):
                 pred = denormalize(fit.prediction[j, :, :height, :width].double().cpu().numpy(), p.params)
@@ -170,6 +174,18 @@ class DIPEngine:
                     },
                 )
         return EngineResult(out, diagnostics)
+
+    def fit_state(self, patch: NDArray[np.float32], observed: NDArray[np.bool_], *, seed: int
+                  ) -> dict[str, torch.Tensor]:
+        """Fit one ``[C, H, W]`` patch as :meth:`fill` does and return the network's weights
+        (on the CPU): what :attr:`init_state` takes to start other patches from."""
+        prepared = self._prepare(0, patch, observed, seed)
+        if prepared is None:
+            raise InputError("fit_state: the patch has no observed pixel to fit")
+        device = torch.device(resolve_device(self.config.device))
+        plan = Plan("loop", False, False, channels_last=False, fused_adam=device.type == "cuda")
+        _, net = self._fit_group([prepared], device, plan, (1, *patch.shape), None)
+        return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 
     def _prepare(self, index: int, values: NDArray, observed: NDArray[np.bool_], seed: int) -> _Prepared | None:
         """Normalise one ``[C, H, W]`` patch, pad it and build its loss and held-out masks."""
@@ -203,15 +219,19 @@ class DIPEngine:
         return out
 
     def _fit_group(self, group: list[_Prepared], device: torch.device, plan: Plan, shape: tuple[int, ...],
-                   monitor: Monitor | None) -> FitOutcome:
-        """Fit ``group`` as one model of ``len(group)`` members (one member for ``loop``)."""
+                   monitor: Monitor | None) -> tuple[FitOutcome, torch.nn.Module]:
+        """Fit ``group`` as one model of ``len(group)`` members (one member for ``loop``);
+        returns how the fit went and the fitted network."""
         cfg = self.config
         count, bands, height, width = shape
         seeds = [p.seed for p in group]
         _, ph, pw = group[0].target.shape
         z = torch.cat([make_input(cfg, ph, pw, torch.Generator().manual_seed(s)) for s in seeds]).to(device)
         noise = [torch.Generator(device=device).manual_seed(s ^ 0x5EED) for s in seeds]
-        net = prepare_net(pack_members(cfg, bands, seeds), device, plan)
+        members = pack_members(cfg, bands, seeds)
+        if self.init_state is not None:
+            load_member_state(members, self.init_state)
+        net = prepare_net(members, device, plan)
 
         def tensor(arrays: list[NDArray]) -> torch.Tensor:
             return torch.from_numpy(np.stack(arrays)).to(device)
@@ -228,7 +248,8 @@ class DIPEngine:
                     rmse[p.index] = score[j]
                 monitor(step, values, rmse)
 
-        return fit_members(
+        fit = fit_members(
             cfg, net, z, tensor([p.target for p in group]), tensor([p.train for p in group]), holdout, noise,
             bf16=plan.bf16, fused_adam=plan.fused_adam, monitor=relay,
         )
+        return fit, net

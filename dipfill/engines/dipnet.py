@@ -148,6 +148,27 @@ def pack_members(config: DIPConfig, out_channels: int, seeds: Sequence[int]) -> 
     return packed
 
 
+def load_member_state(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Start every member of ``net`` from one single-member ``state`` (a warm start).
+
+    Member j owns rows ``j*k:(j+1)*k`` of axis 0 of every parameter and buffer (see
+    :func:`member_rows`), so the single member's tensor is repeated along axis 0; scalar
+    buffers (BatchNorm's batch counter) are copied as they are."""
+    own = net.state_dict()
+    missing = set(own) ^ set(state)
+    if missing:
+        raise ValueError(f"warm-start state does not fit this network: {sorted(missing)[:3]} differ")
+    with torch.no_grad():
+        for name, target in own.items():
+            value = state[name].to(target.device, target.dtype)
+            if target.dim() and value.shape != target.shape:
+                if target.shape[0] % value.shape[0] or target.shape[1:] != value.shape[1:]:
+                    raise ValueError(f"warm-start state does not fit this network: {name} {tuple(value.shape)} "
+                                     f"vs {tuple(target.shape)}")
+                value = value.repeat(target.shape[0] // value.shape[0], *([1] * (value.dim() - 1)))
+            target.copy_(value)
+
+
 def member_rows(param: torch.Tensor, members: int) -> torch.Tensor:
     """``param`` as ``[members, -1]``: row j holds everything member j owns (a copy when
     the memory format is not plain contiguous, e.g. channels_last weights)."""
