@@ -11,6 +11,7 @@ pixels are the computed NDVI bit for bit, with its QA COG and an item that says 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,8 @@ def test_landsat_c2_ndvi_applies_scale_and_offset(tmp_path: Path) -> None:
     assert (source.derive.scale, source.derive.offset) == ((2.75e-05, 2.75e-05), (-0.2, -0.2))
     scene = source.read()
     assert scene.data.dtype == np.float32 and scene.data.shape[0] == 1
+    shipped = pickle.loads(pickle.dumps(source))  # as it travels to a run's workers
+    assert np.array_equal(shipped.read_pixels(((0, 64), (0, 64)))[0], scene.data[:, :64, :64], equal_nan=True)
     folder = shared_file(f"{L8_DIR}/{L8_PREFIX}SR_B4.TIF").parent
     red, nir = read1(folder / f"{L8_PREFIX}SR_B4.TIF"), read1(folder / f"{L8_PREFIX}SR_B5.TIF")
     ys, xs = np.nonzero((red > 0) & (nir > 0) & scene.valid[0])
