@@ -260,3 +260,25 @@ def test_dipfill_run_product_ndvi_over_a_modis_collection(tmp_path: Path) -> Non
     observed = qa == QA_OBSERVED
     assert np.array_equal(filled[observed], (dn[observed] * 1e-4).astype(np.float32))
     assert np.array_equal(qa == QA_OUTSIDE, pr == 255) and np.isnan(filled[pr == 255]).all()
+
+
+def test_dipfill_fill_computes_ndvi_from_landsat_c2_files(tmp_path: Path) -> None:
+    """`dipfill fill SR_B4.TIF SR_B5.TIF --product ndvi`: the USGS C2 L2 file names give the
+    collection's scale/offset; the COG's observed pixels are the hand-computed NDVI (float32)
+    bit for bit, and the item says where the scale/offset came from."""
+    folder = shared_file(f"{L8_DIR}/{L8_PREFIX}SR_B4.TIF").parent
+    red_tif, nir_tif = folder / f"{L8_PREFIX}SR_B4.TIF", folder / f"{L8_PREFIX}SR_B5.TIF"
+    out = tmp_path / "o"
+    assert main(["fill", str(red_tif), str(nir_tif), "--product", "ndvi", "--engine", "fillnodata",
+                 "--out", str(out)]) == 0
+    item = json.loads(next(out.glob("*-dipfill.json")).read_text())
+    inputs = item["properties"]["dipfill:ndvi"]["inputs"]
+    assert [(b["scale"], b["offset"]) for b in inputs] == [(2.75e-05, -0.2)] * 2 and "Landsat" in inputs[0]["from"]
+    with rasterio.open(out / item["assets"]["ndvi"]["href"]) as ds, \
+            rasterio.open(out / item["assets"]["qa"]["href"]) as q:
+        filled, qa = ds.read(1), q.read(1)
+    red, nir = read1(red_tif).astype(np.float64), read1(nir_tif).astype(np.float64)
+    observed = qa == QA_OBSERVED
+    r, n = red * 2.75e-05 - 0.2, nir * 2.75e-05 - 0.2
+    assert observed.sum() > 10000 and np.isnan(filled[qa == QA_OUTSIDE]).all()
+    assert np.array_equal(filled[observed], np.clip((n - r) / (n + r), -1, 1)[observed].astype(np.float32))
