@@ -175,7 +175,7 @@ def test_a_driver_killed_with_sigkill_leaves_its_lease_and_patches_and_a_rerun_r
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while len([k for k in s3.keys(BUCKET, "killed/") if "/patches.zarr/done/c/" in k]) < 2:
+        while len([k for k in s3.keys(BUCKET, "killed/") if "/patches.zarr/done/c." in k]) < 2:
             assert proc.poll() is None, f"the driver ended before it was killed: {proc.stderr.read()[-2000:]}"
             assert time.monotonic() < deadline, "no patch reached the bucket in 120 s"
             time.sleep(0.05)

@@ -191,10 +191,8 @@ class EngineWorker:
                                 task.guides, on_steps=steps)
         finally:
             self._progress = None  # never a finished batch's progress for the next one
-        store = PatchStore(task.store_path)
         records = [(w.id, asdict(d)) for w, d in zip(task.windows, result.diagnostics)]
-        for index, values, (_, record) in zip(task.indices, result.values, records):
-            store.write(index, values, record)
+        PatchStore(task.store_path).write_many(task.indices, list(result.values), [r for _, r in records])
         return records
 
     def ready(self) -> bool:
