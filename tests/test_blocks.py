@@ -20,6 +20,7 @@ from dipfill.raster.read import data_validity
 from dipfill.raster.scene import open_scene, read_item
 from dipfill.raster.scene_mask import scene_mask
 from dipfill.pipeline.blocks import blend_block, block_tasks, merge_counts, preview_mosaic
+from dipfill.pipeline.outputs import SceneProduct, cog_tasks, write_cog_task, write_outputs
 from dipfill.raster.write import Preview, create_zarr_mosaic, write_mosaic_block
 from tests._data import DATA
 from tests.test_profiles import s2_item_with_local_hrefs
@@ -104,6 +105,19 @@ def test_blocks_blend_to_the_same_bytes_as_the_whole_scene(tmp_path: Path) -> No
     for field in ("before", "after", "before_valid", "after_valid"):
         np.testing.assert_array_equal(getattr(got, field), getattr(full, field))
     assert got.before.shape == (3, 47, 47)
+
+    # the band and QA COGs, written by workers from the mosaic (cog_tasks), are the files the
+    # driver writes from the scene in memory (write_outputs), byte for byte
+    product = SceneProduct(grid=source.grid, band_names=list(source.band_names), dtype=want.dtype, nodata=nodata,
+                           sources=["s"], bands=want, qa=want_qa, footprint=scene.footprint, preview=got,
+                           counts=counts, diagnostics={})
+    driver = write_outputs(tmp_path / "driver", "s", product, opts, None, (0, 1, 2))
+    (tmp_path / "workers").mkdir()
+    cogs = cog_tasks(tmp_path / "workers", "s", product, opts, str(mosaic))
+    assert [write_cog_task(t) for t in reversed(cogs)]
+    assert sorted(Path(t.path).name for t in cogs) == sorted(Path(driver[k]).name for k in (*source.band_names, "qa"))
+    for task in cogs:
+        assert Path(task.path).read_bytes() == (tmp_path / "driver" / Path(task.path).name).read_bytes()
 
 
 def test_mosaic_blocks_must_start_on_a_chunk(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from dipfill.engines import make_engine, set_threads
 from dipfill.engines.base import Engine, EngineResult, uses_guides
 from dipfill.pipeline.blocks import blend_block
+from dipfill.pipeline.outputs import write_cog_task
 from dipfill.pipeline.patchstore import PatchStore
 from dipfill.pipeline.plan import batch_inputs, row_unions
 from dipfill.raster.guides import GuideSource, ItemGuide, guide_band_counts, read_guides
@@ -209,6 +210,12 @@ class EngineWorker:
         engine actors because they hold the cluster's CPU slots: tasks asking for more
         would wait for them forever; and a block is CPU work a GPU node has to spare."""
         return blend_block(task)
+
+    def write_cog(self, task: Any) -> str:
+        """Write one COG of a scene's product from its mosaic (:mod:`dipfill.pipeline.outputs`):
+        a scene's band and QA COGs are written side by side, on the actors for the reason
+        :meth:`blend` runs there."""
+        return write_cog_task(task)
 
 
 def _maybe_fail() -> None:

@@ -28,8 +28,8 @@ from dipfill.stac.item import FilledScene, ItemExtras, MirroredAsset, band_asset
 from dipfill.stac.publish import remote_hrefs
 from dipfill.storage import ObjectPath, write_json
 
-__all__ = ["SceneProduct", "CarriedAsset", "output_names", "mosaic_name", "mosaic_attrs", "write_outputs",
-           "patch_records"]
+__all__ = ["SceneProduct", "CarriedAsset", "CogTask", "cog_tasks", "write_cog_task", "output_names", "mosaic_name",
+           "mosaic_attrs", "write_outputs", "patch_records"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,50 @@ def _file_part(key: str) -> str:
     return cleaned or "asset"
 
 
+@dataclass(frozen=True)
+class CogTask:
+    """One COG of a run's product (a band, or dipfill's QA layer) to write from the scene's
+    Zarr mosaic: a plain picklable description, so the engine workers write a scene's COGs
+    side by side (:func:`cog_tasks`) instead of the driver one after the other. Each
+    COG is one file from one writer, so the bytes do not depend on who writes it."""
+
+    path: str  # the COG (local path or object-storage URL)
+    mosaic: str  # the scene's Zarr mosaic
+    band: int | None  # band index in the mosaic; None: the QA layer
+    grid: Grid
+    nodata: float | None
+    description: str
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+def cog_tasks(out_dir: Path, item_id: str, product: SceneProduct, options: FillOptions,
+              mosaic: str) -> list[CogTask]:
+    """The band COGs and the QA COG of ``product`` as :class:`CogTask` s (bands first: they
+    take longest), with the names and tags :func:`write_outputs` gives them."""
+    band_keys = product.band_keys
+    names = output_names(item_id, band_keys, [c.key for c in product.carried])
+    own = own_asset_keys([*band_keys, *(c.key for c in product.carried)])
+    tags = (("DIPFILL_VERSION", __version__), ("DIPFILL_ENGINE", options.engine))
+    tasks = [CogTask(str(out_dir / names[key]), mosaic, b, product.grid, product.nodata, band_name, tags)
+             for b, (key, band_name) in enumerate(zip(band_keys, product.band_names))]
+    return tasks + [CogTask(str(out_dir / names[own["qa"]]), mosaic, None, product.grid, None, "qa")]
+
+
+def write_cog_task(task: CogTask) -> str:
+    """Write one :class:`CogTask` (memory: a strip of the mosaic, as :func:`write_cog`)."""
+    import zarr
+
+    from dipfill.storage import zarr_store
+
+    mosaic = zarr.open_group(zarr_store(task.mosaic, read_only=True), mode="r", zarr_format=3)
+    if task.band is None:
+        write_cog(task.path, mosaic["qa"], task.grid, nodata=None, band_names=["qa"], resampling="nearest")
+    else:
+        write_cog(task.path, _BandRows(mosaic["bands"], task.band), task.grid, nodata=task.nodata,
+                  band_names=[task.description], tags=dict(task.tags))
+    return task.path
+
+
 def mosaic_attrs(options: FillOptions) -> dict[str, Any]:
     return {"dipfill:version": __version__, "dipfill:config": options.hashable_dict(),
             "qa_flag_values": sorted(QA_CLASSES)}
@@ -126,9 +170,11 @@ def write_outputs(
     extras: ItemExtras | None = None,
     *,
     mosaic_written: bool = False,
+    cogs_written: bool = False,
 ) -> dict[str, str]:
-    """Write COGs, Zarr (unless ``mosaic_written``: a run's block tasks wrote it), quicklook,
-    then the STAC item; remove ``out_dir`` if we made it and failed."""
+    """Write COGs (unless ``cogs_written``: a run's workers wrote the band and QA COGs from
+    :func:`cog_tasks`), Zarr (unless ``mosaic_written``: a run's block tasks wrote it),
+    quicklook, then the STAC item; remove ``out_dir`` if we made it and failed."""
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     band_keys = product.band_keys
@@ -138,13 +184,16 @@ def write_outputs(
     tags = {"DIPFILL_VERSION": __version__, "DIPFILL_ENGINE": options.engine}
     try:
         for b, (key, band_name) in enumerate(zip(band_keys, product.band_names)):
-            write_cog(paths[key], _BandRows(product.bands, b), product.grid, nodata=product.nodata,
-                      band_names=[band_name], tags=tags)
+            if not cogs_written:
+                write_cog(paths[key], _BandRows(product.bands, b), product.grid, nodata=product.nodata,
+                          band_names=[band_name], tags=tags)
         write_vrt(paths[own["filled"]], [(names[key], 1, name) for key, name in zip(band_keys, product.band_names)],
                   product.grid, product.dtype, product.nodata)
         copies = {c.key: copy_as_cog(c.href, paths[c.key], f"asset {c.key}", dict(c.gdal_options))
                   for c in product.carried}
-        write_cog(paths[own["qa"]], product.qa, product.grid, nodata=None, band_names=["qa"], resampling="nearest")
+        if not cogs_written:
+            write_cog(paths[own["qa"]], product.qa, product.grid, nodata=None, band_names=["qa"],
+                      resampling="nearest")
         if not mosaic_written:
             write_zarr_mosaic(paths[own["mosaic"]], product.bands, product.qa, product.grid, nodata=product.nodata,
                               band_names=product.band_names, attrs=mosaic_attrs(options))

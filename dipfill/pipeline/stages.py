@@ -40,7 +40,15 @@ from dipfill.pipeline.blocks import BlockResult, block_tasks, merge_counts, prev
 from dipfill.pipeline.executor import BatchProgress, Executor, FitTask, reports_progress
 from dipfill.pipeline.guide_resume import GuidesNotReusable, open_guides, reopen_recorded
 from dipfill.pipeline.guides import GuideChoice, choose_guides
-from dipfill.pipeline.outputs import CarriedAsset, SceneProduct, mosaic_attrs, mosaic_name, output_names, write_outputs
+from dipfill.pipeline.outputs import (
+    CarriedAsset,
+    SceneProduct,
+    cog_tasks,
+    mosaic_attrs,
+    mosaic_name,
+    output_names,
+    write_outputs,
+)
 from dipfill.pipeline.patchstore import PatchStore
 from dipfill.pipeline.plan import FillPlan, patch_seed, plan_from_mask
 from dipfill.pipeline.progress import Progress, SceneStatus, StageClock
@@ -143,7 +151,7 @@ def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash
     clock.lap("fit")
     blocks = merge_stage(job, executor)
     clock.lap("merge")
-    outputs, counts = write_stage(job, blocks, diagnostics, out, clock)  # laps write and describe
+    outputs, counts = write_stage(job, blocks, diagnostics, out, clock, executor)  # laps write and describe
     if request.publish:
         publish_item(request.publish, outputs["item"], f"{item.get('collection') or 'items'}-dipfill")
         clock.lap("publish")
@@ -348,9 +356,14 @@ def describe_stage(job: SceneJob) -> ItemExtras:
 
 
 def write_stage(job: SceneJob, blocks: Sequence[BlockResult], diagnostics: Mapping[str, PatchDiagnostics],
-                out: Path, clock: StageClock | None = None) -> tuple[dict[str, str], dict[str, int]]:
+                out: Path, clock: StageClock | None = None, executor: Executor | None = None
+                ) -> tuple[dict[str, str], dict[str, int]]:
     """COGs streamed from the mosaic, quicklook, diagnostics, then the item (last); the patch
     store goes and the static catalog gets the item. Returns the outputs and QA counts.
+
+    With an ``executor`` the band and QA COGs are written by its workers, side by side
+    (:func:`~dipfill.pipeline.outputs.cog_tasks`): compressing them is most of this stage,
+    and the driver would write them one after the other while the workers wait.
 
     ``clock`` laps ``describe`` (what the item states, and the static catalog's update) and
     ``write`` (the files, the item's own JSON file included: it is written with them, last)."""
@@ -379,8 +392,12 @@ def write_stage(job: SceneJob, blocks: Sequence[BlockResult], diagnostics: Mappi
     props = item.get("properties") or {}
     when = props.get("datetime") or props.get("start_datetime")
     rgb = job.source.profile.quicklook_indices(job.source.band_names)
+    if executor is not None:
+        executor.run(cog_tasks(job.scene_dir, job.item_id, product, job.request.options,
+                               str(job.scene_dir / mosaic_name(job.item_id))), lambda task, path: None, "write_cog")
     outputs = write_outputs(job.scene_dir, job.item_id, product, job.request.options,
-                            when.replace("Z", "+00:00") if when else None, rgb, extras, mosaic_written=True)
+                            when.replace("Z", "+00:00") if when else None, rgb, extras, mosaic_written=True,
+                            cogs_written=executor is not None)
     job.store.remove()
     lap("write")
     add_to_static_catalog(out, job.scene_dir, job.scene_dir.parent.name)
