@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from dipfill.cli.options import (
-    FILL_FIELDS, GUIDE_FIELDS, add_dip_flags, add_fill_flags, add_product_flags, fill_options,
+    FILL_FIELDS, GUIDE_FIELDS, add_dip_flags, add_fill_flags, add_model_flags, add_product_flags, fill_options,
     ndvi_threshold, product_values,
 )
 from dipfill.errors import InputError
@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fill_flags(p, names=tuple(n for n in FILL_FIELDS if n not in GUIDE_FIELDS))
     add_fill_flags(p.add_argument_group("guides (other dates or sensors of the same ground)"), names=GUIDE_FIELDS)
     add_dip_flags(p.add_argument_group("dip engine"))
+    add_model_flags(p.add_argument_group("convnp engine (paper 002: a model trained by `dipfill train`)"))
     add_product_flags(p.add_argument_group("NDVI (--product ndvi, paper 001)"), files=True)
     o = p.add_argument_group("output naming")
     o.add_argument("--id", dest="item_id", help="item id (default: from the input file name); '-dipfill' is appended. "

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dipfill.cli import run as run_cmd
     from dipfill.cli import search as search_cmd
     from dipfill.cli import status as status_cmd
+    from dipfill.cli import train as train_cmd
 
     parser = _Parser(prog="dipfill", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dipfill {__version__}")
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.register(sub)
     search_cmd.register(sub)
     run_cmd.register(sub)
+    train_cmd.register(sub)
     status_cmd.register(sub)
     report_cmd.register(sub)
     return parser

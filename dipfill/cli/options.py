@@ -113,6 +113,23 @@ def dip_options(values: Mapping[str, Any], *, engine: str = "dip") -> dict[str, 
     return opts
 
 
+def add_model_flags(group: argparse.ArgumentParser | Any) -> None:
+    """``--model``: the trained model of ``--engine convnp`` (paper 002; `dipfill train`)."""
+    group.add_argument("--model", metavar="MODEL_DIR",
+                       help="--engine convnp: a model written by `dipfill train` (its directory, model.json item or "
+                            "model.pt weights); the output item records its id and sha256")
+
+
+def convnp_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``make_engine('convnp', ...)`` options: ``--model`` read and checked now (one line for a
+    missing path or a file that is no model), its sha256 and id recorded."""
+    from dipfill.pipeline.train import model_options
+
+    if not values.get("model"):
+        raise InputError("--engine convnp needs --model MODEL_DIR (a model written by `dipfill train`)")
+    return model_options(str(values["model"]), device=values.get("device") or "auto")
+
+
 def fill_options(values: Mapping[str, Any]) -> FillOptions:
     """The FillOptions the given values ask for: unset (``None``) fields take the record's
     defaults, and the ``dip`` engine gets :func:`dip_options`."""
@@ -120,6 +137,8 @@ def fill_options(values: Mapping[str, Any]) -> FillOptions:
     engine = given.get("engine", FillOptions.engine)
     if engine in ("dip", "mcpn"):  # DIP engines: the DIP flags (mcpn: guided DIP, preset mcpn)
         given["engine_options"] = dip_options(values, engine=engine)
+    elif engine == "convnp":  # the amortised engine: its trained model, checked and hashed now
+        given["engine_options"] = convnp_options(values)
     try:
         return FillOptions(**given)
     except TypeError as exc:  # a YAML value of the wrong kind

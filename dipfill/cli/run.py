@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dipfill.cli.options import add_dip_flags, add_fill_flags, add_product_flags, fill_options, ndvi_threshold, product_values
+from dipfill.cli.options import add_dip_flags, add_fill_flags, add_model_flags, add_product_flags, fill_options, ndvi_threshold, product_values
 from dipfill.errors import InputError
 from dipfill.storage import read_text
 
@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--mode anonymise: the scenes' units (default: auto, from dtype and values)")
     add_fill_flags(p, names=RUN_FILL_FIELDS, defaults=False)
     add_dip_flags(p.add_argument_group("dip engine"), defaults=False)
+    add_model_flags(p.add_argument_group("convnp engine (paper 002: a model trained by `dipfill train`)"))
     add_product_flags(p.add_argument_group("NDVI (--product ndvi, paper 001: --bands may name RED,NIR)"),
                       files=False, defaults=False)
     p.add_argument("--out", help="output directory")

@@ -18,7 +18,9 @@ Modules, each importing only those listed before it:
 - ``cache``: where measured DIP plans are kept (:class:`StrategyCache`);
 - ``config``: :class:`~dipfill.engines.config.DIPConfig` and the papers' presets (no torch);
 - ``dipnet`` → ``fit`` → ``strategy`` → ``dip``: the network, its fitting loop, how to
-  run it on the device at hand, and the DIP engine that wires them.
+  run it on the device at hand, and the DIP engine that wires them;
+- ``convnp`` → ``convnp_train``: the amortised ConvNP of paper 002 (one forward pass per
+  patch of a trained model) and its training loop on arrays.
 
 ``make_engine(name, **options)`` is the one way the pipeline gets an engine, so engine
 modules (and their heavy imports: torch for ``dip``, OpenCV for ``telea``/``ns``) load only
@@ -27,7 +29,7 @@ when that engine is chosen.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from dipfill.engines.base import Engine, EngineResult, PatchDiagnostics
 from dipfill.engines.cache import MemoryStrategyCache, StrategyCache
@@ -39,7 +41,7 @@ __all__ = [
     "set_threads", "GUIDED_ENGINES", "engine_uses_guides",
 ]
 
-ENGINES = ("dip", "fillnodata", "telea", "ns", "llhm", "regression", "guided", "mcpn")
+ENGINES = ("dip", "fillnodata", "telea", "ns", "llhm", "regression", "guided", "mcpn", "convnp")
 #: Engines that fill from guides (other dates, other sensors) when given them.
 GUIDED_ENGINES: tuple[str, ...] = ("llhm", "regression", "guided", "mcpn")
 
@@ -50,7 +52,8 @@ def engine_uses_guides(name: str) -> bool:
     return name in GUIDED_ENGINES
 
 
-def make_engine(name: str, *, strategy_cache: StrategyCache | None = None, **options: Any) -> Engine:
+def make_engine(name: str, *, strategy_cache: StrategyCache | None = None,
+                model_reader: Callable[[str], bytes] | None = None, **options: Any) -> Engine:
     """The engine called ``name`` configured by ``options``.
 
     For ``dip``, ``preset`` names a paper configuration (default ``landsat2020``) and the
@@ -63,7 +66,19 @@ def make_engine(name: str, *, strategy_cache: StrategyCache | None = None, **opt
     ``dipfill.storage.JsonFileCache(dipfill.storage.default_strategy_cache_path())`` to keep
     them across runs in ``$DIPFILL_CACHE_DIR/strategy.json``; the default, None, keeps them
     in memory for the engine's lifetime. The classical engines measure nothing and ignore it.
+
+    ``convnp`` (paper 002, amortised: one forward pass of a trained model) takes
+    ``model=PATH`` and gets the weights' bytes from ``model_reader(PATH)``, which its caller
+    passes (``dipfill.pipeline.train.read_model``): engines open no files. Other engines
+    ignore ``model_reader``.
     """
+    if name == "convnp":
+        from dipfill.engines.convnp import make_convnp_engine
+
+        try:
+            return make_convnp_engine(model_reader=model_reader, **options)
+        except TypeError as exc:
+            raise InputError(f"bad options for engine 'convnp': {exc}") from None
     if name == "dip":
         # torch loads here, not when the package is imported
         from dipfill.engines.dip import DIPEngine, preset

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from dipfill.engines import make_engine, set_threads
 from dipfill.engines.base import Engine, EngineResult, uses_guides
 from dipfill.pipeline.blocks import blend_block
+from dipfill.pipeline.models import read_model
 from dipfill.pipeline.outputs import write_cog_task
 from dipfill.pipeline.patchstore import PatchStore
 from dipfill.pipeline.plan import batch_inputs, row_unions
@@ -172,7 +173,7 @@ class EngineWorker:
             set_threads(threads)
         # the cache path comes from the worker's own environment ($DIPFILL_CACHE_DIR)
         self.engine = make_engine(engine, strategy_cache=JsonFileCache(default_strategy_cache_path()),
-                                  **engine_options)
+                                  model_reader=read_model, **engine_options)
         self.fallback = make_engine(fallback) if fallback != "none" else None
         self._progress: BatchProgress | None = None
 

@@ -31,6 +31,7 @@ from dipfill.engines.base import Engine, PatchDiagnostics, uses_guides
 from dipfill.errors import InputError
 from dipfill.pipeline.compose import assemble, qa_counts
 from dipfill.pipeline.executor import BatchProgress, fill_batch
+from dipfill.pipeline.models import read_model
 from dipfill.pipeline.outputs import SceneProduct, output_names, write_outputs
 from dipfill.pipeline.plan import patch_seed, plan_fill
 from dipfill.raster.guides import GuideSource, open_guide
@@ -244,7 +245,7 @@ def fill_files(
                       guide_masks=tuple(g.record()["mask"] for g in guides if g.mask is not None))
 
     engine = make_engine(options.engine, strategy_cache=JsonFileCache(default_strategy_cache_path()),
-                         **dict(options.engine_options))
+                         model_reader=read_model, **dict(options.engine_options))
     fallback = make_engine(options.fallback) if options.fallback != "none" else None
     if guides and not uses_guides(engine):
         log.warning("engine %r ignores guides: the %d guide(s) are recorded in the item but do not change the fill",
