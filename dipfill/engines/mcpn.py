@@ -384,7 +384,11 @@ class MCPNEngine:
         has_obs = obs.any(axis=(1, 2))
         if not has_obs.any():
             return None
-        norm, params = normalize(np.where(obs, vals, 0.0), obs, percentiles=cfg.percentiles, target=cfg.target_range)
+        # vegetation only (paper 001, loss_min_value), as the dip engine: out of the loss, the
+        # normalisation and the held-out scoring
+        veg = obs if cfg.loss_min_value is None else obs & (vals > cfg.loss_min_value)
+        veg = np.where(veg.any(axis=(1, 2), keepdims=True), veg, obs)
+        norm, params = normalize(np.where(obs, vals, 0.0), veg, percentiles=cfg.percentiles, target=cfg.target_range)
         norm = np.where(obs, norm, 0.0)
         gvals = np.asarray(guides, dtype=np.float64)
         gobs = np.asarray(guide_observed, dtype=bool) & np.isfinite(gvals)
@@ -393,10 +397,10 @@ class MCPNEngine:
         edges = np.cumsum((0,) + bands[1:])
         guide_parts = [(gnorm[a:b], gobs[a:b]) for a, b in zip(edges[:-1], edges[1:])]
 
-        train = obs if cfg.loss_min_value is None else obs & (vals > cfg.loss_min_value)
+        train = veg
         score = held = None
         if self.stopping == "holdout" or cfg.blend != "none":
-            held = stripe_holdout(obs.any(axis=0), cfg.holdout_fraction, np.random.default_rng(seed))[None] & obs
+            held = stripe_holdout(obs.any(axis=0), cfg.holdout_fraction, np.random.default_rng(seed))[None] & veg
             train = train & ~held
             score = held if self.stopping == "holdout" else None
         if self.stopping == "known-rmse":
