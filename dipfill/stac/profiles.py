@@ -280,6 +280,7 @@ GA_ARG25_NBAR: Final = CollectionProfile(
     footprint="data",
     quicklook=("B3", "B4", "B5"),  # no blue/green: red, NIR, SWIR as R, G, B (as the demo always showed)
     cloud_property=None,
+    ndvi_from=("B3", "B4"),  # ETM+ red, NIR
 )
 
 #: Profiles by name.
