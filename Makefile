@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python scripts/compare_engines.py
 	$(BIN)/python scripts/bench_run_overhead.py
 	$(BIN)/python scripts/bench_run_scale.py
+	$(BIN)/python scripts/bench_full_scene.py
 	$(BIN)/python scripts/bench_ray_data.py
 	$(BIN)/python scripts/bench_guided.py
 	$(BIN)/python scripts/bench_guided_s1.py
