@@ -138,3 +138,26 @@ def test_bad_model_path_and_other_bands_are_one_line(tmp_path: Path, capsys) -> 
     rc = main(["fill", str(ARG25_JAN), "--out", str(tmp_path / "c"), "--engine", "convnp", "--model", str(ARG25_FEB)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "not a dipfill ConvNP model" in err[0], err
+
+
+def test_dipfill_run_engine_convnp_records_the_model(trained, tmp_path: Path) -> None:
+    """`dipfill run --engine convnp --model DIR` over the demo catalog (in process, the engine
+    worker building the engine from the model file as a Ray actor does): every scene done,
+    the item's config naming the model's sha256 and gap pixels filled."""
+    from dipfill.cli.run import build_request
+    from dipfill.pipeline import run as run_mod
+    from dipfill.pipeline.executor import LocalPool
+
+    (result, _), _ = trained
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.pt").write_bytes(result.model_bytes)
+    request = build_request({"stac": str(CATALOG), "out": str(tmp_path / "out"), "engine": "convnp",
+                             "model": str(model_dir), "max_scenes": 1})
+    opts = dict(request.options.engine_options)
+    assert opts["model_sha256"] == hashlib.sha256(result.model_bytes).hexdigest()
+    (scene,) = run_mod.run(request, pool=LocalPool("convnp", opts, request.options.fallback)).scenes
+    assert scene.status == "done", scene.message
+    item = json.loads(Path(scene.output).read_text())
+    assert item["properties"]["dipfill:config"]["engine_options"]["model_sha256"] == opts["model_sha256"]
+    assert item["properties"]["dipfill:counts"]["filled"] > 0
