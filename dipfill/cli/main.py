@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dipfill.cli import report as report_cmd
     from dipfill.cli import run as run_cmd
     from dipfill.cli import search as search_cmd
+    from dipfill.cli import sr as sr_cmd
     from dipfill.cli import status as status_cmd
     from dipfill.cli import train as train_cmd
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fill.register(sub)
     anonymise.register(sub)
+    sr_cmd.register(sub)
     eval_cmd.register(sub)
     search_cmd.register(sub)
     run_cmd.register(sub)
