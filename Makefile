@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python scripts/bench_mcpn.py
 	$(BIN)/python scripts/bench_dip_defaults.py
 	$(BIN)/python scripts/bench_modis_ndvi.py
+	$(BIN)/python scripts/bench_sr.py
 	$(BIN)/python scripts/bench_convnp.py
 
 clean:
