@@ -73,19 +73,23 @@ def _label(mask: NDArray[np.bool_]) -> tuple[NDArray[np.int32], int]:
     """4-connected components of ``mask`` (0 where False) and their count: what
     ``scipy.ndimage.label`` gives with its default structure, up to the numbering, from
     OpenCV's ~4x faster labelling (a 7000x7000 scene's footprint needs three)."""
-    count, labels = cv2.connectedComponents(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=4,
+    count, labels = cv2.connectedComponents(np.ascontiguousarray(mask, dtype=bool).view(np.uint8), connectivity=4,
                                             ltype=cv2.CV_32S)
     return labels, count - 1
 
 
 def _fill_holes(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """``scipy.ndimage.binary_fill_holes`` (4-connected background not reaching the border
-    is a hole), as a labelling of the background instead of an iterated dilation."""
+    is a hole), as a labelling of the background instead of an iterated dilation.
+    Temporaries go as soon as they are used: a full scene's driver holds this at its peak."""
     labels, count = _label(~mask)
     hole = np.ones(count + 1, dtype=bool)
     hole[0] = False
     hole[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
-    return mask | hole[labels]
+    filled = hole[labels]
+    del labels
+    filled |= mask
+    return filled
 
 
 def _close(valid: NDArray[np.bool_], size: int, *, border: str) -> NDArray[np.bool_]:
@@ -96,17 +100,17 @@ def _close(valid: NDArray[np.bool_], size: int, *, border: str) -> NDArray[np.bo
     slivers along the border are bridged. ``border="edge"``: the raster is edge-replicated,
     so nodata touching the border extends beyond it and is not bridged there.
     """
-    v = valid.astype(np.uint8)
+    v = np.ascontiguousarray(valid, dtype=bool).view(np.uint8)  # 0/1 bytes, no copy
     kernel = np.ones((size, size), dtype=np.uint8)
     if border == "edge":
-        v = np.pad(v, size, mode="edge")
-        closed = cv2.erode(cv2.dilate(v, kernel, borderType=cv2.BORDER_REPLICATE), kernel,
-                           borderType=cv2.BORDER_REPLICATE)
-        closed = closed[size:-size, size:-size]
+        closed = cv2.dilate(np.pad(v, size, mode="edge"), kernel, borderType=cv2.BORDER_REPLICATE)
+        closed = cv2.erode(closed, kernel, borderType=cv2.BORDER_REPLICATE)
+        closed = closed[size:-size, size:-size].astype(bool)
     else:
-        dil = cv2.dilate(v, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-        closed = cv2.erode(dil, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=1)
-    return _fill_holes(closed.astype(bool) | valid)
+        closed = cv2.dilate(v, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        closed = cv2.erode(closed, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=1).view(bool)
+    closed |= valid
+    return _fill_holes(closed)
 
 
 def footprint_from_validity(
@@ -141,13 +145,21 @@ def footprint_from_validity(
         return np.zeros_like(any_valid)
     if closing <= 1:
         return _fill_holes(any_valid)
-    certain = ~_close(any_valid, closing, border="bridge")
-    candidate = ~_close(any_valid, closing, border="edge") | certain
+    certain = _close(any_valid, closing, border="bridge")
+    np.logical_not(certain, out=certain)
+    candidate = _close(any_valid, closing, border="edge")
+    np.logical_not(candidate, out=candidate)
+    candidate |= certain
     labels, count = _label(candidate)
+    del candidate
     outside = np.zeros(count + 1, dtype=bool)  # by label: connected to the certain collar
     outside[labels[certain]] = True
     outside[0] = False
-    return ~outside[labels]
+    del certain
+    footprint = outside[labels]
+    del labels
+    np.logical_not(footprint, out=footprint)
+    return footprint
 
 
 def three_state(
