@@ -193,16 +193,20 @@ def run_pipeline(catalog: Path, out: Path, head: Head, *extra: str) -> dict:
     cmd = [str(BIN / "dipfill"), "run", "--stac", str(catalog), "--out", str(out), "--json",
            "--ray-address", head.address, *extra]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    driver, actors = 0.0, 0.0
-    while proc.poll() is None:
-        driver = max(driver, tree_rss_mb(proc.pid))
-        actors = max(actors, tree_rss_mb(head.proc.pid) - head.idle_mb)
-        time.sleep(0.1)
-    stdout, stderr = proc.communicate()
+    # files, not pipes: a pipe nobody reads while polling fills up (progress lines) and blocks the run
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True)
+        driver, actors = 0.0, 0.0
+        while proc.poll() is None:
+            driver = max(driver, tree_rss_mb(proc.pid))
+            actors = max(actors, tree_rss_mb(head.proc.pid) - head.idle_mb)
+            time.sleep(0.1)
+        stdout.seek(0)
+        stderr.seek(0)
+        out_text, err_text = stdout.read(), stderr.read()
     if proc.returncode:
-        raise SystemExit(f"dipfill run failed ({proc.returncode}): {' '.join(cmd)}\n{stderr[-3000:]}")
-    scene = json.loads(stdout)["scenes"][0]
+        raise SystemExit(f"dipfill run failed ({proc.returncode}): {' '.join(cmd)}\n{err_text[-3000:]}")
+    scene = json.loads(out_text)["scenes"][0]
     if scene["status"] != "done":
         raise SystemExit(f"scene not done: {scene}")
     item = json.loads(Path(scene["output"]).read_text())
