@@ -265,7 +265,7 @@ def loadavg() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="3500,7000", help="scene sizes (pixels a side), comma-separated")
-    parser.add_argument("--repeat", type=int, default=1, help="floor + run pairs per size (the faster kept)")
+    parser.add_argument("--repeat", type=int, default=1, help="floor + run pairs per size (the pair with the lowest run/floor ratio is kept)")
     parser.add_argument("--dip-window", type=int, default=0, help="also run DIP (5 steps) on an N x N crop")
     parser.add_argument("--tmp", default="/tmp", help="where the scenes and outputs are written (removed after)")
     parser.add_argument("--build", nargs=2, metavar=("SIZE", "FOLDER"), help=argparse.SUPPRESS)
@@ -273,8 +273,9 @@ def main() -> None:
     if args.build:
         build_scene(int(args.build[0]), Path(args.build[1]))
         return
-    if not JAN.exists():
-        raise SystemExit(f"{JAN} not found: the ARG25 rasters are team data in ../shared (MANIFEST 1a)")
+    if not JAN.exists():  # skipped, not failed: make bench runs the other benchmarks on
+        print(f"bench_full_scene skipped: {JAN} not found (the ARG25 rasters are team data in ../shared, MANIFEST 1a)")
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     free = shutil.disk_usage(args.tmp).free / 2**30
     need = sum(s * s * 3 * 2 * 1.5 / 2**30 for s in sizes) + 1
