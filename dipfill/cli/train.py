@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=t.lr, help=f"Adam learning rate (default: {t.lr})")
     g.add_argument("--channels", default=",".join(map(str, ConvNPConfig().channels)),
                    help="U-Net widths, one per level (default: %(default)s)")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: torch's, all cores); on a machine shared with other jobs 1 is "
+                        "often several times faster (threads spin-wait for each other); the weights' bytes are "
+                        "reproducible for one thread count")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -58,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from dipfill.engines.convnp_config import TrainConfig
     from dipfill.pipeline.train import TrainRequest, train
 
+    if args.threads:
+        from dipfill.engines import set_threads
+
+        set_threads(args.threads)
     config = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, size=args.size, lr=args.lr)
     request = TrainRequest(
         out=args.out, files=tuple(args.inputs), stac=args.stac, collections=tuple(args.collection or ()),
