@@ -161,3 +161,13 @@ def test_dipfill_run_engine_convnp_records_the_model(trained, tmp_path: Path) ->
     item = json.loads(Path(scene.output).read_text())
     assert item["properties"]["dipfill:config"]["engine_options"]["model_sha256"] == opts["model_sha256"]
     assert item["properties"]["dipfill:counts"]["filled"] > 0
+
+
+def test_train_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
+    for args, says in ((["--out", str(tmp_path / "m")], "FILES... or --stac"),
+                       ([str(ARG25_JAN), "--size", "1024", "--out", str(tmp_path / "m")], "smaller --size"),
+                       ([str(ARG25_JAN), "--out", "/proc/nope"], "--out /proc/nope")):
+        rc = main(["train", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "m").exists()

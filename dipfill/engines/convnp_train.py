@@ -174,6 +174,11 @@ def train_convnp(
     if bands != {model_config.bands}:
         raise InputError(f"training scenes have {sorted(bands)} band(s); the model is configured for "
                          f"{model_config.bands}: give scenes with the same bands")
+    s = config.size
+    grounds = [g for g in grounds if min(g.valid.shape[-2:]) >= s]
+    masks = [m for m in masks if min(m.shape) >= s]
+    if not grounds or not masks:
+        raise InputError(f"no training scene is at least {s}x{s} pixels: give a smaller --size")
     start = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     validation = draw_tasks(np.random.default_rng(config.seed + 1), grounds, masks, config, config.validation_tasks)
