@@ -56,7 +56,7 @@ PAPER_T7 = "not in the stored text (only: MCPN Direct best at 16, 8 and 4)"
 def read_band(name: str, rows: slice, cols: slice) -> tuple[np.ndarray, dict]:
     with rasterio.open(S2 / f"{name}.tif") as ds:
         data = ds.read(1, window=((rows.start, rows.stop), (cols.start, cols.stop))).astype(np.float64)
-        t = ds.transform * Affine.translation(cols.start, rows.start)
+        t = ds.transform @ Affine.translation(cols.start, rows.start)
         return data, {"crs": ds.crs, "transform": t}
 
 
@@ -77,7 +77,7 @@ def case(work: Path, rows: slice, cols: slice, factor: int, method: str, steps: 
     low = apply_operator(ay, ax, truth[None])[0]
     tag = f"r{rows.start}c{cols.start}s{h}x{factor}"
     lowpath = work / f"{TARGET}_{tag}.tif"
-    write(lowpath, low, ref["crs"], ref["transform"] * Affine.scale(factor))
+    write(lowpath, low, ref["crs"], ref["transform"] @ Affine.scale(factor))
     guides = []
     for g in GUIDE:
         gpath = work / f"{g}_r{rows.start}c{cols.start}s{h}.tif"

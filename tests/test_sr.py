@@ -20,6 +20,7 @@ from affine import Affine
 
 from _data import shared_file
 from dipfill.cli.main import main
+from dipfill.engines.sr import guided_filter
 from dipfill.pipeline.sr import sr_files
 from dipfill.tiling.grid import PatchWindow
 from dipfill.tiling.resample import SRGeometry, apply_operator, downsample_operator, lowres_window, upsample_operator
@@ -75,6 +76,19 @@ def test_a_patch_owns_the_lowres_pixels_whose_kernel_it_holds() -> None:
     assert SRGeometry((2.5, 2.5), (0.0, 0.0), (38, 38), (96, 96)).covered() == PatchWindow(0, 0, 95, 95)
 
 
+def test_guided_filter_keeps_what_its_guide_explains_and_smooths_the_rest() -> None:
+    """He et al.'s properties: a source that is a linear function of the guide comes back
+    unchanged (every box's regression is exact), so does a constant, and noise the guide does
+    not carry is smoothed."""
+    rng = np.random.default_rng(2)
+    guide = rng.random((2, 40, 40))
+    linear = 3.0 * guide[0] - 2.0 * guide[1] + 0.5
+    assert np.allclose(guided_filter(guide, linear[None], 3, 1e-9)[0], linear, atol=1e-5)
+    assert np.allclose(guided_filter(guide, np.full((1, 40, 40), 7.0), 3, 1e-3), 7.0)
+    noise = rng.normal(size=(1, 40, 40))
+    assert guided_filter(guide, noise, 3, 1e-1).std() < 0.5 * noise.std()
+
+
 @pytest.fixture(scope="module")
 def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Guide (B02, B03, B04 of the crop), truth (B08), its 2.5× bilinear downsample as LR, and
@@ -86,7 +100,7 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for band in ("B02", "B03", "B04"):
         with rasterio.open(shared_file(f"{S2}/{band}.tif")) as ds:
             profile = {**ds.profile, "width": 96, "height": 96,
-                       "transform": ds.transform * Affine.translation(COLS.start, ROWS.start)}
+                       "transform": ds.transform @ Affine.translation(COLS.start, ROWS.start)}
             profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
             path = root / f"{band}.tif"
             with rasterio.open(path, "w", **profile) as out:
@@ -97,13 +111,13 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     geo = SRGeometry((FACTOR, FACTOR), (0.0, 0.0), (38, 38), (96, 96))
     ay, ax = geo.operators()
     low = np.rint(apply_operator(ay, ax, truth[None])[0]).astype(np.uint16)
-    lr_profile = {**profile, "width": 38, "height": 38, "transform": profile["transform"] * Affine.scale(FACTOR)}
+    lr_profile = {**profile, "width": 38, "height": 38, "transform": profile["transform"] @ Affine.scale(FACTOR)}
     with rasterio.open(root / "B08_250m.tif", "w", **lr_profile) as out:
         out.write(low, 1)
     with rasterio.open(shared_file(f"{S2}/B11.tif")) as ds:
         b11 = ds.read(1, window=((150, 198), (150, 198)))
         b11_profile = {**lr_profile, "width": 48, "height": 48,
-                       "transform": ds.transform * Affine.translation(150, 150)}
+                       "transform": ds.transform @ Affine.translation(150, 150)}
     with rasterio.open(root / "B11.tif", "w", **b11_profile) as out:
         out.write(b11, 1)
     paths.update(guides=guides, truth=truth, low=low.astype(np.float64), lowres=str(root / "B08_250m.tif"),
