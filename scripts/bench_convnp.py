@@ -224,7 +224,8 @@ def main() -> None:
                            guide_observed=np.isfinite(prior)[None]).values[0]
 
     methods = {
-        "fillnodata": lambda case, g, gv, s: fillnodata.fill(case.values[None], case.observed[None], seeds=[s]).values[0],
+        "fillnodata": lambda case, g, gv, s: fillnodata.fill(case.values[None], case.observed[None],
+                                                              seeds=[s]).values[0],
         "llhm": lambda case, g, gv, s: llhm.fill(case.values[None], case.observed[None], seeds=[s], guides=g[None],
                                                  guide_observed=gv[None]).values[0],
         f"dip ({args.dip_steps} steps)": lambda case, g, gv, s: dip.fill(case.values[None], case.observed[None],
@@ -243,7 +244,8 @@ def main() -> None:
     if l8:
         suites.append(("OOD sensor: Landsat 8 SR 2020 Amazonas + ARG25 stripes", "thin",
                        [(c, None, None) for c in l8], 65535.0, False))
-    head = "| case | gaps | tiles | hidden | method | mean r² | RMSE | SSIM | worst tile Δr² vs fillnodata | s/tile |"
+    head = ("| case | gaps | tiles | hidden | method | mean r² | RMSE | SSIM | worst tile Δr² vs fillnodata "
+            "| s/tile |")
     print("\n" + head)
     print("|" + "---|" * (head.count("|") - 1))
     for title, gaps, items, data_range, guided in suites:

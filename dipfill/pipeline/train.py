@@ -79,7 +79,8 @@ def _scene_from_file(path: str) -> tuple[Ground, TrainingScene, list[str]]:
     valid = data_validity(scene.data, scene.nodata)
     name = os.path.splitext(os.path.basename(path))[0]
     ground = Ground(values=scene.data.astype(np.float32), valid=valid, name=name)
-    return ground, TrainingScene(id=name, href=os.path.abspath(path), datetime=acquisition_date(scene)), scene.band_names
+    record = TrainingScene(id=name, href=os.path.abspath(path), datetime=acquisition_date(scene))
+    return ground, record, scene.band_names
 
 
 def _scenes_from_stac(request: TrainRequest) -> list[tuple[Ground, TrainingScene, list[str]]]:
