@@ -43,6 +43,10 @@ bench: install
 	$(BIN)/python scripts/bench_modis_ndvi.py
 	$(BIN)/python scripts/bench_sr.py
 	$(BIN)/python scripts/bench_convnp.py
+	$(BIN)/python scripts/bench_ndvi_paper.py
+	$(BIN)/python scripts/bench_anonymise.py
+	$(BIN)/python scripts/bench_warm_start.py
+	$(BIN)/python scripts/cost_table.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -80,6 +80,9 @@ def main() -> None:
     ap.add_argument("--skip-dip-grd", action="store_true", help="no DIP on the GRD region (many patches)")
     ap.add_argument("--json", help="write the rows here too")
     args = ap.parse_args()
+    if not BEN.exists() or not GRD.exists():
+        print(f"bench_anonymise: {SHARED} has no Sentinel-1 data; nothing to measure")
+        return
     dip = {"steps": args.steps, "strategy": "loop", "compile": "off", "precision": "fp32", "device": "cpu"}
     rows = []
     tmp = tempfile.mkdtemp(prefix="bench_anonymise_")

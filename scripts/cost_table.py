@@ -35,7 +35,8 @@ class Row:
     device: str
     ms_per_patch_step: float | None  # DIP rows
     steps: float | None
-    seconds_per_patch: float | None = None  # amortised / classical rows
+    seconds_per_patch: float | None = None  # amortised rows
+    seconds_per_scene: float | None = None  # rows measured on a whole 7000² scene
     measured: str = ""  # what was measured, where
     projection: bool = False
 
@@ -60,6 +61,14 @@ ROWS = [
         measured="CPU loop, idle machine"),
     Row("light preset (mcpn-core), fixed 1500", "CPU 2 cores", 115.0, 1500,
         measured="CPU loop"),
+    # Warm starts (scripts/bench_warm_start.py, 2026-12-03) reached cold's quality *later*,
+    # not sooner: no row until one saves steps.
+    Row("ConvNP (paper 002), one forward pass", "CPU 2 cores", None, None, seconds_per_patch=1.0,
+        measured="0.1-0.4 s per 128² tile (bench_convnp.py) x4 pixels", projection=True),
+    Row("guided (judged LLHM/regression), another date as guide", "CPU 2 cores", None, None,
+        seconds_per_patch=0.45, measured="0.45 s per 256² patch (bench_guided.py)"),
+    Row("fillnodata (GDAL), whole scene", "CPU 2 cores", None, None, seconds_per_scene=48.3,
+        measured="engine seconds of dipfill run on a 7000² scene (bench_full_scene.py, 755 patches)"),
 ]
 
 
@@ -97,8 +106,11 @@ def main() -> None:
           f"{args.scenes} scenes on {args.gpus} devices (h) | × goal | what was measured |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        seconds = (r.ms_per_patch_step / 1e3 * r.steps if r.seconds_per_patch is None else r.seconds_per_patch)
-        hours = seconds * patches / 3600
+        if r.seconds_per_scene is not None:
+            hours = r.seconds_per_scene / 3600
+        else:
+            seconds = r.ms_per_patch_step / 1e3 * r.steps if r.seconds_per_patch is None else r.seconds_per_patch
+            hours = seconds * patches / 3600
         step = f"{r.ms_per_patch_step:g}" if r.ms_per_patch_step is not None else "–"
         steps = f"{r.steps:g}" if r.steps is not None else "one pass"
         tag = " (projection)" if r.projection else ""
