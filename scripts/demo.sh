@@ -12,7 +12,7 @@ OUT=${DEMO_OUT:-demo-out}
 # 512x512 scene. The demo uses the MCPN core (paper 003: [16,32,64,128,128,128] channels,
 # 4-channel skips, ~0.1 s/step) with input-noise injection 0.03 (DESIGN.md; measured here
 # better than 0.1 on this data) for DEMO_STEPS Adam steps per patch, on the 2010-01-16
-# scene (DEMO_DATETIME=2010-01-01/2010-02-28 takes both), so it runs in ~4 min on 2 cores.
+# scene (DEMO_DATETIME=2010-01-01/2010-02-28 takes both), so it runs in ~6 min on 2 idle cores (371 s measured 2026-12-03).
 # On a GPU cluster run the defaults (--preset landsat2020, or ndvi2024 with early stopping).
 PRESET=${DEMO_PRESET:-mcpn-core}
 STEPS=${DEMO_STEPS:-250}
