@@ -126,14 +126,7 @@ def _move_dir_into_place(tmp: Path, final: Path) -> None:
             os.replace(final, old)
         except FileNotFoundError:
             continue  # another writer moved it aside first
-        try:
-            os.replace(tmp, final)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-        finally:
-            remove(old)
+        remove(old)  # then try again: ours goes in unless another writer's went in first
     raise OSError(errno.EBUSY, f"could not move {tmp.name} onto {final}: other processes keep replacing it")
 
 
