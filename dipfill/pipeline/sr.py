@@ -51,7 +51,8 @@ from dipfill.stac.item import ItemExtras
 from dipfill.storage import as_path, check_output_dir
 from dipfill.tiling.grid import PatchWindow, axis_starts
 from dipfill.tiling.merge import InMemoryMerger, cast_to_dtype
-from dipfill.tiling.resample import KERNELS, SRGeometry, apply_operator, lowres_window, project_consistent
+from dipfill.tiling.resample import (KERNELS, SRGeometry, apply_operator, lowres_window, project_consistent,
+                                     row_support)
 
 __all__ = ["METHODS", "SRReport", "SRResult", "sr_geometry", "sr_arrays", "sr_files"]
 
@@ -178,6 +179,7 @@ def sr_arrays(
         raise InputError(f"--operator must be one of {', '.join(KERNELS)}, got {kernel!r}")
     c = lowres.shape[0]
     ay, ax = geometry.operators(kernel)
+    support = (row_support(ay), row_support(ax))  # once, not per patch
     uy, ux = geometry.upsamplers()
     region = geometry.covered()
     if region.height == 0 or region.width == 0:
@@ -194,8 +196,8 @@ def sr_arrays(
     for n, win in enumerate(windows):
         ys, xs = win.slices
         g, gv = guides[:, ys, xs], guide_valid[:, ys, xs]
+        lwin, ay_w, ax_w = lowres_window(ay, ax, win, support)
         if engine is not None:
-            lwin, ay_w, ax_w = lowres_window(ay, ax, win)
             if lwin.height == 0 or lwin.width == 0:
                 raise InputError(f"a {win.height}x{win.width} patch holds no whole low-resolution pixel at factor "
                                  f"{max(geometry.scale):.3g}; give --patch of at least {_min_patch(geometry)}")
@@ -203,7 +205,6 @@ def sr_arrays(
             values, diag = engine.upsample(low[:, ly, lx], lowres_valid[:, ly, lx], ay_w, ax_w, g, gv,
                                            seed=patch_seed(seed, win))
         else:
-            lwin, ay_w, ax_w = lowres_window(ay, ax, win)
             (r0, r1), (c0, c1) = _support(uy[ys]), _support(ux[xs])
             args = (low[:, r0:r1, c0:c1], lowres_valid[:, r0:r1, c0:c1], uy[ys, r0:r1], ux[xs, c0:c1])
             start = time.perf_counter()

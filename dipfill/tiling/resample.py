@@ -34,8 +34,8 @@ from numpy.typing import NDArray
 
 from dipfill.tiling.grid import PatchWindow
 
-__all__ = ["KERNELS", "SRGeometry", "downsample_operator", "upsample_operator", "lowres_window", "apply_operator",
-           "project_consistent"]
+__all__ = ["KERNELS", "SRGeometry", "downsample_operator", "upsample_operator", "row_support", "lowres_window",
+           "apply_operator", "project_consistent"]
 
 KERNELS = ("bilinear", "area")
 
@@ -116,19 +116,33 @@ def upsample_operator(n_lr: int, n_hr: int, scale: float, offset: float = 0.0) -
     return out
 
 
-def lowres_window(ay: NDArray[np.float64], ax: NDArray[np.float64],
-                  window: PatchWindow) -> tuple[PatchWindow, NDArray[np.float64], NDArray[np.float64]]:
+Support = tuple[NDArray[np.int64], NDArray[np.int64]]
+
+
+def row_support(a: NDArray[np.float64]) -> Support:
+    """Per row of an operator, its first and last non-zero column (``n_hr`` and ``-1`` for a
+    row without any): what :func:`lowres_window` tests windows against. Computed once per
+    operator; a scan of the whole matrix per patch would cost more than the patch."""
+    nz = a != 0
+    has = nz.any(axis=1)
+    first = np.where(has, nz.argmax(axis=1), a.shape[1])
+    last = np.where(has, a.shape[1] - 1 - nz[:, ::-1].argmax(axis=1), -1)
+    return first, last
+
+
+def lowres_window(ay: NDArray[np.float64], ax: NDArray[np.float64], window: PatchWindow,
+                  support: tuple[Support, Support] | None = None
+                  ) -> tuple[PatchWindow, NDArray[np.float64], NDArray[np.float64]]:
     """The LR pixels an HR ``window`` owns: those whose every non-zero weight falls inside it,
     so that the window's own pixels reproduce them exactly. Returns the LR window and the
     operators restricted to it (``[h, window.height]``, ``[w, window.width]``); an empty LR
-    window (height or width 0) means the window is too small for the factor."""
+    window (height or width 0) means the window is too small for the factor. ``support``:
+    :func:`row_support` of ``ay`` and ``ax``, when the caller asks for many windows."""
     spans, parts = [], []
-    for a, start, size in ((ay, window.row_off, window.height), (ax, window.col_off, window.width)):
-        nz = a != 0
-        has = nz.any(axis=1)
-        first = np.where(has, nz.argmax(axis=1), a.shape[1])
-        last = np.where(has, a.shape[1] - 1 - nz[:, ::-1].argmax(axis=1), -1)
-        inside = np.flatnonzero(has & (first >= start) & (last < start + size))
+    support = support or (row_support(ay), row_support(ax))
+    for a, (first, last), start, size in ((ay, support[0], window.row_off, window.height),
+                                          (ax, support[1], window.col_off, window.width)):
+        inside = np.flatnonzero((first <= last) & (first >= start) & (last < start + size))
         lo, hi = (int(inside[0]), int(inside[-1]) + 1) if inside.size else (0, 0)
         spans.append((lo, hi - lo))
         parts.append(a[lo:hi, start:start + size])
