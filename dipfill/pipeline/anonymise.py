@@ -118,7 +118,7 @@ class AnonymiseMode:
         self.record = {"units": units, "units_decided_by": why, "region_pixels": int(inside.sum()),
                        "region": str(what), "fit_domain": "dB = 10*log10(intensity)"}
         if scene.grid.crs is None:
-            self._gcp_outline = gcp_outline(scene.sources[0], scene.grid)
+            self._gcp_outline = gcp_outline(scene.grid)
             self.record["georeferencing"] = ("GCPs (no CRS): outputs on the scene's pixel grid with its GCPs; the "
                                              "item's geometry is the scene outline through them" if self._gcp_outline else
                                              "none")

@@ -21,16 +21,16 @@ from numpy.typing import NDArray
 
 from dipfill.errors import InputError, SceneReadError
 from dipfill.raster.hrefs import redact_href
-from dipfill.raster.read import Grid, open_raster, read_mask
+from dipfill.raster.read import Grid, read_mask
 
-__all__ = ["region_mask", "read_gcps", "gcp_outline"]
+__all__ = ["region_mask", "gcp_outline"]
 
 
-def read_gcps(path: str) -> tuple[list, object | None]:
-    """The raster's ground control points and their CRS (``[]``, None when it has none)."""
-    with open_raster(path) as ds:
-        gcps, crs = ds.gcps
-    return list(gcps), crs
+def _gcps(grid: Grid) -> tuple[list, str | None]:
+    """The grid's ground control points (as rasterio's) and their CRS; ``[]``, None without.
+    The grid carries them from the scene's first file (:attr:`Grid.gcps`)."""
+    placed = grid.georeferencing()
+    return list(placed.get("gcps", [])), placed.get("crs") if "gcps" in placed else None
 
 
 def _polygons(path: str) -> list[dict]:
@@ -88,7 +88,8 @@ def region_mask(grid: Grid, *, source: str, geojson: str | None = None, mask: st
                 ) -> NDArray[np.bool_]:
     """The region on ``grid`` (True = anonymise): from ``geojson`` (lon/lat polygons,
     all_touched) or ``mask`` (a raster on the scene's grid, non-zero = inside). ``source``
-    is the scene's first file, whose GCPs place the polygon when the grid has no CRS."""
+    is the scene's first file, named when the grid has neither a CRS nor GCPs to place the
+    polygon with."""
     from affine import Affine
     from rasterio.features import rasterize
     from rasterio.warp import transform_geom
@@ -102,7 +103,7 @@ def region_mask(grid: Grid, *, source: str, geojson: str | None = None, mask: st
     if grid.crs is not None:
         shapes, transform = [transform_geom("EPSG:4326", grid.crs, g) for g in geoms], grid.transform
     else:
-        gcps, gcp_crs = read_gcps(source)
+        gcps, gcp_crs = _gcps(grid)
         if not gcps:
             raise InputError(f"{redact_href(source)} has neither a CRS nor ground control points, so the lon/lat "
                              f"region {geojson} cannot be placed; give --mask FILE on the scene's grid instead")
@@ -111,13 +112,13 @@ def region_mask(grid: Grid, *, source: str, geojson: str | None = None, mask: st
                      all_touched=True, dtype="uint8").astype(bool)
 
 
-def gcp_outline(source: str, grid: Grid) -> dict | None:
+def gcp_outline(grid: Grid) -> dict | None:
     """The scene's outline in lon/lat through its GCPs (its four edges, densified), or None
     without GCPs: what the output item states as geometry for a scene without a CRS."""
     from rasterio.transform import GCPTransformer
     from rasterio.warp import transform_geom
 
-    gcps, gcp_crs = read_gcps(source)
+    gcps, gcp_crs = _gcps(grid)
     if not gcps:
         return None
     h, w = grid.shape
