@@ -19,7 +19,9 @@ a known range), ENL (:func:`~dipfill.eval.metrics.enl`, 25² tiles, intensity) i
 region (OIA) for the original and the output, EPI (:func:`~dipfill.eval.metrics.epi`,
 amplitude) inside the region. Mean over patches and bands.
 
-Usage: ``nice -n 19 python scripts/bench_anonymise.py [--steps 100] [--grd-steps 25] [--skip-dip-grd]``.
+Usage: ``nice -n 19 python scripts/bench_anonymise.py [--steps 100] [--grd-steps 25] [--skip-dip-grd]
+[--patches N] [--skip-grd] [--dip KEY=JSON ...]`` (``--dip target_range=[0.1,0.9]`` overrides the
+preset, to measure a change of it on the same cases).
 """
 
 from __future__ import annotations
@@ -78,16 +80,26 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="DIP Adam steps per patch (paper: 3000)")
     ap.add_argument("--grd-steps", type=int, default=25, help="DIP steps per patch on the GRD region (~20 fits)")
     ap.add_argument("--skip-dip-grd", action="store_true", help="no DIP on the GRD region (many patches)")
+    ap.add_argument("--patches", type=int, default=0, help="only the first N BigEarthNet patches (0: all 6)")
+    ap.add_argument("--skip-grd", action="store_true", help="no GRD rows at all")
+    ap.add_argument("--skip-fillnodata", action="store_true", help="DIP rows only")
+    ap.add_argument("--dip", action="append", default=[], metavar="KEY=JSON",
+                    help="a DIPConfig override on top of sar2023, e.g. target_range=[0.1,0.9]; repeatable")
     ap.add_argument("--json", help="write the rows here too")
     args = ap.parse_args()
     if not BEN.exists() or not GRD.exists():
         print(f"bench_anonymise: {SHARED} has no Sentinel-1 data; nothing to measure")
         return
     dip = {"steps": args.steps, "strategy": "loop", "compile": "off", "precision": "fp32", "device": "cpu"}
+    for item in args.dip:
+        key, _, value = item.partition("=")
+        dip[key] = json.loads(value)
     rows = []
     tmp = tempfile.mkdtemp(prefix="bench_anonymise_")
-    patches = sorted(glob.glob(str(BEN / "*")))
+    patches = sorted(glob.glob(str(BEN / "*")))[: args.patches or None]
     for method, eng_opts in (("fillnodata", {}), ("dip", dip)):
+        if method == "fillnodata" and args.skip_fillnodata:
+            continue
         per = []
         for i, d in enumerate(patches):
             files = [sorted(glob.glob(f"{d}/*_VV.tif"))[0], sorted(glob.glob(f"{d}/*_VH.tif"))[0]]
@@ -103,11 +115,16 @@ def main() -> None:
             opts = FillOptions(engine=method, engine_options=eng_opts, patch=128, overlap=16)
             out, region, sec = run(files, f"{tmp}/{method}{i}", "db", opts, mask=mpath)
             per.append({**scores(orig, out.astype(np.float64), region), "seconds": sec})
-        rows.append({"case": f"BigEarthNet VV+VH 120², 64² hole ({len(per)} patches)", "method": method,
+            print(json.dumps({"patch": i, "method": method, **per[-1]}), flush=True)
+        rows.append({"case": f"BigEarthNet VV+VH 120², 64² hole ({len(per)} patches)",
+                     "method": method + "".join(f" {o}" for o in args.dip if method == "dip"),
                      "steps": args.steps if method == "dip" else None,
                      **{k: float(np.mean([p[k] for p in per])) for k in per[0]}})
         print(json.dumps(rows[-1]), flush=True)
     # GRD: a 600×400 region, several patches wide
+    if args.skip_grd:
+        table(rows, args.json)
+        return
     with rasterio.open(GRD) as ds:
         profile, orig_dn = ds.profile, ds.read()
     mask = np.zeros(orig_dn.shape[1:], dtype=np.uint8)
@@ -128,14 +145,19 @@ def main() -> None:
                      "steps": args.grd_steps if method == "dip" else None,
                      **scores(orig_db, out_db, region), "seconds": sec})
         print(json.dumps(rows[-1]), flush=True)
+    table(rows, args.json)
+
+
+def table(rows: list[dict], json_path: str | None) -> None:
+    """The rows as the markdown table of docs/benchmarks (and as JSON to ``json_path``)."""
     print()
     print("| case | method | steps | SSIM (FI) | MS-SSIM (FI) | ENL orig (OIA) | ENL out (OIA) | EPI (OIA) | s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['method']} | {r['steps'] or '-'} | {r['ssim_fi']:.3f} | {r['ms_ssim_fi']:.3f} | "
               f"{r['enl_orig']:.2f} | {r['enl_out']:.2f} | {r['epi']:.2f} | {r['seconds']:.1f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -168,6 +168,27 @@ def test_dip_on_bigearthnet_db_through_the_cli(tmp_path, capsys):
     assert props["dipfill:config"]["engine_options"]["blend"] == "none"
 
 
+def test_sar2023_normalises_observed_db_to_the_papers_range():
+    """Paper 004 fits dB "normalised approximately between -1 and 1": sar2023's normalisation
+    puts the observed 1st/99th percentiles of a real σ⁰ patch on -1/1 (the hole left out),
+    ~98 % of the observed pixels inside, and inverts exactly back to dB."""
+    from dipfill.engines.config import preset
+    from dipfill.engines.normalize import denormalize, normalize
+
+    with rasterio.open(shared_file(BEN)) as ds:
+        db = ds.read().astype(np.float64)
+    observed = np.ones(db.shape, dtype=bool)
+    observed[:, 28:92, 28:92] = False
+    cfg = preset("sar2023")
+    norm, params = normalize(np.where(observed, db, 0.0), observed, percentiles=cfg.percentiles,
+                             target=cfg.target_range)
+    seen = norm[observed]
+    assert np.percentile(seen, [1, 99]) == pytest.approx([-1.0, 1.0], abs=1e-9)
+    assert 0.97 <= np.mean(np.abs(seen) <= 1.0) <= 0.99 and abs(float(np.median(seen))) < 0.5
+    assert params.lo[0] < -5 and not params.degenerate.any()  # it was dB, not [0, 1] already
+    assert np.allclose(denormalize(norm, params)[observed], db[observed], rtol=0, atol=1e-9)
+
+
 def test_region_errors_are_one_line(tmp_path, capsys):
     from dipfill.cli.main import main
 

@@ -90,3 +90,40 @@ def test_masked_losses_ignore_what_the_mask_hides(kind):
     best = {"mse": 0.0, "ssim": -1.0, "mse+ssim": 0.0}[kind]
     on_mask = masked_loss(kind, target * mask, target, mask)
     assert float(on_mask) == pytest.approx(best, abs=1e-5)
+
+
+def test_ssim_loss_constants_follow_the_target_range(monkeypatch):
+    """SSIM's L is the span the normalised values can take: 1 under a sigmoid head, 2 for
+    sar2023's [-1, 1] (paper 004). With L scaled with the data the loss is scale-invariant,
+    so fitting [-1, 1] data is the same problem as fitting it halved with L = 1."""
+    assert preset("landsat2020").ssim_data_range == 1.0 and preset("sar2023").ssim_data_range == 2.0
+    assert preset("sar2023").target_range == (-1.0, 1.0)
+    g = torch.Generator().manual_seed(2)
+    out = torch.rand(1, 2, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
+    target = torch.rand(1, 2, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
+    mask = (torch.rand(1, 2, 32, 32, generator=g) > 0.3).double()
+    wide = masked_loss("ssim", out, target, mask, data_range=2.0)
+    assert torch.allclose(wide, masked_loss("ssim", out / 2, target / 2, mask, data_range=1.0))
+    assert not torch.allclose(wide, masked_loss("ssim", out, target, mask))  # L = 1 is another loss
+    # and the fitting loop hands the config's L to the loss
+    import numpy as np
+
+    from dipfill.engines import fit as fit_module
+    from dipfill.engines import make_engine
+
+    seen: list[float] = []
+    real = fit_module.masked_loss
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["data_range"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "masked_loss", spy)
+    engine = make_engine("dip", preset="sar2023", steps=1, strategy="loop", compile="off", precision="fp32",
+                         device="cpu", channels_down=(8,) * 5, channels_up=(8,) * 5, channels_skip=(4,) * 5)
+    values = np.random.default_rng(0).normal(-12, 3, (1, 2, 32, 32)).astype(np.float32)
+    observed = np.ones(values.shape, dtype=bool)
+    observed[..., 8:24, 8:24] = False
+    engine.fill(values, observed, seeds=[0])
+    assert seen == [2.0]
+

@@ -243,6 +243,16 @@ class DIPConfig:
         return self.stopping == "holdout" or self.blend != "none"
 
     @property
+    def ssim_data_range(self) -> float:
+        """SSIM's L for the ``ssim`` losses: the span the normalised values can take.
+
+        A sigmoid head's output lies in (0, 1), so 1 (what the loss always used). Without one
+        (sar2023) it is the target range's span, 2 for paper 004's [-1, 1]: with L fixed at 1
+        the constants would be a quarter of their intended size relative to the data.
+        """
+        return 1.0 if self.sigmoid else float(self.target_range[1] - self.target_range[0])
+
+    @property
     def net_input_channels(self) -> int:
         return 2 if self.input_kind == "meshgrid" else self.input_channels
 
@@ -256,7 +266,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "landsat2020": {},
     # Paper 004 (DIP inpainting of SAR amplitude): reflection padding, deconvolution up,
     # SSIM loss, uniform input noise, 3000 iterations, no activation on the last up
-    # layer and no squashing head ("match the dynamic of the input samples").
+    # layer and no squashing head ("match the dynamic of the input samples"). Its input is
+    # dB "normalised approximately between -1 and 1" (the SEN12MS authors' procedure); here
+    # the observed 1st/99th percentiles go to -1/1, and SSIM's L follows (ssim_data_range 2).
     "sar2023": {
         "upsample": "transposed",
         "downsample": "maxpool",
@@ -265,6 +277,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sigmoid": False,
         "loss": "ssim",
         "steps": 3000,
+        "target_range": (-1.0, 1.0),
     },
     # Paper 001 (DIP for cloud-gapped MODIS NDVI): 64 channels, input-noise injection and
     # early stopping (here on gap-shaped held-out pixels). Its vegetation-only loss is

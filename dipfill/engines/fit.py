@@ -108,7 +108,7 @@ def fit_members(
         opt.zero_grad(set_to_none=True)
         with autocast:
             out = net(inp)
-        losses = masked_loss(cfg.loss, out.to(target.dtype), target, train_mask)
+        losses = masked_loss(cfg.loss, out.to(target.dtype), target, train_mask, data_range=cfg.ssim_data_range)
         losses.sum().backward()
         frozen = ~active
         saved = [p.detach().clone() for p in params] if frozen.any() else None

@@ -42,21 +42,26 @@ def ssim_map(
     return ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
 
 
-def masked_loss(kind: str, out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_loss(
+    kind: str, out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *, data_range: float = 1.0
+) -> torch.Tensor:
     """Loss per member (``[N]``) of ``out`` against ``target`` on ``mask`` (all ``[N, C, H, W]``).
 
     MSE averages squared error over each member's masked pixels. SSIM follows paper 004:
     both images are multiplied by the mask (gap content cannot influence it) and
     ``-mean SSIM`` over the masked pixels is minimised; ``mse+ssim`` adds MSE and
-    ``1 - SSIM``. Per-member values are what packing needs: the fitter sums them, so each
-    member's gradient is exactly that of its own loss.
+    ``1 - SSIM``. ``data_range`` is SSIM's L (its constants are ``(0.01 L)²`` and
+    ``(0.03 L)²``): the span the normalised values can take (:attr:`DIPConfig.ssim_data_range`),
+    so the constants keep their intended size relative to the data whatever the target range.
+    Per-member values are what packing needs: the fitter sums them, so each member's
+    gradient is exactly that of its own loss.
     """
     dims = (1, 2, 3)
     n = mask.sum(dim=dims).clamp_min(1)
     mse = (((out - target) * mask) ** 2).sum(dim=dims) / n
     if kind == "mse":
         return mse
-    ssim = (ssim_map(out * mask, target * mask) * mask).sum(dim=dims) / n
+    ssim = (ssim_map(out * mask, target * mask, data_range=data_range) * mask).sum(dim=dims) / n
     if kind == "ssim":
         return -ssim
     return mse + (1 - ssim)
