@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python scripts/bench_dip_defaults.py
 	$(BIN)/python scripts/bench_modis_ndvi.py
 	$(BIN)/python scripts/bench_sr.py
+	$(BIN)/python scripts/bench_sr_run.py --steps 3
 	$(BIN)/python scripts/bench_convnp.py
 	$(BIN)/python scripts/bench_ndvi_paper.py
 	$(BIN)/python scripts/bench_anonymise.py

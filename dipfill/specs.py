@@ -150,9 +150,12 @@ class RunRequest:
     guide_composite: str = "none"  # "median": each time window's items as one per-pixel median guide
     # The job: "fill" gaps, or "anonymise" the lon/lat GeoJSON `region` of every scene (SAR,
     # paper 004; dipfill.pipeline.anonymise) with `units` auto or as given
+    # or "sr": super-resolve each scene's coarser bands (`bands`) onto the grid of its finer
+    # `sr_guide_bands` (paper 003 §3.2; dipfill.pipeline.sr_run), the method in options.engine
     mode: str = "fill"
     region: str | None = None
     units: str = "auto"
+    sr_guide_bands: tuple[str, ...] | None = None  # default: the profile's finest bands the item has
     # The scene to fill: its "bands", or "ndvi" (paper 001; dipfill.pipeline.ndvi) computed from
     # the profile's red/NIR or read from its NDVI band; `accept`: the QA classes kept as observed
     # (MODIS pixel reliability; None: the profile's default, only "good")
@@ -164,8 +167,10 @@ class RunRequest:
             raise InputError(f"--product must be bands or ndvi, got {self.product!r}")
         if self.product == "ndvi" and self.mode != "fill":
             raise InputError(f"--product ndvi fills NDVI; it does not combine with --mode {self.mode}")
-        if self.mode not in ("fill", "anonymise"):
-            raise InputError(f"--mode must be fill or anonymise, got {self.mode!r}")
+        if self.mode not in ("fill", "anonymise", "sr"):
+            raise InputError(f"--mode must be fill, anonymise or sr, got {self.mode!r}")
+        if self.sr_guide_bands and self.mode != "sr":
+            raise InputError("--sr-guide-bands names the guide of --mode sr; give --mode sr with it")
         if self.mode == "anonymise" and not self.region:
             raise InputError("--mode anonymise needs --region REGION.geojson (the site to hide, lon/lat)")
         if self.region and self.mode != "anonymise":
@@ -190,7 +195,9 @@ class RunRequest:
                "product_layout": PRODUCT_LAYOUT}
         if with_guides and self.guides != "none":
             cfg["guide_search"] = self.guide_query()
-        if self.mode != "fill":  # a fill's hash stays what it was
+        if self.mode == "sr":
+            cfg["mode"] = {"mode": "sr", "guide_bands": list(self.sr_guide_bands or [])}
+        elif self.mode != "fill":  # a fill's hash stays what it was
             cfg["mode"] = {"mode": self.mode, "region": self.region, "units": self.units}
         if self.product != "bands" or self.accept is not None:  # so does a run of the bands
             cfg["product"] = {"product": self.product, "accept": list(self.accept) if self.accept else None}

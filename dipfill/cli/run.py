@@ -10,6 +10,7 @@ from typing import Any
 
 from dipfill.cli.options import add_dip_flags, add_fill_flags, add_model_flags, add_product_flags, fill_options, ndvi_threshold, product_values
 from dipfill.errors import InputError
+from dipfill.pipeline.sr import METHODS as SR_METHODS
 from dipfill.storage import read_text
 
 log = logging.getLogger("dipfill")
@@ -42,12 +43,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", choices=("gaps", "clouds"), help="what to fill: missing data only (gaps), or clouds too")
     p.add_argument("--bands", help="comma-separated band names to fill (default: every band of the collection "
                    "profile that the item has)")
-    p.add_argument("--mode", choices=("fill", "anonymise"),
-                   help="fill gaps (default), or anonymise --region in every scene (SAR, paper 004: see "
-                        "`dipfill anonymise`; DIP preset sar2023 unless --preset)")
+    p.add_argument("--mode", choices=("fill", "anonymise", "sr"),
+                   help="fill gaps (default); anonymise --region in every scene (SAR, paper 004: see "
+                        "`dipfill anonymise`; DIP preset sar2023 unless --preset); or sr: super-resolve each "
+                        "scene's coarser bands onto the grid of its finest (paper 003: see `dipfill sr`)")
     p.add_argument("--region", metavar="REGION.geojson", help="--mode anonymise: the site to hide (lon/lat polygons)")
     p.add_argument("--units", choices=("auto", "db", "linear-amplitude", "linear-power"),
                    help="--mode anonymise: the scenes' units (default: auto, from dtype and values)")
+    g = p.add_argument_group("super-resolution (--mode sr, paper 003 §3.2: --bands names the coarse bands, "
+                             "default every profile band coarser than the guide)")
+    g.add_argument("--sr-method", choices=SR_METHODS,
+                   help="bicubic, guided-filter, or paper 003's MCPN Direct / Stacked network, which takes --steps, "
+                        "--lr, --preset, --device and --dip (default: mcpn-direct)")
+    g.add_argument("--sr-guide-bands", metavar="BANDS",
+                   help="comma-separated bands of the same item whose grid the output takes and that guide it "
+                        "(default: the profile's finest bands the item has, e.g. Sentinel-2 blue,green,red,nir)")
     add_fill_flags(p, names=RUN_FILL_FIELDS, defaults=False)
     add_dip_flags(p.add_argument_group("dip engine"), defaults=False)
     add_model_flags(p.add_argument_group("convnp engine (paper 002: a model trained by `dipfill train`)"))
@@ -117,8 +127,10 @@ def build_request(values: dict[str, Any]):
     mode = values.get("mode") or "fill"
     if mode == "anonymise" and not values.get("preset"):
         values = {**values, "preset": "sar2023"}
+    if mode != "sr" and values.get("sr_method"):
+        raise InputError("--sr-method is the method of --mode sr; give --mode sr with it")
     product = values.get("product") or "bands"
-    options = fill_options(product_values(values))
+    options = sr_options(values) if mode == "sr" else fill_options(product_values(values))
     if product == "ndvi":  # the vegetation-only loss of paper 001, in the hash too
         from dataclasses import replace
 
@@ -154,9 +166,7 @@ def build_request(values: dict[str, Any]):
             filt = json.loads(filt)
         except json.JSONDecodeError as exc:
             raise InputError(f"--filter is not valid CQL2-JSON: {exc}") from None
-    bands = values.get("bands")
-    if isinstance(bands, str):
-        bands = tuple(b.strip() for b in bands.split(",") if b.strip())
+    bands = _names(values.get("bands"))
     return RunRequest(
         stac=str(values["stac"]),
         out=str(values["out"]),
@@ -178,8 +188,39 @@ def build_request(values: dict[str, Any]):
         units=values.get("units") or "auto",
         product=product,
         accept=accept,
+        sr_guide_bands=_names(values.get("sr_guide_bands")) or None,
         **_guide_fields(values),
     )
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """Band names from a comma-separated flag or a YAML list."""
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(str(b).strip() for b in value or () if str(b).strip())
+
+
+#: Flags of the gap-filling engines that ``--mode sr`` does not take (its method has its own).
+_NOT_SR = ("engine", "fallback", "batch_size", "channels", "skip_channels", "depth", "stopping", "patience",
+           "strategy", "model", "product", "accept", "ndvi_threshold", "region", "units", "mask")
+
+
+def sr_options(values: dict[str, Any]):
+    """The FillOptions of ``--mode sr``: the SR method as the engine with its options
+    (:func:`~dipfill.cli.sr.sr_engine_options`) and the consistency projection that
+    ``dipfill sr`` applies by default, no fallback; patch, overlap and seed as given."""
+    from dipfill.cli.sr import sr_engine_options
+    from dipfill.specs import FillOptions
+
+    given = [k for k in _NOT_SR if values.get(k) not in (None, [], False)]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise InputError(f"--mode sr does not take {flags}: choose the method with --sr-method and tune it with "
+                         "--steps, --lr, --preset, --device, --dip")
+    method = values.get("sr_method") or "mcpn-direct"
+    opts = {**sr_engine_options(method, values), "consistency": True}
+    picked = {k: values[k] for k in ("patch", "overlap", "seed") if values.get(k) is not None}
+    return FillOptions(engine=method, engine_options=opts, fallback="none", **picked)
 
 
 def _guide_fields(values: dict[str, Any]) -> dict[str, Any]:

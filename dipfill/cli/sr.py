@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 from dipfill.engines.config import preset
 from dipfill.keyvalue import parse_pairs
@@ -61,15 +61,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The engine's options from the flags: only those given (the report and item list them)."""
-    if args.method == "guided-filter":
-        return {"eps": args.eps} if args.eps is not None else {}
-    if not args.method.startswith("mcpn"):
+    return sr_engine_options(args.method, vars(args))
+
+
+def sr_engine_options(method: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The SR method's engine options from flag values (``dipfill sr``'s, or a run's merged
+    flags and config): ``eps`` for the guided filter; ``device``, ``preset``, ``steps``,
+    ``lr`` and the ``--dip`` pairs for paper 003's networks, checked now."""
+    if method == "guided-filter":
+        return {"eps": values["eps"]} if values.get("eps") is not None else {}
+    if not method.startswith("mcpn"):
         return {}
-    opts: dict[str, Any] = {"device": args.device}
-    for key in ("steps", "lr"):
-        if getattr(args, key) is not None:
-            opts[key] = getattr(args, key)
-    opts.update(parse_pairs(args.dip, flag="--dip"))
+    opts: dict[str, Any] = {"device": values.get("device") or "auto"}
+    for key in ("preset", "steps", "lr"):
+        if values.get(key) is not None:
+            opts[key] = values[key]
+    opts.update(parse_pairs(values.get("dip") or [], flag="--dip"))
+    from dipfill.engines.sr import make_sr_engine
+
+    make_sr_engine(method.split("-", 1)[1], **dict(opts))  # a wrong field or value: one line, before any work
     return opts
 
 

@@ -263,6 +263,147 @@ def _nearest_preview(scene: Scene, geo: SRGeometry) -> tuple[NDArray, NDArray[np
     return before, valid
 
 
+@dataclass
+class SRProduct:
+    """What :func:`super_resolve` made: the product to write (band assets and item extras are
+    the caller's), the item's ``dipfill:sr`` record, and the figures the CLI prints."""
+
+    product: SceneProduct
+    record: dict[str, Any]
+    lineage: str
+    geometries: list[SRGeometry]
+    lowres_rmse: list[float]
+    windows: int
+    diagnostics: dict[str, PatchDiagnostics]
+
+
+def _name(href: str) -> str:
+    return os.path.basename(redact_href(href))
+
+
+def super_resolve(
+    lows: Sequence[Scene],
+    high: Scene,
+    *,
+    method: str = "mcpn-direct",
+    scale: str | float = "auto",
+    kernel: str = "bilinear",
+    patch: int = 256,
+    overlap: int = 32,
+    seed: int = 0,
+    engine_options: dict[str, Any] | None = None,
+    consistency: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> SRProduct:
+    """Super-resolve every scene of ``lows`` onto ``high``'s grid (all of ``high``'s bands form
+    one guide) as one product, bands in the order of ``lows``.
+
+    Each scene of ``lows`` is one low-resolution grid: a Sentinel-2 item's 20 m bands are
+    one, its 60 m bands another (``dipfill run --mode sr``). Everything is checked before any
+    engine work: each grid's place on the guide (:func:`sr_geometry`), one dtype and nodata
+    for all (one product), the engine's options, a patch large enough to hold a whole LR
+    pixel, and observed pixels in every scene."""
+    if method not in METHODS:
+        raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if kernel not in KERNELS:
+        raise InputError(f"--operator must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    guide_name = f"guide {_name(high.sources[0])}"
+    geos = [sr_geometry(low.grid, high.grid, scale, low_name=_name(low.sources[0]), high_name=guide_name)
+            for low in lows]
+    first = lows[0]
+    for low in lows[1:]:
+        if low.dtype != first.dtype or not _same_value(low.nodata, first.nodata):
+            raise InputError(f"{_name(low.sources[0])} is {low.dtype} with nodata {low.nodata} but "
+                             f"{_name(first.sources[0])} is {first.dtype} with nodata {first.nodata}; one product "
+                             "needs one dtype and nodata: super-resolve them separately")
+    if method.startswith("mcpn"):
+        make_sr_engine(method.split("-", 1)[1], **dict(engine_options or {}))  # options checked before any work
+        need = max(_min_patch(g) for g in geos)
+        if min(patch, max(geos[0].hr_shape)) < need and min(geos[0].hr_shape) >= need:
+            raise InputError(f"--patch {patch} holds no whole low-resolution pixel at factor "
+                             f"{max(max(g.scale) for g in geos):.3g}; give --patch of at least {need}")
+    valids = [data_validity(low.data, low.nodata) for low in lows]
+    for low, valid in zip(lows, valids):
+        if not valid.any():
+            raise InputError(f"{_name(low.sources[0])}: every pixel is nodata; nothing to super-resolve")
+    high_valid = data_validity(high.data, high.nodata)
+
+    nodata = first.nodata
+    if nodata is None:
+        nodata = float("nan") if np.issubdtype(first.dtype, np.floating) else 0.0
+    hr_shape = geos[0].hr_shape
+    bands = sum(low.data.shape[0] for low in lows)
+    data = np.empty((bands, *hr_shape), dtype=first.dtype)
+    covered = np.zeros(hr_shape, dtype=bool)
+    made_all = np.ones(hr_shape, dtype=bool)
+    rmse: list[float] = []
+    diagnostics: dict[str, PatchDiagnostics] = {}
+    windows = 0
+    befores, before_valids = [], []
+    b = 0
+    for k, (low, valid, geo) in enumerate(zip(lows, valids, geos)):
+        result = sr_arrays(low.data, valid, high.data, high_valid, geo, method=method, kernel=kernel, patch=patch,
+                           overlap=overlap, seed=seed, engine_options=engine_options, consistency=consistency,
+                           progress=progress)
+        made = np.isfinite(result.values)
+        c = low.data.shape[0]
+        band = cast_to_dtype(np.where(made, result.values, 0.0), first.dtype, nodata)
+        band[~made] = np.asarray(nodata).astype(first.dtype)
+        data[b:b + c] = band
+        b += c
+        del band
+        covered[geo.covered().slices] = True
+        made_all &= made.all(axis=0)
+        rmse += result.lowres_rmse
+        windows += result.windows
+        prefix = f"{k}:" if len(lows) > 1 else ""  # one window id per LR grid
+        diagnostics.update({prefix + key: d for key, d in result.diagnostics.items()})
+        before, before_valid = _nearest_preview(low, geo)
+        befores.append(before)
+        before_valids.append(before_valid)
+    qa = np.where(covered, np.where(made_all, QA_ENGINE, QA_UNFILLED), QA_OUTSIDE).astype(np.uint8)
+    guide_records = [{"href": os.path.abspath(g) if "://" not in g else redact_href(g), "datetime": None,
+                      "bands": int(high.data.shape[0]) if len(high.sources) == 1 else 1,
+                      "resampling": "none (the output grid)"} for g in high.sources]
+    made_mask = np.concatenate([np.ones((low.data.shape[0], 1, 1), bool) for low in lows]) & made_all[None]
+    product = SceneProduct(
+        grid=high.grid, band_names=[n for low in lows for n in low.band_names], dtype=first.dtype, nodata=nodata,
+        sources=[s for low in lows for s in low.sources], bands=data, qa=qa, footprint=qa != QA_OUTSIDE,
+        preview=Preview.of_block(np.concatenate(befores), data, np.concatenate(before_valids), made_mask, (0, 0),
+                                 Preview.step_for(hr_shape)),
+        counts=qa_counts(qa), diagnostics=diagnostics, guides=guide_records,
+    )
+    record = {
+        "method": method,
+        "variant": method.split("-", 1)[1] if method.startswith("mcpn") else None,
+        "factor": [round(s, 6) for s in geos[0].scale],
+        "offset": [round(o, 6) + 0.0 for o in geos[0].offset],
+        "operator": kernel,
+        "consistency": "projected" if consistency else "none",
+        "lowres": [_name(s) for low in lows for s in low.sources],
+        "lowres_shape": list(geos[0].lr_shape),
+        "lowres_transform": list(first.grid.transform)[:6],
+        "guide": [_name(s) for s in high.sources],
+        "guide_bands": int(high.data.shape[0]),
+        "lowres_rmse": rmse,
+        # every LR grid (the flat fields above are the first one's)
+        "grids": [{"bands": list(low.band_names), "factor": [round(s, 6) for s in geo.scale],
+                   "offset": [round(o, 6) + 0.0 for o in geo.offset], "lowres_shape": list(geo.lr_shape),
+                   "lowres_transform": list(low.grid.transform)[:6]} for low, geo in zip(lows, geos)],
+    }
+    factors = " and ".join(dict.fromkeys(f"{max(g.scale):g}" for g in geos))
+    lineage = (f"Guided super-resolution (paper 003 §3.2) of {', '.join(record['lowres'])} by {factors} onto the "
+               f"grid of the guide {', '.join(record['guide'])} with {method} in {patch}-px patches overlapping by "
+               f"{overlap} px, blended with a Hann taper")
+    return SRProduct(product, record, lineage, geos, rmse, windows, diagnostics)
+
+
+def _same_value(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
 def sr_files(
     lowres: Sequence[str],
     guides: Sequence[str],
@@ -299,69 +440,17 @@ def sr_files(
                           overlap=overlap, seed=seed, guides=tuple(guides))
     low = read_scene(lowres)
     high = read_scene(guides)
-    low_name = os.path.basename(redact_href(low.sources[0]))
-    geo = sr_geometry(low.grid, high.grid, scale, low_name=low_name,
-                      high_name=f"guide {os.path.basename(redact_href(high.sources[0]))}")
-    if method.startswith("mcpn"):
-        make_sr_engine(method.split("-", 1)[1], **dict(engine_options or {}))  # options checked before any work
-        if min(patch, max(geo.hr_shape)) < _min_patch(geo) and min(geo.hr_shape) >= _min_patch(geo):
-            raise InputError(f"--patch {patch} holds no whole low-resolution pixel at factor {max(geo.scale):.3g}; "
-                             f"give --patch of at least {_min_patch(geo)}")
     if len(low.sources) == low.data.shape[0] and all(n == f"band{i + 1}" or not n
                                                      for i, n in enumerate(low.band_names)):
         low.band_names = [Path(s).stem for s in low.sources]  # B11.tif -> B11, not band1
-    low_valid = data_validity(low.data, low.nodata)
-    if not low_valid.any():
-        raise InputError(f"{low_name}: every pixel is nodata; nothing to super-resolve")
-    high_valid = data_validity(high.data, high.nodata)
-    result = sr_arrays(low.data, low_valid, high.data, high_valid, geo, method=method, kernel=kernel, patch=patch,
-                       overlap=overlap, seed=seed, engine_options=engine_options, consistency=consistency,
-                       progress=progress)
-
-    nodata = low.nodata
-    if nodata is None:
-        nodata = float("nan") if np.issubdtype(low.dtype, np.floating) else 0.0
-    made = np.isfinite(result.values)
-    data = cast_to_dtype(np.where(made, result.values, 0.0), low.dtype, nodata)
-    data[~made] = np.asarray(nodata).astype(low.dtype)
-    region = np.zeros(geo.hr_shape, dtype=bool)
-    region[geo.covered().slices] = True
-    qa = np.where(region, np.where(made.all(axis=0), QA_ENGINE, QA_UNFILLED), QA_OUTSIDE).astype(np.uint8)
-    before, before_valid = _nearest_preview(low, geo)
-    counts = qa_counts(qa)
-    guide_records = [{"href": os.path.abspath(g) if "://" not in g else redact_href(g), "datetime": None,
-                      "bands": int(high.data.shape[0]) if len(guides) == 1 else 1,
-                      "resampling": "none (the output grid)"} for g in guides]
-    product = SceneProduct(
-        grid=high.grid, band_names=list(low.band_names), dtype=low.dtype, nodata=nodata,
-        sources=list(low.sources), bands=data, qa=qa, footprint=qa != QA_OUTSIDE,
-        preview=Preview.of_block(before, data, before_valid, made & region[None], (0, 0),
-                                 Preview.step_for(geo.hr_shape)),
-        counts=counts, diagnostics=result.diagnostics, guides=guide_records,
-    )
-    variant = method.split("-", 1)[1] if method.startswith("mcpn") else None
-    record = {
-        "method": method,
-        "variant": variant,
-        "factor": [round(s, 6) for s in geo.scale],
-        "offset": [round(o, 6) + 0.0 for o in geo.offset],
-        "operator": kernel,
-        "consistency": "projected" if consistency else "none",
-        "lowres": [os.path.basename(redact_href(s)) for s in low.sources],
-        "lowres_shape": list(geo.lr_shape),
-        "lowres_transform": list(low.grid.transform)[:6],
-        "guide": [os.path.basename(redact_href(s)) for s in high.sources],
-        "guide_bands": int(high.data.shape[0]),
-        "lowres_rmse": result.lowres_rmse,
-    }
-    lineage = (f"Guided super-resolution (dipfill sr, paper 003 §3.2) of {', '.join(record['lowres'])} by "
-               f"{max(geo.scale):g} onto the grid of the guide {', '.join(record['guide'])} with {method} "
-               f"in {patch}-px patches overlapping by {overlap} px, blended with a Hann taper")
-    extras = ItemExtras(properties={"dipfill:mode": "sr", "dipfill:sr": record, "processing:lineage": lineage})
+    made = super_resolve([low], high, method=method, scale=scale, kernel=kernel, patch=patch, overlap=overlap,
+                         seed=seed, engine_options=engine_options, consistency=consistency, progress=progress)
+    extras = ItemExtras(properties={"dipfill:mode": "sr", "dipfill:sr": made.record,
+                                    "processing:lineage": f"{made.lineage} (dipfill sr)"})
     rgb = (0, 1, 2) if low.data.shape[0] >= 3 else (0, 0, 0)
     stem = Path(low.sources[0]).stem if len(low.sources) == 1 else "lowres"
     item_id = unique_id(item_id or stem) + "-sr"
     acquired = datetime or acquisition_date(low)
-    outputs = _write_or_undo(as_path(out_dir), item_id, product, options, acquired, rgb, extras)
-    return SRReport(item_id, outputs, method, geo, counts, result.lowres_rmse, result.windows,
-                    time.perf_counter() - t0, result.diagnostics)
+    outputs = _write_or_undo(as_path(out_dir), item_id, made.product, options, acquired, rgb, extras)
+    return SRReport(item_id, outputs, method, made.geometries[0], made.product.counts, made.lowres_rmse,
+                    made.windows, time.perf_counter() - t0, made.diagnostics)

@@ -129,14 +129,24 @@ def current_status(item: Mapping[str, Any], out: Path, chash: str, request: RunR
     return None
 
 
-def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str, executor: Executor,
+def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str, executor: Executor | None,
                   say: Progress, budget: list[int | None]) -> SceneStatus:
-    """Every stage of one scene, timed; returns its status (raises what a stage raises)."""
+    """Every stage of one scene, timed; returns its status (raises what a stage raises).
+    ``executor``: the engine actors of ``--mode fill``; the other modes run in the driver."""
     if request.mode == "anonymise":  # the whole region at once, in the driver (pipeline.anonymise)
         from dipfill.pipeline.anonymise import anonymise_scene
 
         job = open_stage(item, request, out, chash)
         return anonymise_scene(job, describe_stage(job), out)
+    if request.mode == "sr":  # LR bands and their guide on their own grids, in the driver (pipeline.sr_run)
+        from dipfill.pipeline.sr_run import sr_item, write_sr
+
+        done = sr_item(item, request, say)
+        job = SceneJob(item, request, chash, output_id(item), scene_dir(out, item), done.source,
+                       one_nodata(done.source.nodata, str(item["id"])))
+        job.scene_dir.mkdir(parents=True, exist_ok=True)
+        return write_sr(job, done, describe_stage(job), out)
+    assert executor is not None, "--mode fill needs the engine actors"
     clock = StageClock()
     job = open_stage(item, request, out, chash)
     clock.lap("open")
