@@ -129,6 +129,40 @@ def test_resume_after_driver_kill_gives_identical_bytes(tmp_path: Path) -> None:
     assert not list((tmp_path / "resumed").glob("*/*/patches.zarr"))  # checkpoints removed once done
 
 
+def test_the_mask_pass_keeps_a_local_copy_that_fit_and_merge_read_with_the_same_bytes(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """The driver's mask pass keeps the scene's pixels (raster.pixel_cache) for the fit and
+    merge of a local --out; the bytes equal those of a run whose workers cannot see the copy
+    (they read the files: another node, object storage), the copy goes when the scene stops
+    (interrupted, or done), and a resumed scene makes its own. In process: LocalPool."""
+    from dipfill.pipeline.executor import LocalPool
+    from dipfill.raster.pixel_cache import CACHE_NAME, PixelCache
+
+    reads: list = []
+    read = PixelCache.read
+    monkeypatch.setattr(PixelCache, "read", lambda self, window: reads.append(window) or read(self, window))
+    req = request(tmp_path / "cached", engine="fillnodata")
+    pool = LocalPool("fillnodata", {}, req.options.fallback)
+    with pytest.raises(run_mod.RunInterrupted):
+        run_mod.run(req, pool=pool, stop_after_batches=1)
+    assert reads and not list((tmp_path / "cached").rglob(CACHE_NAME))  # read, then removed with the scene
+    assert list((tmp_path / "cached").rglob("patches.zarr"))  # the checkpoint stays for the resume
+    reads.clear()
+    resumed = run_mod.run(req, pool=pool)
+    assert all(s.status == "done" for s in resumed.scenes) and any(s.patches_resumed for s in resumed.scenes)
+    assert reads and not list((tmp_path / "cached").rglob(CACHE_NAME))
+    reads.clear()
+    monkeypatch.setattr(PixelCache, "usable", lambda self: False)  # workers that cannot see it
+    run_mod.run(request(tmp_path / "source", engine="fillnodata"), pool=pool)
+    assert not reads
+    for scene in SCENES:
+        names = sorted(p.name for p in (tmp_path / "source").glob(f"*/{scene}-dipfill/*.tif"))
+        assert len(names) == 4  # three bands and the QA layer
+        for name in names:
+            a, b = (next((tmp_path / d).glob(f"*/{scene}-dipfill/{name}")).read_bytes() for d in ("cached", "source"))
+            assert a == b, name
+
+
 def stable_item(path: Path) -> dict:
     """An output item without what differs between two runs of the same request: when it
     was processed, and the file facts of the per-patch diagnostics (which hold timings)."""

@@ -6,14 +6,17 @@ reading the others. Memory is bounded by blocks and batches, not by the scene:
 
 * **open** the item's assets as one scene on one grid (nothing read yet);
 * **mask** — the driver reads the scene in strips for its one-byte-per-pixel masks
-  (three-state mask, observed bands per pixel);
+  (three-state mask, observed bands per pixel); with a local ``--out`` it keeps what it
+  read, uncompressed, in the scene's directory (:mod:`~dipfill.raster.pixel_cache`), where
+  the fit and merge read their windows instead of decoding the files again (removed when
+  the scene ends);
 * **plan** windows and batches from them (the same planner as ``dipfill fill``) and the
   fit tasks still to do (a resumed scene keeps its finished batches);
 * **guides** — for an engine that uses them, other acquisitions found through STAC and
   ranked by the scene's gaps they observe (:func:`guide_stage`); the choice is recorded in
   the patch store, and a resumed scene reuses it;
 * **fit** — workers read their own windows, fit them, and write into the patch store;
-* **merge** — workers merge chunk-sized blocks from the store into the Zarr mosaic
+* **merge** — workers merge blocks of 2 × 2 chunks from the store into the Zarr mosaic
   (one writer per chunk);
 * **write** — the driver streams the mosaic into the COGs, writes the quicklook and, last,
   the STAC item (**describe**: the item states what the outputs are), then adds it to the
@@ -36,7 +39,7 @@ import zarr
 from dipfill.engines import engine_uses_guides
 from dipfill.engines.base import PatchDiagnostics
 from dipfill.errors import InputError, RunInterrupted
-from dipfill.pipeline.blocks import BlockResult, block_tasks, merge_counts, preview_mosaic
+from dipfill.pipeline.blocks import MERGE_BLOCK, BlockResult, block_tasks, merge_counts, preview_mosaic
 from dipfill.pipeline.executor import BatchProgress, Executor, FitTask, reports_progress
 from dipfill.pipeline.guide_resume import GuidesNotReusable, open_guides, reopen_recorded
 from dipfill.pipeline.guides import GuideChoice, choose_guides
@@ -55,6 +58,7 @@ from dipfill.pipeline.progress import Progress, SceneStatus, StageClock
 from dipfill.raster.guides import ItemGuide
 from dipfill.raster.hrefs import redact_href, signer
 from dipfill.raster.masks import ACCEPTING_DECODERS, OUTSIDE
+from dipfill.raster.pixel_cache import CACHE_NAME, CachedScene
 from dipfill.raster.scene import SceneSource, open_scene
 from dipfill.raster.scene_mask import SceneMask, scene_mask
 from dipfill.raster.write import MOSAIC_CHUNK, create_zarr_mosaic
@@ -90,6 +94,18 @@ class SceneJob:
     resumed: int = 0
     guides: GuideChoice | None = None  # what the guide search chose (None: not searched)
     guide_sources: tuple[ItemGuide, ...] = ()
+    pixels: CachedScene | None = None  # the mask pass's copy of the scene, while the scene runs
+
+    @property
+    def reader(self) -> Any:
+        """What the workers read the scene's windows from: the cached copy when there is one."""
+        return self.pixels if self.pixels is not None else self.source
+
+    def drop_pixels(self) -> None:
+        """Remove the cached copy (after the merge, and whenever the scene stops)."""
+        if self.pixels is not None:
+            self.pixels.cache.remove()
+            self.pixels = None
 
 
 def output_id(item: Mapping[str, Any]) -> str:
@@ -150,16 +166,20 @@ def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash
     clock = StageClock()
     job = open_stage(item, request, out, chash)
     clock.lap("open")
-    mask = mask_stage(job)
-    clock.lap("mask")
-    plan_stage(job, mask)
-    clock.lap("plan")
-    if wants_guides(request):
-        guide_stage(job, say)
-        clock.lap("guides")
-    diagnostics = fit_stage(job, executor, say, budget)
-    clock.lap("fit")
-    blocks = merge_stage(job, executor)
+    try:
+        mask = mask_stage(job, keep_pixels=True)
+        clock.lap("mask")
+        plan_stage(job, mask)
+        del mask
+        clock.lap("plan")
+        if wants_guides(request):
+            guide_stage(job, say)
+            clock.lap("guides")
+        diagnostics = fit_stage(job, executor, say, budget)
+        clock.lap("fit")
+        blocks = merge_stage(job, executor)
+    finally:
+        job.drop_pixels()  # read by fit and merge only; a rerun makes its own
     clock.lap("merge")
     outputs, counts = write_stage(job, blocks, diagnostics, out, clock, executor)  # laps write and describe
     if request.publish:
@@ -182,9 +202,18 @@ def open_stage(item: Mapping[str, Any], request: RunRequest, out: Path, chash: s
     return SceneJob(item, request, chash, output_id(item), directory, source, nodata)
 
 
-def mask_stage(job: SceneJob) -> SceneMask:
-    """Read the scene in strips for its masks (three-state mask, observed bands per pixel)."""
-    return scene_mask(job.source, rows=MOSAIC_CHUNK, closing=job.request.options.collar_closing)
+def mask_stage(job: SceneJob, *, keep_pixels: bool = False) -> SceneMask:
+    """Read the scene in strips for its masks (three-state mask, observed bands per pixel).
+
+    ``keep_pixels``: keep what was read in the scene's directory for the workers
+    (``job.pixels``) where they may see it: a local ``--out`` (on object storage they could
+    not), and a scene read pixel for pixel (nearest: a window then reads as the strip did)."""
+    keep = keep_pixels and isinstance(job.scene_dir, Path) and job.source.resampling == "nearest"
+    mask = scene_mask(job.source, rows=MOSAIC_CHUNK, closing=job.request.options.collar_closing,
+                      cache=job.scene_dir / CACHE_NAME if keep else None)
+    if mask.pixels is not None:
+        job.pixels = CachedScene(job.source, mask.pixels)
+    return mask
 
 
 def plan_stage(job: SceneJob, mask: SceneMask | None = None) -> None:
@@ -211,7 +240,7 @@ def open_store(job: SceneJob, *, fresh: bool = False) -> None:
     job.store = PatchStore.open(path, len(index), plan.shape[0], opts.patch, job.config_hash)
     done = job.store.done()
     job.tasks = tuple(
-        FitTask(job.item_id, job.source, job.store.path, b.index, b.fallback, b.windows,
+        FitTask(job.item_id, job.reader, job.store.path, b.index, b.fallback, b.windows,
                 tuple(index[w.id] for w in b.windows), tuple(patch_seed(opts.seed, w) for w in b.windows))
         for b in plan.batches
         if not all(done[index[w.id]] for w in b.windows)
@@ -332,7 +361,7 @@ def merge_stage(job: SceneJob, executor: Executor) -> list[BlockResult]:
     with staged_tree(job.scene_dir / mosaic_name(job.item_id)) as tmp:
         create_zarr_mosaic(tmp, plan.shape, job.dtype, job.source.grid, nodata=job.nodata,
                            band_names=list(job.source.band_names), attrs=mosaic_attrs(job.request.options))
-        tasks = block_tasks(job.item_id, job.source, plan, job.store.path, str(tmp), job.nodata, MOSAIC_CHUNK)
+        tasks = block_tasks(job.item_id, job.reader, plan, job.store.path, str(tmp), job.nodata, MERGE_BLOCK)
         executor.run(tasks, lambda task, res: blocks.append(res), "blend")
     return blocks
 

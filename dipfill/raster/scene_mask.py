@@ -5,6 +5,7 @@ What planning a run needs of a scene, without ever holding its bands: see :func:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,7 @@ from rasterio.windows import Window
 
 from dipfill.errors import InputError
 from dipfill.raster.masks import DEFAULT_COLLAR_CLOSING, footprint_from_validity, state_from_all_valid
+from dipfill.raster.pixel_cache import CacheWriter, PixelCache
 from dipfill.raster.scene import SceneSource, read_pixels
 
 __all__ = ["SceneMask", "scene_mask"]
@@ -27,9 +29,11 @@ class SceneMask:
     nvalid: NDArray[np.uint8]
     bands: int
     dtype: np.dtype  # of the bands as read (after dB conversion where asked)
+    pixels: PixelCache | None = None  # the strips as read, when asked to keep them
 
 
-def scene_mask(source: SceneSource, *, rows: int = 512, closing: int = DEFAULT_COLLAR_CLOSING) -> SceneMask:
+def scene_mask(source: SceneSource, *, rows: int = 512, closing: int = DEFAULT_COLLAR_CLOSING,
+               cache: str | os.PathLike[str] | None = None) -> SceneMask:
     """The three-state mask of the whole scene, read ``rows`` rows at a time.
 
     Why strips: the bands of a full scene are several bytes per pixel per band; the plan
@@ -39,6 +43,10 @@ def scene_mask(source: SceneSource, *, rows: int = 512, closing: int = DEFAULT_C
     :func:`~dipfill.raster.masks.footprint_from_validity` (about 11 bytes per pixel, measured).
     ``closing``: the width of that closing's square. Equal to
     ``source.read().state`` (tested).
+
+    ``cache``: a local directory where the strips' bands and validity are kept as read
+    (:mod:`~dipfill.raster.pixel_cache`), so that a run's fit and merge read them there
+    instead of decoding the files again; ``SceneMask.pixels`` then names it.
     """
     height, width = source.shape
     count = len(source.band_names)
@@ -48,23 +56,32 @@ def scene_mask(source: SceneSource, *, rows: int = 512, closing: int = DEFAULT_C
     footprint: NDArray[np.bool_] | None = None
     any_valid: NDArray[np.bool_] | None = None
     dtype = None
-    for y0 in range(0, height, rows):
-        y1 = min(y0 + rows, height)
-        data, valid, local, _ = read_pixels(source, Window(0, y0, width, y1 - y0))
-        dtype = data.dtype
-        del data
-        np.sum(valid, axis=0, dtype=np.uint8, out=nvalid[y0:y1])
-        if local is not None:
-            if footprint is None:
-                footprint = np.zeros((height, width), dtype=bool)
-            footprint[y0:y1] = local
-        else:
-            if any_valid is None:
-                any_valid = np.zeros((height, width), dtype=bool)
-            any_valid[y0:y1] = nvalid[y0:y1] > 0
-    if footprint is None:
-        assert any_valid is not None
-        footprint = footprint_from_validity(any_valid, closing=closing)
-        del any_valid
-    state = state_from_all_valid(nvalid == count, footprint)
-    return SceneMask(state=state, nvalid=nvalid, bands=count, dtype=np.dtype(dtype))
+    writer = CacheWriter(cache, (count, height, width)) if cache is not None else None
+    try:
+        for y0 in range(0, height, rows):
+            y1 = min(y0 + rows, height)
+            data, valid, local, _ = read_pixels(source, Window(0, y0, width, y1 - y0))
+            dtype = data.dtype
+            if writer is not None:
+                writer.write(y0, data, valid)
+            del data
+            np.sum(valid, axis=0, dtype=np.uint8, out=nvalid[y0:y1])
+            if local is not None:
+                if footprint is None:
+                    footprint = np.zeros((height, width), dtype=bool)
+                footprint[y0:y1] = local
+            else:
+                if any_valid is None:
+                    any_valid = np.zeros((height, width), dtype=bool)
+                any_valid[y0:y1] = nvalid[y0:y1] > 0
+        pixels = writer.commit() if writer is not None else None
+        if footprint is None:
+            assert any_valid is not None
+            footprint = footprint_from_validity(any_valid, closing=closing)
+            del any_valid
+        state = state_from_all_valid(nvalid == count, footprint)
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # made, or half made: nobody will read it
+        raise
+    return SceneMask(state=state, nvalid=nvalid, bands=count, dtype=np.dtype(dtype), pixels=pixels)
