@@ -134,15 +134,10 @@ def build_request(values: dict[str, Any]):
     if product == "ndvi":  # the vegetation-only loss of paper 001, in the hash too
         from dataclasses import replace
 
-        from dipfill.engines import engine_uses_guides
         from dipfill.pipeline.ndvi import ndvi_engine_options
 
         options = replace(options, engine_options=ndvi_engine_options(
             options.engine, options.engine_options, ndvi_threshold(values.get("ndvi_threshold"))))
-        if values.get("guides", "auto") != "none" and engine_uses_guides(options.engine):
-            raise InputError(f"--product ndvi with the {options.engine} engine: guides found through STAC are read as "
-                             "their bands, not as NDVI, yet; pass --guides none, or fill with `dipfill fill "
-                             "--product ndvi --guide FILE`")
     elif values.get("ndvi_threshold") is not None:
         raise InputError("--ndvi-threshold is an option of --product ndvi")
     accept = values.get("accept")

@@ -35,14 +35,15 @@ class GuidesNotReusable(ValueError):
 
 
 def open_guides(choice: GuideChoice, grid: Grid, *, bands: Sequence[str] | None = None,
-                sign: Any = None) -> tuple[ItemGuide, ...]:
+                sign: Any = None, **read: Any) -> tuple[ItemGuide, ...]:
     """The chosen guides read on ``grid``, in rank order: an item each, or a composite's
-    members (their median is read per window)."""
-    return tuple(open_item_guide(record.items, grid, bands=bands, sign=sign) for record in choice.guides)
+    members (their median is read per window). ``read``: ``product``/``accept`` of
+    :func:`~dipfill.raster.guides.open_item_guide`."""
+    return tuple(open_item_guide(record.items, grid, bands=bands, sign=sign, **read) for record in choice.guides)
 
 
 def reopen_recorded(store: PatchStore, query: GuideQuery, grid: Grid, *, bands: Sequence[str] | None = None,
-                    sign: Any = None) -> tuple[GuideChoice, tuple[ItemGuide, ...]]:
+                    sign: Any = None, **read: Any) -> tuple[GuideChoice, tuple[ItemGuide, ...]]:
     """The guide choice recorded in ``store`` and its guides reopened on ``grid`` (one pixel
     of each read, so a guide whose files are gone is caught here, not in a worker).
 
@@ -58,7 +59,7 @@ def reopen_recorded(store: PatchStore, query: GuideQuery, grid: Grid, *, bands: 
     if choice.query != query:
         raise GuidesNotReusable("its guides were chosen by another guide search")
     try:
-        sources = open_guides(choice, grid, bands=bands, sign=sign)
+        sources = open_guides(choice, grid, bands=bands, sign=sign, **read)
         for source in sources:
             source.read(0, 1, 0, 1)
     except _READ_ERRORS as exc:

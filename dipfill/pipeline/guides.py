@@ -217,6 +217,8 @@ def choose_guides(
     max_side: int = DEFAULT_MAX_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_scored: int = DEFAULT_MAX_SCORED,
+    product: Literal["bands", "ndvi"] = "bands",
+    accept: Sequence[int] | None = None,
 ) -> GuideChoice:
     """The guides for ``target_item``, best first, or why there are none.
 
@@ -224,7 +226,9 @@ def choose_guides(
     (what ``dipfill run`` holds after masking). ``source``: the STAC API or catalog to
     search. ``bands``: the guide bands whose validity counts (default: the guide
     collection profile's default bands); ``mask``: ``fill`` or ``clouds`` (a guide's
-    clouds are then no evidence). ``sign``: applied to the guides' asset hrefs.
+    clouds are then no evidence); ``product``/``accept``: read the guides as NDVI, with
+    those QA classes observed, as the target (``--product ndvi``). ``sign``: applied to the
+    guides' asset hrefs.
     ``max_side``: the sample grid's longest side (:func:`~dipfill.raster.coverage.lowres_state`);
     ``max_pixels``: most pixels read per guide asset; ``max_scored``: most candidates
     measured, nearest in time first (those beyond are not read).
@@ -255,7 +259,8 @@ def choose_guides(
     skipped: list[str] = []
     for c in kept[:max_scored]:
         try:
-            observed = observed_on_grid(c.item, grid_lr, bands=bands, mask=mask, sign=sign, max_pixels=max_pixels)
+            observed = observed_on_grid(c.item, grid_lr, bands=bands, mask=mask, sign=sign, max_pixels=max_pixels,
+                                        product=product, accept=accept)
         except (DipfillError, OSError, ValueError) as exc:
             log.warning("guide candidate %s of %s skipped: %s", c.id, target_item.get("id"), exc)
             skipped.append(f"{c.id}: {exc}")

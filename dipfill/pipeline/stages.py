@@ -276,19 +276,22 @@ def guide_stage(job: SceneJob, say: Progress) -> None:
                        max_guides=r.max_guides, composite=r.guide_composite)  # type: ignore[arg-type]
     sign = signer(r.sign)
     bands = r.guide_bands or (r.bands if not r.guide_collection else None)
+    # --product ndvi: the guides are read as NDVI too, with the target's accepted QA classes
+    read: dict[str, Any] = {"product": r.product, "accept": r.accept} if r.product != "bands" else {}
     scene, grid = str(job.item["id"]), job.source.grid
     choice: GuideChoice | None = None
     fitted = int(job.store.done().sum())
     if fitted:
         try:
-            choice, job.guide_sources = reopen_recorded(job.store, query, grid, bands=bands, sign=sign)
+            choice, job.guide_sources = reopen_recorded(job.store, query, grid, bands=bands, sign=sign, **read)
         except GuidesNotReusable as exc:
             say("guides", f"  {job.item_id}: {fitted} fitted patches discarded, the scene starts over: {exc}",
                 scene=scene, restarted=True, patches_discarded=fitted, reason=str(exc))
             open_store(job, fresh=True)
     if choice is None:
-        choice = choose_guides(r.stac, job.item, job.plan.state, grid, query, sign=sign, mask=r.mask, bands=bands)
-        job.guide_sources = open_guides(choice, grid, bands=bands, sign=sign)
+        choice = choose_guides(r.stac, job.item, job.plan.state, grid, query, sign=sign, mask=r.mask, bands=bands,
+                               **read)
+        job.guide_sources = open_guides(choice, grid, bands=bands, sign=sign, **read)
         job.store.record_guides(choice.to_json())  # before any patch is fitted with them
     job.guides = choice
     if not choice:

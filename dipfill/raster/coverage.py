@@ -178,6 +178,8 @@ def observed_on_grid(
     mask: Literal["fill", "clouds"] = "fill",
     sign: Signer | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    product: Literal["bands", "ndvi"] = "bands",
+    accept: Sequence[int] | None = None,
 ) -> NDArray[np.bool_]:
     """Where ``candidate_item`` observes, sampled on ``grid`` (any CRS; nearest).
 
@@ -186,6 +188,10 @@ def observed_on_grid(
     finite) and, where the profile has a QA
     layer, the QA decodes to observed (``mask="clouds"``: clouds and shadows are not
     observations either). Outside the candidate's rasters nothing is observed.
+
+    ``product="ndvi"``: the assets NDVI comes from (red and NIR, or the index band) and the
+    QA classes ``accept`` (MODIS pixel reliability; default "good") decide, as they do for
+    the target (:func:`~dipfill.raster.scene.open_scene`).
 
     Each asset is read once, under ``grid`` only, from the finest level — full resolution
     or one of its overviews — that reads at most ``max_pixels`` pixels (and is no coarser
@@ -198,10 +204,12 @@ def observed_on_grid(
     :class:`~dipfill.errors.InputError` for an item without a profile or band asset, and
     :class:`~dipfill.errors.SceneReadError` for an asset that cannot be read.
     """
-    source = open_scene(dict(candidate_item), bands=bands, mask=mask, sign=sign)
+    source = open_scene(dict(candidate_item), bands=bands, mask=mask, sign=sign, product=product, accept=accept)
+    inputs = (zip(source.derive.keys, source.derive.hrefs, source.derive.nodata) if source.derive is not None
+              else zip(source.band_keys, source.band_hrefs, source.nodata))
     observed = np.ones(grid.shape, dtype=bool)
     with gdal_env(dict(source.gdal_options)):
-        for key, href, nodata in zip(source.band_keys, source.band_hrefs, source.nodata):
+        for key, href, nodata in inputs:
             observed &= _valid_on_grid(href, f"item {source.item_id} asset {key}", grid,
                                        lambda a, nd=nodata: data_validity(a, nd), max_pixels)
         if source.qa_href is not None and source.profile.qa is not None:
@@ -209,7 +217,7 @@ def observed_on_grid(
 
             def clear(qa: NDArray) -> NDArray[np.bool_]:
                 inside = np.ones(qa.shape, dtype=bool)  # only "observed" matters here
-                return decode_qa(decoder, qa, footprint=inside, mask=mask) == OBSERVED
+                return decode_qa(decoder, qa, footprint=inside, mask=mask, accept=source.qa_accept) == OBSERVED
 
             observed &= _valid_on_grid(source.qa_href, f"item {source.item_id} asset {source.qa_key}", grid, clear,
                                        max_pixels)

@@ -302,19 +302,23 @@ class ItemGuide:
 
 
 def open_item_guide(items: Mapping[str, Any] | Sequence[Mapping[str, Any]], grid: Grid, *,
-                    bands: Sequence[str] | None = None, sign: Any = None) -> ItemGuide:
+                    bands: Sequence[str] | None = None, sign: Any = None, product: str = "bands",
+                    accept: Sequence[int] | None = None) -> ItemGuide:
     """A STAC item (or several: their median composite) as a guide on ``grid``: each with its
     cloud mask where the collection has a QA layer (a cloud in a guide is not evidence),
-    else its nodata."""
+    else its nodata. ``product="ndvi"``: the item's NDVI (computed or read, as the target's:
+    :func:`~dipfill.raster.scene.open_scene`), its QA classes ``accept`` observed."""
     members = [items] if isinstance(items, Mapping) else list(items)
     if not members:
         raise InputError("a guide needs at least one STAC item")
     scenes = []
     for item in members:
         try:
-            scenes.append(open_scene(dict(item), bands=bands, mask="clouds", sign=sign, grid=grid))
+            scenes.append(open_scene(dict(item), bands=bands, mask="clouds", sign=sign, grid=grid,
+                                     product=product, accept=accept))  # type: ignore[arg-type]
         except InputError:  # no QA asset: nodata is all there is
-            scenes.append(open_scene(dict(item), bands=bands, mask="fill", sign=sign, grid=grid))
+            scenes.append(open_scene(dict(item), bands=bands, mask="fill", sign=sign, grid=grid,
+                                     product=product, accept=accept))  # type: ignore[arg-type]
     props = members[0].get("properties") or {}
     return ItemGuide(tuple(scenes), self_href(members[0]) or str(members[0].get("id")),
                      props.get("datetime") or props.get("start_datetime"))
