@@ -85,8 +85,8 @@ def blend_block(task: BlockTask) -> BlockResult:
     """Blend, composite and write one block; returns its QA counts and preview pixels."""
     (row0, col0), (height, width) = task.origin, task.state.shape
     data, valid = task.source.read_pixels(((row0, row0 + height), (col0, col0 + width)))
-    stored = PatchStore(task.store_path).values()  # opened once for the block's windows
-    values = ((w, stored[i, :, : w.height, : w.width], fallback) for w, i, fallback in task.windows)
+    stored = PatchStore(task.store_path).read_many([i for _, i, _ in task.windows])
+    values = ((w, stored[i][:, : w.height, : w.width], fallback) for w, i, fallback in task.windows)
     out, qa = compose_block(data, valid, task.state, task.origin, values, task.rows, task.cols, task.nodata)
     write_mosaic_block(task.mosaic_path, task.origin, out, qa)
     preview = Preview.of_block(data, out, valid, data_validity(out, task.nodata), task.origin, task.preview_step)

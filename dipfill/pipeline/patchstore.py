@@ -83,15 +83,19 @@ class PatchStore:
         folder = as_path(self.path) / "diagnostics"
         if diagnostics is not None:
             folder.mkdir(exist_ok=True)  # nothing to make on object storage
-        for n, (index, patch) in enumerate(zip(indices, values)):
-            full = np.full(arr.shape[1:], np.nan, dtype=np.float32)
-            full[:, : patch.shape[1], : patch.shape[2]] = patch
-            arr[index] = full
-            if diagnostics is not None:
+        order = {int(i): n for n, i in enumerate(indices)}
+        for start, stop in _runs(order):  # one slice per run of consecutive indices (a batch: one)
+            full = np.full((stop - start, *arr.shape[1:]), np.nan, dtype=np.float32)
+            for k in range(start, stop):
+                patch = values[order[k]]
+                full[k - start, :, : patch.shape[1], : patch.shape[2]] = patch
+            arr[start:stop] = full
+        if diagnostics is not None:
+            for n, index in enumerate(indices):
                 write_json(folder / f"{index}.json", diagnostics[n], indent=0)
         done = _array(self.path, "done", "r+")
-        for index in indices:
-            done[index] = 1
+        for start, stop in _runs(order):
+            done[start:stop] = 1
 
     def diagnostics(self) -> dict[int, dict]:
         """Diagnostics of every patch written with them, by index."""
@@ -113,12 +117,34 @@ class PatchStore:
     def read(self, index: int, height: int, width: int) -> NDArray[np.float32]:
         return _array(self.path, "values")[index, :, :height, :width]
 
+    def read_many(self, indices: Sequence[int]) -> dict[int, NDArray[np.float32]]:
+        """Patches ``indices`` (full patch size) by index, one slice per run of consecutive
+        indices: a block's windows are a few such runs (a slice is read ~2× faster than
+        its patches one by one; Zarr fetches a slice's chunks together)."""
+        out: dict[int, NDArray[np.float32]] = {}
+        arr = _array(self.path, "values")
+        for start, stop in _runs(indices):
+            part = arr[start:stop]
+            out.update({start + k: part[k] for k in range(stop - start)})
+        return out
+
     def values(self) -> Any:
         """The ``values[n, bands, P, P]`` array, opened once for many reads (a block's windows)."""
         return _array(self.path, "values")
 
     def remove(self) -> None:
         remove(self.path)
+
+
+def _runs(indices: Any) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each run of consecutive values in ``indices`` (sorted, distinct)."""
+    runs: list[tuple[int, int]] = []
+    for i in sorted({int(i) for i in indices}):
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
 
 
 def _array(path: str, name: str, mode: str = "r") -> Any:
