@@ -8,7 +8,8 @@ bands: blue/green/red/nir guide B11 and B12 by a factor 2); reported: wall secon
 record's stage seconds, the driver's peak RSS (``ru_maxrss`` of the child) and what it
 costs per output pixel and band above the idle process, patches, and the RMSE of the
 output's bilinear downsample against the LR input (the item's ``dipfill:sr.lowres_rmse``,
-in DN; the consistency projection makes it the uint16 rounding).
+in DN, of the written uint16 output: the consistency projection leaves the rounding).
+Last, ``super_resolve`` alone under ``tracemalloc``: what the algorithm holds per pixel.
 
 mcpn-direct runs at ``--steps`` (default 5): a timing of the scene path (per patch-step
 cost), not a quality claim; quality against paper 003's protocol is scripts/bench_sr.py.
@@ -91,6 +92,27 @@ def run_one(stac: str, out: Path, method: str, steps: int) -> dict:
             "shape": item["properties"]["proj:shape"], "bands": len(sr["lowres"])}
 
 
+def traced_peak() -> tuple[float, float]:
+    """:func:`~dipfill.pipeline.sr.super_resolve` (bicubic) on the scene's files, in this
+    process under ``tracemalloc`` (numpy's buffers are traced): its peak above its inputs,
+    MiB and bytes per output pixel and band. What the algorithm holds, without the
+    process's imports, GDAL's block cache or the writers."""
+    import tracemalloc
+
+    sys.path.insert(0, str(REPO))
+    from dipfill.pipeline.sr import super_resolve
+    from dipfill.raster.read import read_scene
+
+    low = read_scene([str(S2 / "B11.tif"), str(S2 / "B12.tif")])
+    high = read_scene([str(S2 / f"{b}.tif") for b in ("B02", "B03", "B04", "B08")])
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    super_resolve([low], high, method="bicubic")
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return peak / 2**20, peak / (high.data.shape[1] * high.data.shape[2] * low.data.shape[0])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--methods", default="bicubic,guided-filter,mcpn-direct")
@@ -110,6 +132,7 @@ def main() -> int:
             print(json.dumps(r), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    mib, per = traced_peak()
     load = os.getloadavg()[0]
     print(f"\nload average (1 min) at the end: {load:.1f}; idle process with a run's imports {idle:.0f} MiB\n")
     print("| method | output | patches | wall s | open | fit | write | driver peak MiB | bytes / output px / band "
@@ -122,6 +145,8 @@ def main() -> int:
         print(f"| {r['method']} | {r['bands']} × {w}×{h} | {r['patches']} | {r['wall_s']} | {t.get('open', 0):.1f} | "
               f"{t.get('fit', 0):.1f} | {t.get('write', 0):.1f} | {r['peak_mib']} | {per:.0f} | "
               f"{', '.join(f'{v:.2f}' for v in r['lowres_rmse'])} |")
+    print(f"\nsuper_resolve alone (bicubic, tracemalloc): {mib:.1f} MiB above its inputs, {per:.1f} bytes per output "
+          "pixel and band")
     return 0
 
 

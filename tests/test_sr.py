@@ -198,3 +198,40 @@ def test_bad_input_is_one_line_and_writes_nothing(case: dict, capsys, swap, extr
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0], err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_rows_merged_as_they_finish_equal_one_merge_of_the_whole_region() -> None:
+    """sr_arrays hands out rows of the merged output strip by strip (memory: two rows of
+    patches); with overlaps deep enough that patches two rows back still reach a strip, the
+    strips joined are bit for bit one merge of every patch over the whole region."""
+    import dipfill.pipeline.sr as sr_mod
+    from dipfill.pipeline.sr import sr_arrays
+    from dipfill.tiling.merge import InMemoryMerger
+
+    rng = np.random.default_rng(5)
+    geo = SRGeometry((3.0, 3.0), (0.0, 0.0), (40, 40), (120, 120))
+    low = rng.random((2, 40, 40)) * 1000
+    guide = rng.random((3, 120, 120))
+    patches: dict = {}
+
+    class Recording(InMemoryMerger):
+        def aggregate(self, values, window, **kw):  # noqa: ANN001, ANN003
+            patches.setdefault(window.id, (window, values.copy()))
+            return super().aggregate(values, window, **kw)
+
+    strips: list = []
+    original = sr_mod.InMemoryMerger
+    sr_mod.InMemoryMerger = Recording
+    try:
+        result = sr_arrays(low, np.ones(low.shape, bool), guide, np.ones(guide.shape, bool), geo, method="bicubic",
+                           patch=48, overlap=40, sink=lambda top, values: strips.append((top, values)))
+    finally:
+        sr_mod.InMemoryMerger = original
+    tops = [top for top, _ in strips]
+    assert len(strips) > 3 and tops == sorted(tops) and result.windows == len(patches)
+    starts = sorted({w.row_off for w, _ in patches.values()})
+    whole = InMemoryMerger(2, result.region, rows=starts, cols=sorted({w.col_off for w, _ in patches.values()}))
+    for window, values in sorted(patches.values(), key=lambda p: (p[0].row_off, p[0].col_off)):
+        whole.aggregate(values, window)
+    joined = np.concatenate([values for _, values in strips], axis=1)
+    assert np.array_equal(joined, whole.finalize().values, equal_nan=True)

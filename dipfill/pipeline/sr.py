@@ -1,14 +1,17 @@
 """`dipfill sr`: guided super-resolution of a low-resolution raster onto a guide's grid (paper 003 §3.2).
 
-Two layers, as :mod:`~dipfill.pipeline.fill`:
+Three layers, as :mod:`~dipfill.pipeline.fill`:
 
 * :func:`sr_arrays` — arrays and an :class:`~dipfill.tiling.resample.SRGeometry` in, the
-  high-resolution (HR) bands on the guide's grid out. The HR pixels inside the LR
-  footprint are cut into the usual patches (``--patch``/``--overlap``); each patch gets the
-  LR window it owns (:func:`~dipfill.tiling.resample.lowres_window`: the LR pixels whose
-  downsampling kernel lies inside it) for the networks, or the LR pixels its bicubic
+  high-resolution (HR) bands on the guide's grid out, strip by strip. The HR pixels inside
+  the LR footprint are cut into the usual patches (``--patch``/``--overlap``); each patch
+  gets the LR window it owns (:func:`~dipfill.tiling.resample.lowres_window`: the LR pixels
+  whose downsampling kernel lies inside it) for the networks, or the LR pixels its bicubic
   kernels touch for the baselines, and the patches are merged with the Hann-feathered
-  :class:`~dipfill.tiling.merge.InMemoryMerger` like every fill.
+  :class:`~dipfill.tiling.merge.InMemoryMerger` like every fill, a strip of rows at a time.
+* :func:`super_resolve` — one or more LR scenes (one grid each) onto one guide as one
+  product in the LR dtype, with the consistency check and the quicklook (what both
+  ``dipfill sr`` and ``dipfill run --mode sr`` write).
 * :func:`sr_files` — reads the LR raster(s) and the guide raster(s), derives the geometry
   from their transforms (:func:`sr_geometry`: same CRS, north-up, any non-integer factor
   >= 1 and sub-pixel shift; the guide must cover the LR footprint), validates everything
@@ -42,9 +45,10 @@ from dipfill.pipeline.compose import qa_counts
 from dipfill.pipeline.fill import _write_or_undo, check_datetime
 from dipfill.pipeline.outputs import SceneProduct
 from dipfill.pipeline.plan import patch_seed
+from dipfill.pipeline.sr_geometry import min_patch, sr_geometry
 from dipfill.raster.hrefs import redact_href
 from dipfill.raster.masks import QA_ENGINE, QA_OUTSIDE, QA_UNFILLED
-from dipfill.raster.read import Grid, Scene, acquisition_date, data_validity, read_scene
+from dipfill.raster.read import Scene, acquisition_date, data_validity, read_scene
 from dipfill.raster.write import Preview
 from dipfill.specs import FillOptions
 from dipfill.stac.item import ItemExtras
@@ -54,24 +58,21 @@ from dipfill.tiling.merge import InMemoryMerger, cast_to_dtype
 from dipfill.tiling.resample import (KERNELS, SRGeometry, apply_operator, lowres_window, project_consistent,
                                      row_support)
 
-__all__ = ["METHODS", "SRReport", "SRResult", "sr_geometry", "sr_arrays", "sr_files"]
+__all__ = ["METHODS", "SRProduct", "SRReport", "SRResult", "sr_geometry", "sr_arrays", "super_resolve", "sr_files"]
 
 log = logging.getLogger(__name__)
 
 #: ``--method``: the two classical baselines and paper 003's two variants.
 METHODS = ("bicubic", "guided-filter", "mcpn-direct", "mcpn-stacked")
-#: Relative disagreement allowed between ``--scale FACTOR`` and the factor the grids give.
-SCALE_TOLERANCE = 1e-3
 
 
 @dataclass
 class SRResult:
-    """Output of :func:`sr_arrays`: HR values (float64, NaN where not made), per-window
-    diagnostics, and the RMSE of the output's downsample against the LR input."""
+    """What :func:`sr_arrays` did besides handing its rows to ``sink``: the region it made
+    (the HR pixels inside the LR footprint), per-window diagnostics, the window count."""
 
-    values: NDArray[np.float64]  # [C, H, W]
+    region: PatchWindow
     diagnostics: dict[str, PatchDiagnostics]
-    lowres_rmse: list[float]  # per band, data units, over LR pixels observed and wholly inside the output
     windows: int
 
 
@@ -90,67 +91,6 @@ class SRReport:
     diagnostics: dict[str, PatchDiagnostics] = field(default_factory=dict)
 
 
-def sr_geometry(low: Grid, high: Grid, scale: str | float = "auto", *, low_name: str = "LOWRES",
-                high_name: str = "the guide") -> SRGeometry:
-    """Where the LR grid ``low`` sits on the HR grid ``high``, or an :class:`InputError`.
-
-    ``scale`` ``auto`` reads the factor from the transforms; a number is checked against them
-    (it places the LR raster at the guide's origin only when the LR raster has no
-    georeference at all). Refused: different CRSs, rotated grids, a factor below 1, an LR
-    footprint the guide does not cover."""
-    factor = None if str(scale) == "auto" else _factor(scale)
-    georef = low.crs is not None and not low.transform.is_identity
-    if not georef:
-        if factor is None:
-            raise InputError(f"{low_name} has no georeference (no CRS/transform); give --scale FACTOR to place it "
-                             f"at the origin of {high_name}")
-        return _checked((factor, factor), (0.0, 0.0), low, high, low_name, high_name)
-    if high.crs is None:
-        raise InputError(f"{high_name} has no CRS but {low_name} has one; the guide must be georeferenced")
-    if low.crs != high.crs:
-        raise InputError(f"{low_name} is in {low.crs} and {high_name} in {high.crs}; reproject the low-resolution "
-                         f"raster to the guide's CRS first (gdalwarp -t_srs {high.crs})")
-    for name, t in ((low_name, low.transform), (high_name, high.transform)):
-        if t.b != 0 or t.d != 0:
-            raise InputError(f"{name} is a rotated grid; dipfill sr needs north-up rasters")
-    sx, sy = low.transform.a / high.transform.a, low.transform.e / high.transform.e
-    if sx <= 0 or sy <= 0:
-        raise InputError(f"{low_name} and {high_name} have axes pointing opposite ways; warp one to north-up")
-    if factor is not None and (abs(sx - factor) > SCALE_TOLERANCE * sx or abs(sy - factor) > SCALE_TOLERANCE * sy):
-        raise InputError(f"--scale {factor:g} disagrees with the grids: {low_name}'s pixels are {sx:g} x {sy:g} of "
-                         f"{high_name}'s; leave --scale auto")
-    offset = ((low.transform.f - high.transform.f) / high.transform.e,
-              (low.transform.c - high.transform.c) / high.transform.a)
-    return _checked((sy, sx), offset, low, high, low_name, high_name)
-
-
-def _factor(scale: str | float) -> float:
-    try:
-        value = float(scale)
-    except ValueError:
-        raise InputError(f"--scale must be auto or a number >= 1, got {scale!r}") from None
-    if not math.isfinite(value) or value < 1:
-        raise InputError(f"--scale {scale}: the factor must be >= 1 (the low-resolution pixels are the larger ones)")
-    return value
-
-
-def _checked(scale: tuple[float, float], offset: tuple[float, float], low: Grid, high: Grid, low_name: str,
-             high_name: str) -> SRGeometry:
-    if min(scale) < 1:
-        raise InputError(f"{low_name} has finer pixels than {high_name} (factor {min(scale):.3g} < 1); "
-                         "pass the low-resolution raster first and the finer one as --guide")
-    geo = SRGeometry(scale, offset, low.shape, high.shape)
-    tol = 0.01  # HR pixels
-    for k, axis in ((0, "rows"), (1, "columns")):
-        lo = geo.offset[k]
-        hi = lo + geo.lr_shape[k] * geo.scale[k]
-        if lo < -tol or hi > geo.hr_shape[k] + tol:
-            raise InputError(f"{high_name} does not cover the footprint of {low_name}: its {axis} span HR pixels "
-                             f"{lo:.1f} to {hi:.1f} of the guide's 0 to {geo.hr_shape[k]}; give a guide that "
-                             "covers the whole low-resolution raster (or crop it)")
-    return geo
-
-
 def sr_arrays(
     lowres: NDArray,
     lowres_valid: NDArray[np.bool_],
@@ -166,8 +106,17 @@ def sr_arrays(
     engine_options: dict[str, Any] | None = None,
     consistency: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    sink: Callable[[int, NDArray[np.float64]], None],
 ) -> SRResult:
-    """Super-resolve ``lowres [C, h, w]`` onto the grid of ``guides [G, H, W]`` (see the module doc).
+    """Super-resolve ``lowres [C, h, w]`` onto the grid of ``guides [G, H, W]`` (see the module
+    doc), handing the merged HR rows to ``sink(first_row, values [C, rows, region width])``
+    (float64, NaN where not made) as soon as no later patch reaches them.
+
+    Memory is two rows of patches, not the scene: the patches are fitted row by row, and
+    each strip of rows from one row of patches' start to the next one's is merged by its own
+    :class:`~dipfill.tiling.merge.InMemoryMerger` over the patches that reach it, with the
+    feathering weights of the whole grid (the same sums in the same order as one merger
+    over the region: the same bytes).
 
     ``consistency``: each patch's output is corrected by
     :func:`~dipfill.tiling.resample.project_consistent` so that its downsample equals the LR
@@ -188,19 +137,20 @@ def sr_arrays(
     rows = [region.row_off + s for s in axis_starts(region.height, size, min(overlap, size - 1))]
     cols = [region.col_off + s for s in axis_starts(region.width, size, min(overlap, size - 1))]
     h, w = min(size, region.height), min(size, region.width)
-    windows = [PatchWindow(r, q, h, w) for r in rows for q in cols]
+    total = len(rows) * len(cols)
     low = np.asarray(lowres, dtype=np.float64)
     engine = make_sr_engine(method.split("-", 1)[1], **(engine_options or {})) if method.startswith("mcpn") else None
-    merger = InMemoryMerger(c, region, rows=rows, cols=cols)
     diagnostics: dict[str, PatchDiagnostics] = {}
-    for n, win in enumerate(windows):
+    def upsample(win: PatchWindow) -> tuple[NDArray[np.float64], PatchDiagnostics]:
+        """One HR patch by ``method`` (the network or a baseline), projected onto the LR pixels
+        it owns when ``consistency``."""
         ys, xs = win.slices
         g, gv = guides[:, ys, xs], guide_valid[:, ys, xs]
         lwin, ay_w, ax_w = lowres_window(ay, ax, win, support)
         if engine is not None:
             if lwin.height == 0 or lwin.width == 0:
                 raise InputError(f"a {win.height}x{win.width} patch holds no whole low-resolution pixel at factor "
-                                 f"{max(geometry.scale):.3g}; give --patch of at least {_min_patch(geometry)}")
+                                 f"{max(geometry.scale):.3g}; give --patch of at least {min_patch(geometry)}")
             ly, lx = lwin.slices
             values, diag = engine.upsample(low[:, ly, lx], lowres_valid[:, ly, lx], ay_w, ax_w, g, gv,
                                            seed=patch_seed(seed, win))
@@ -217,18 +167,25 @@ def sr_arrays(
         if consistency and lwin.height and lwin.width:
             ly, lx = lwin.slices
             values = project_consistent(values, low[:, ly, lx], lowres_valid[:, ly, lx], ay_w, ax_w)
-        merger.aggregate(values, win)
-        diagnostics[win.id] = diag
-        if progress:
-            progress(n + 1, len(windows))
-    merged = merger.finalize()
-    out = np.full((c,) + geometry.hr_shape, np.nan)
-    out[(slice(None), *region.slices)] = merged.values
-    return SRResult(out, diagnostics, _lowres_rmse(out, low, lowres_valid, ay, ax, region), len(windows))
+        return values, diag
 
-
-def _min_patch(geo: SRGeometry) -> int:
-    return int(math.ceil(4 * max(geo.scale)))
+    pending: list[tuple[PatchWindow, NDArray[np.float64]]] = []  # fitted patches that reach rows not yet merged
+    end = region.row_off + region.height
+    for i, r in enumerate(rows):
+        for q in cols:
+            win = PatchWindow(r, q, h, w)
+            values, diag = upsample(win)
+            pending.append((win, values))
+            diagnostics[win.id] = diag
+            if progress:
+                progress(len(diagnostics), total)
+        top, bottom = r, rows[i + 1] if i + 1 < len(rows) else end
+        merger = InMemoryMerger(c, PatchWindow(top, region.col_off, bottom - top, region.width), rows=rows, cols=cols)
+        for win, values in pending:
+            merger.aggregate(values, win)
+        sink(top, merger.finalize().values)
+        pending = [(win, values) for win, values in pending if win.row_off + win.height > bottom]
+    return SRResult(region, diagnostics, total)
 
 
 def _support(u: NDArray[np.float64]) -> tuple[int, int]:
@@ -237,25 +194,45 @@ def _support(u: NDArray[np.float64]) -> tuple[int, int]:
     return int(cols[0]), int(cols[-1]) + 1
 
 
-def _lowres_rmse(out: NDArray[np.float64], low: NDArray[np.float64], valid: NDArray[np.bool_],
-                 ay: NDArray[np.float64], ax: NDArray[np.float64], region: PatchWindow) -> list[float]:
-    """Per band: RMSE between the output's downsample and the LR input over the LR pixels that
-    are observed and whose whole kernel lies inside the made region."""
-    lwin, ay_r, ax_r = lowres_window(ay, ax, region)
-    if lwin.height == 0 or lwin.width == 0:
-        return [float("nan")] * low.shape[0]
-    down = apply_operator(ay_r, ax_r, out[(slice(None), *region.slices)])
-    ly, lx = lwin.slices
-    ok = valid[:, ly, lx] & np.isfinite(down) & np.isfinite(low[:, ly, lx])
-    err = (down - low[:, ly, lx]) ** 2
-    return [float(np.sqrt(err[b][ok[b]].mean())) if ok[b].any() else float("nan") for b in range(low.shape[0])]
+def _lowres_rmse(data: NDArray, made: NDArray[np.bool_], low: NDArray[np.float64], valid: NDArray[np.bool_],
+                 ay: NDArray[np.float64], ax: NDArray[np.float64], region: PatchWindow, strip: int = 1024
+                 ) -> list[float]:
+    """Per band: RMSE between the written output's downsample (``data [C, H, W]`` where
+    ``made``) and the LR input, over the LR pixels that are observed and whose whole kernel
+    lies inside the made ``region``. By strips of HR rows (each strip reaching one kernel
+    further, each LR row counted once): memory is a strip, not the scene."""
+    c = low.shape[0]
+    support = (row_support(ay), row_support(ax))
+    first, last = support[0]
+    reach = int((last - first + 1)[first <= last].max(initial=1))
+    sse, count = np.zeros(c), np.zeros(c, dtype=np.int64)
+    done = 0  # LR rows before this one are counted
+    end = region.row_off + region.height
+    cols = slice(region.col_off, region.col_off + region.width)
+    for r0 in range(region.row_off, end, strip):
+        r1 = min(end, r0 + strip + reach)
+        lwin, ay_w, ax_w = lowres_window(ay, ax, PatchWindow(r0, region.col_off, r1 - r0, region.width), support)
+        skip = max(0, done - lwin.row_off)
+        if lwin.width and lwin.height > skip:
+            block = np.where(made[None, r0:r1, cols], data[:, r0:r1, cols], np.nan)
+            down = apply_operator(ay_w[skip:], ax_w, block)
+            ly, lx = slice(lwin.row_off + skip, lwin.row_off + lwin.height), lwin.slices[1]
+            ok = valid[:, ly, lx] & np.isfinite(down) & np.isfinite(low[:, ly, lx])
+            err = np.where(ok, down - low[:, ly, lx], 0.0) ** 2
+            sse += err.sum(axis=(1, 2))
+            count += ok.sum(axis=(1, 2))
+            done = lwin.row_off + lwin.height
+        if r1 == end:
+            break
+    return [float(np.sqrt(sse[b] / count[b])) if count[b] else float("nan") for b in range(c)]
 
 
-def _nearest_preview(scene: Scene, geo: SRGeometry) -> tuple[NDArray, NDArray[np.bool_]]:
-    """The LR input sampled (nearest) at the HR pixel centres: the quicklook's "before"."""
+def _nearest_preview(scene: Scene, geo: SRGeometry, step: int) -> tuple[NDArray, NDArray[np.bool_]]:
+    """The LR input sampled (nearest) at every ``step``-th HR pixel centre: the quicklook's
+    "before" (:class:`~dipfill.raster.write.Preview`'s pixels, not the whole HR grid)."""
     idx = []
     for k in (0, 1):
-        u = np.floor((np.arange(geo.hr_shape[k]) + 0.5 - geo.offset[k]) / geo.scale[k]).astype(np.int64)
+        u = np.floor((np.arange(0, geo.hr_shape[k], step) + 0.5 - geo.offset[k]) / geo.scale[k]).astype(np.int64)
         idx.append((np.clip(u, 0, geo.lr_shape[k] - 1), (u >= 0) & (u < geo.lr_shape[k])))
     (iy, oky), (ix, okx) = idx
     before = scene.data[:, iy[:, None], ix[None, :]]
@@ -318,7 +295,7 @@ def super_resolve(
                              "needs one dtype and nodata: super-resolve them separately")
     if method.startswith("mcpn"):
         make_sr_engine(method.split("-", 1)[1], **dict(engine_options or {}))  # options checked before any work
-        need = max(_min_patch(g) for g in geos)
+        need = max(min_patch(g) for g in geos)
         if min(patch, max(geos[0].hr_shape)) < need and min(geos[0].hr_shape) >= need:
             raise InputError(f"--patch {patch} holds no whole low-resolution pixel at factor "
                              f"{max(max(g.scale) for g in geos):.3g}; give --patch of at least {need}")
@@ -332,45 +309,58 @@ def super_resolve(
     if nodata is None:
         nodata = float("nan") if np.issubdtype(first.dtype, np.floating) else 0.0
     hr_shape = geos[0].hr_shape
-    bands = sum(low.data.shape[0] for low in lows)
-    data = np.empty((bands, *hr_shape), dtype=first.dtype)
+    fill = np.asarray(nodata).astype(first.dtype)
+    data = np.full((sum(low.data.shape[0] for low in lows), *hr_shape), fill, dtype=first.dtype)
     covered = np.zeros(hr_shape, dtype=bool)
     made_all = np.ones(hr_shape, dtype=bool)
     rmse: list[float] = []
     diagnostics: dict[str, PatchDiagnostics] = {}
     windows = 0
+    step = Preview.step_for(hr_shape)
     befores, before_valids = [], []
     b = 0
     for k, (low, valid, geo) in enumerate(zip(lows, valids, geos)):
+        c, region = low.data.shape[0], geo.covered()
+        made = np.zeros(hr_shape, dtype=bool)  # every band of this grid made
+
+        def sink(top: int, values: NDArray[np.float64], b: int = b, c: int = c, made: NDArray[np.bool_] = made,
+                 cols: slice = slice(region.col_off, region.col_off + region.width)) -> None:
+            """Merged rows of this grid's bands into the output, in its dtype."""
+            rows = slice(top, top + values.shape[1])
+            ok = np.isfinite(values)
+            band = cast_to_dtype(np.where(ok, values, 0.0), first.dtype, nodata)
+            band[~ok] = fill
+            data[b:b + c, rows, cols] = band
+            made[rows, cols] = ok.all(axis=0)
+
         result = sr_arrays(low.data, valid, high.data, high_valid, geo, method=method, kernel=kernel, patch=patch,
                            overlap=overlap, seed=seed, engine_options=engine_options, consistency=consistency,
-                           progress=progress)
-        made = np.isfinite(result.values)
-        c = low.data.shape[0]
-        band = cast_to_dtype(np.where(made, result.values, 0.0), first.dtype, nodata)
-        band[~made] = np.asarray(nodata).astype(first.dtype)
-        data[b:b + c] = band
+                           progress=progress, sink=sink)
+        ay, ax = geo.operators(kernel)
+        rmse += _lowres_rmse(data[b:b + c], made, np.asarray(low.data, dtype=np.float64), valid, ay, ax,
+                             result.region)
+        del ay, ax
         b += c
-        del band
-        covered[geo.covered().slices] = True
-        made_all &= made.all(axis=0)
-        rmse += result.lowres_rmse
+        covered[result.region.slices] = True
+        made_all &= made
         windows += result.windows
         prefix = f"{k}:" if len(lows) > 1 else ""  # one window id per LR grid
         diagnostics.update({prefix + key: d for key, d in result.diagnostics.items()})
-        before, before_valid = _nearest_preview(low, geo)
+        before, before_valid = _nearest_preview(low, geo, step)
         befores.append(before)
         before_valids.append(before_valid)
-    qa = np.where(covered, np.where(made_all, QA_ENGINE, QA_UNFILLED), QA_OUTSIDE).astype(np.uint8)
+    qa = np.full(hr_shape, QA_OUTSIDE, dtype=np.uint8)
+    qa[covered] = QA_UNFILLED
+    qa[covered & made_all] = QA_ENGINE
     guide_records = [{"href": os.path.abspath(g) if "://" not in g else redact_href(g), "datetime": None,
                       "bands": int(high.data.shape[0]) if len(high.sources) == 1 else 1,
                       "resampling": "none (the output grid)"} for g in high.sources]
-    made_mask = np.concatenate([np.ones((low.data.shape[0], 1, 1), bool) for low in lows]) & made_all[None]
+    after_valid = np.broadcast_to(made_all[None, ::step, ::step], (data.shape[0], *made_all[::step, ::step].shape))
     product = SceneProduct(
         grid=high.grid, band_names=[n for low in lows for n in low.band_names], dtype=first.dtype, nodata=nodata,
         sources=[s for low in lows for s in low.sources], bands=data, qa=qa, footprint=qa != QA_OUTSIDE,
-        preview=Preview.of_block(np.concatenate(befores), data, np.concatenate(before_valids), made_mask, (0, 0),
-                                 Preview.step_for(hr_shape)),
+        preview=Preview(np.concatenate(befores), data[:, ::step, ::step], np.concatenate(before_valids),
+                        np.ascontiguousarray(after_valid)),
         counts=qa_counts(qa), diagnostics=diagnostics, guides=guide_records,
     )
     record = {

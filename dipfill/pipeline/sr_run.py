@@ -16,10 +16,10 @@ see the same ground on the same date as its 20 m and 60 m bands. Per item:
   ``dipfill:mode = sr`` and ``dipfill:sr`` (method, factors per grid, guide, LR consistency);
   then the static catalog and ``--publish``.
 
-In the driver, not on the engine actors, as ``--mode anonymise``: the scene's bands are held
-in memory, with float64 merges of each group (measured, scripts/bench_sr_run.py: ~75 bytes
-per output pixel and band above the process's base; ~9 GB per coarse band of a full
-10980² Sentinel-2 tile).
+In the driver, not on the engine actors, as ``--mode anonymise``; the merge streams strips of
+rows into the output (:func:`~dipfill.pipeline.sr.sr_arrays`), so the driver holds the output
+in its dtype, the guide and the resampling operators (scripts/bench_sr_run.py; ~6 GB
+projected for a full 10980² Sentinel-2 tile's eight coarse bands).
 """
 
 from __future__ import annotations
