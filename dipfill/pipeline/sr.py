@@ -55,8 +55,8 @@ from dipfill.stac.item import ItemExtras
 from dipfill.storage import as_path, check_output_dir
 from dipfill.tiling.grid import PatchWindow, axis_starts
 from dipfill.tiling.merge import InMemoryMerger, cast_to_dtype
-from dipfill.tiling.resample import (KERNELS, SRGeometry, apply_operator, lowres_window, project_consistent,
-                                     row_support)
+from dipfill.tiling.resample import (KERNELS, BandedOperator, SRGeometry, apply_operator, lowres_window,
+                                     project_consistent)
 
 __all__ = ["METHODS", "SRProduct", "SRReport", "SRResult", "sr_geometry", "sr_arrays", "super_resolve", "sr_files"]
 
@@ -127,9 +127,9 @@ def sr_arrays(
     if kernel not in KERNELS:
         raise InputError(f"--operator must be one of {', '.join(KERNELS)}, got {kernel!r}")
     c = lowres.shape[0]
-    ay, ax = geometry.operators(kernel)
-    support = (row_support(ay), row_support(ax))  # once, not per patch
-    uy, ux = geometry.upsamplers()
+    ay, ax = geometry.banded_operators(kernel)  # blocks on demand: never the whole LR x HR matrices
+    support = (ay.support(), ax.support())  # once, not per patch
+    uy, ux = geometry.banded_upsamplers()
     region = geometry.covered()
     if region.height == 0 or region.width == 0:
         raise InputError("the low-resolution raster covers no pixel centre of the guide")
@@ -195,14 +195,14 @@ def _support(u: NDArray[np.float64]) -> tuple[int, int]:
 
 
 def _lowres_rmse(data: NDArray, made: NDArray[np.bool_], low: NDArray[np.float64], valid: NDArray[np.bool_],
-                 ay: NDArray[np.float64], ax: NDArray[np.float64], region: PatchWindow, strip: int = 1024
+                 ay: BandedOperator, ax: BandedOperator, region: PatchWindow, strip: int = 1024
                  ) -> list[float]:
     """Per band: RMSE between the written output's downsample (``data [C, H, W]`` where
     ``made``) and the LR input, over the LR pixels that are observed and whose whole kernel
     lies inside the made ``region``. By strips of HR rows (each strip reaching one kernel
     further, each LR row counted once): memory is a strip, not the scene."""
     c = low.shape[0]
-    support = (row_support(ay), row_support(ax))
+    support = (ay.support(), ax.support())
     first, last = support[0]
     reach = int((last - first + 1)[first <= last].max(initial=1))
     sse, count = np.zeros(c), np.zeros(c, dtype=np.int64)
@@ -336,10 +336,9 @@ def super_resolve(
         result = sr_arrays(low.data, valid, high.data, high_valid, geo, method=method, kernel=kernel, patch=patch,
                            overlap=overlap, seed=seed, engine_options=engine_options, consistency=consistency,
                            progress=progress, sink=sink)
-        ay, ax = geo.operators(kernel)
+        ay, ax = geo.banded_operators(kernel)
         rmse += _lowres_rmse(data[b:b + c], made, np.asarray(low.data, dtype=np.float64), valid, ay, ax,
                              result.region)
-        del ay, ax
         b += c
         covered[result.region.slices] = True
         made_all &= made

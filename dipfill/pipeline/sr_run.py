@@ -17,9 +17,10 @@ see the same ground on the same date as its 20 m and 60 m bands. Per item:
   then the static catalog and ``--publish``.
 
 In the driver, not on the engine actors, as ``--mode anonymise``; the merge streams strips of
-rows into the output (:func:`~dipfill.pipeline.sr.sr_arrays`), so the driver holds the output
-in its dtype, the guide and the resampling operators (scripts/bench_sr_run.py; ~6 GB
-projected for a full 10980² Sentinel-2 tile's eight coarse bands).
+rows into the output (:func:`~dipfill.pipeline.sr.sr_arrays`) and the operators come a block
+at a time, so the driver holds the output in its dtype, the guide and the masks
+(scripts/bench_sr_run.py; ~4 GB projected for a full 10980² Sentinel-2 tile's eight coarse
+bands).
 """
 
 from __future__ import annotations

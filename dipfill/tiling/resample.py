@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import numpy as np
 from numpy.typing import NDArray
 
 from dipfill.tiling.grid import PatchWindow
 
-__all__ = ["KERNELS", "SRGeometry", "downsample_operator", "upsample_operator", "row_support", "lowres_window",
-           "apply_operator", "project_consistent"]
+__all__ = ["KERNELS", "SRGeometry", "BandedOperator", "downsample_operator", "upsample_operator", "row_support",
+           "lowres_window", "apply_operator", "project_consistent"]
 
 KERNELS = ("bilinear", "area")
 
@@ -58,6 +60,20 @@ class SRGeometry:
         """The downsampling matrices ``(Ay [h, H], Ax [w, W])`` of this geometry."""
         return tuple(downsample_operator(self.lr_shape[k], self.hr_shape[k], self.scale[k], self.offset[k], kernel)
                      for k in (0, 1))  # type: ignore[return-value]
+
+    def banded_operators(self, kernel: str = "bilinear") -> tuple["BandedOperator", "BandedOperator"]:
+        """:meth:`operators` as :class:`BandedOperator` s: blocks on demand, for whole scenes."""
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        return tuple(BandedOperator(partial(_downsample_rows, n_hr=self.hr_shape[k], scale=self.scale[k],
+                                            offset=self.offset[k], kernel=kernel),
+                                    (self.lr_shape[k], self.hr_shape[k])) for k in (0, 1))  # type: ignore[return-value]
+
+    def banded_upsamplers(self) -> tuple["BandedOperator", "BandedOperator"]:
+        """:meth:`upsamplers` as :class:`BandedOperator` s."""
+        return tuple(BandedOperator(partial(_upsample_rows, n_lr=self.lr_shape[k], scale=self.scale[k],
+                                            offset=self.offset[k]),
+                                    (self.hr_shape[k], self.lr_shape[k])) for k in (0, 1))  # type: ignore[return-value]
 
     def upsamplers(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """The bicubic matrices ``(Uy [H, h], Ux [W, w])`` of this geometry."""
@@ -82,9 +98,15 @@ def downsample_operator(n_lr: int, n_hr: int, scale: float, offset: float = 0.0,
     """``[n_lr, n_hr]`` weights taking an HR axis to the LR axis (see the module doc); every row
     sums to 1. A row whose LR pixel covers no HR pixel at all is zero (the caller's check
     that the HR grid covers the LR footprint should have refused that)."""
+    return _downsample_rows(0, n_lr, n_hr, scale, offset, kernel)
+
+
+def _downsample_rows(i0: int, i1: int, n_hr: int, scale: float, offset: float, kernel: str) -> NDArray[np.float64]:
+    """Rows ``i0:i1`` of :func:`downsample_operator` (each row is computed from its own index
+    alone: any block of rows equals the same rows of the whole matrix, bit for bit)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    i = np.arange(n_lr, dtype=np.float64)[:, None]
+    i = np.arange(i0, i1, dtype=np.float64)[:, None]
     j = np.arange(n_hr, dtype=np.float64)[None, :]
     if kernel == "bilinear":
         centre = offset + (i + 0.5) * scale
@@ -106,14 +128,42 @@ def upsample_operator(n_lr: int, n_hr: int, scale: float, offset: float = 0.0) -
     """``[n_hr, n_lr]`` bicubic interpolation weights: HR pixel ``j``'s centre in LR pixel
     units is ``u = (j + 0.5 - offset) / scale - 0.5``; the four LR pixels around it weigh
     Keys' kernel (a = -0.75), indices clamped to the LR axis (edge replicated)."""
-    u = (np.arange(n_hr, dtype=np.float64) + 0.5 - offset) / scale - 0.5
+    return _upsample_rows(0, n_hr, n_lr, scale, offset)
+
+
+def _upsample_rows(j0: int, j1: int, n_lr: int, scale: float, offset: float) -> NDArray[np.float64]:
+    """Rows ``j0:j1`` of :func:`upsample_operator` (bit for bit the same rows)."""
+    u = (np.arange(j0, j1, dtype=np.float64) + 0.5 - offset) / scale - 0.5
     base = np.floor(u).astype(np.int64)
-    out = np.zeros((n_hr, n_lr))
-    rows = np.arange(n_hr)
+    out = np.zeros((j1 - j0, n_lr))
+    rows = np.arange(j1 - j0)
     for k in range(-1, 3):
         idx = base + k
         np.add.at(out, (rows, np.clip(idx, 0, n_lr - 1)), _keys(u - idx))
     return out
+
+
+class BandedOperator:
+    """An operator of :func:`downsample_operator` or :func:`upsample_operator` whose blocks are
+    computed when sliced (``op[r0:r1, c0:c1]``, ``op[r0:r1]``), never held whole: a scene-wide
+    operator is ``n_lr × n_hr`` float64 per axis (~0.5 GB for a 10980-pixel axis at factor 2),
+    a patch's block a few hundred kB. Blocks equal the dense matrix's, bit for bit.
+    :meth:`support` is :func:`row_support` of the whole operator, computed by blocks of rows."""
+
+    def __init__(self, rows: "Callable[[int, int], NDArray[np.float64]]", shape: tuple[int, int]) -> None:
+        self._rows, self.shape = rows, shape
+
+    def __getitem__(self, key: "slice | tuple[slice, slice]") -> NDArray[np.float64]:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        r0, r1, step = rows.indices(self.shape[0])
+        if step != 1 or not isinstance(cols, slice):
+            raise IndexError("a banded operator is sliced by row and column ranges only")
+        return self._rows(r0, max(r0, r1))[:, cols]
+
+    def support(self, block: int = 256) -> "Support":
+        parts = [row_support(self._rows(r0, min(r0 + block, self.shape[0])))
+                 for r0 in range(0, self.shape[0], block)] or [(np.zeros(0, np.int64), np.zeros(0, np.int64))]
+        return np.concatenate([f for f, _ in parts]), np.concatenate([last for _, last in parts])
 
 
 Support = tuple[NDArray[np.int64], NDArray[np.int64]]
@@ -130,7 +180,12 @@ def row_support(a: NDArray[np.float64]) -> Support:
     return first, last
 
 
-def lowres_window(ay: NDArray[np.float64], ax: NDArray[np.float64], window: PatchWindow,
+def _support_of(a: "NDArray[np.float64] | BandedOperator") -> Support:
+    return a.support() if isinstance(a, BandedOperator) else row_support(a)
+
+
+def lowres_window(ay: "NDArray[np.float64] | BandedOperator", ax: "NDArray[np.float64] | BandedOperator",
+                  window: PatchWindow,
                   support: tuple[Support, Support] | None = None
                   ) -> tuple[PatchWindow, NDArray[np.float64], NDArray[np.float64]]:
     """The LR pixels an HR ``window`` owns: those whose every non-zero weight falls inside it,
@@ -139,7 +194,7 @@ def lowres_window(ay: NDArray[np.float64], ax: NDArray[np.float64], window: Patc
     window (height or width 0) means the window is too small for the factor. ``support``:
     :func:`row_support` of ``ay`` and ``ax``, when the caller asks for many windows."""
     spans, parts = [], []
-    support = support or (row_support(ay), row_support(ax))
+    support = support or (_support_of(ay), _support_of(ax))
     for a, (first, last), start, size in ((ay, support[0], window.row_off, window.height),
                                           (ax, support[1], window.col_off, window.width)):
         inside = np.flatnonzero((first <= last) & (first >= start) & (last < start + size))
