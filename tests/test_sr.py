@@ -253,3 +253,23 @@ def test_banded_operators_give_the_dense_matrices_blocks_bit_for_bit() -> None:
             assert all(np.array_equal(x, y) for x, y in zip(b.support(block=7), row_support(d)))
     for d, b in zip(geo.upsamplers(), geo.banded_upsamplers()):
         assert np.array_equal(b[5:50], d[5:50]) and np.array_equal(b[0:101, 2:9], d[:, 2:9])
+
+
+def test_patches_on_an_executor_are_the_bytes_of_patches_in_process(case: dict) -> None:
+    """`dipfill run --mode sr` computes each row's patches on the engine workers
+    (SRPatch tasks, EngineWorker.upsample); paper 003's network, seeded per window, gives the
+    same merged bytes there as in process (LocalPool: the worker's code in this process)."""
+    from dipfill.pipeline.executor import LocalPool
+    from dipfill.pipeline.sr import sr_arrays
+
+    guide = np.stack([rasterio.open(g).read(1) for g in case["guides"]])
+    low = case["low"][None]
+    geo = SRGeometry((FACTOR, FACTOR), (0.0, 0.0), (38, 38), (96, 96))
+    runs = []
+    for executor in (None, LocalPool("fillnodata", {}, "none")):
+        strips: list = []
+        sr_arrays(low, np.ones(low.shape, bool), guide, guide > 0, geo, method="mcpn-direct", patch=64, overlap=16,
+                  engine_options={"steps": 1, **LIGHT}, sink=lambda top, v: strips.append(v), executor=executor)
+        runs.append(np.concatenate(strips, axis=1))
+    assert runs[0].shape == (1, 95, 95) and np.isfinite(runs[0]).all()
+    assert np.array_equal(runs[0], runs[1])

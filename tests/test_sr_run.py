@@ -33,6 +33,15 @@ HR = 192  # guide pixels (100 m), rows/cols 300..491 of the files
 LR_TOLERANCE = 0.01
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _ray_session():
+    """The local Ray a `dipfill run --mode sr` starts for its engine actors, stopped at the end."""
+    yield
+    from dipfill.pipeline.ray_executor import stop_ray
+
+    stop_ray()
+
+
 def _write(path: Path, data: np.ndarray, profile: dict, transform: Affine) -> str:
     prof = {k: v for k, v in profile.items() if k not in ("blockxsize", "blockysize", "tiled")}
     prof.update(width=data.shape[1], height=data.shape[0], transform=transform, count=1, dtype=data.dtype.name)
@@ -110,14 +119,16 @@ def test_run_mode_sr_takes_two_coarse_grids_onto_the_guide_grid(catalog: dict) -
     one product on the 10 m grid with B11 (factor 2) and B12 (factor 6), each band's
     downsample reproducing its LR input, the item saying mode, method, both grids and the
     guide, gsd the guide's; a rerun finds the scene current."""
+    from dipfill.pipeline.executor import LocalPool
     from dipfill.pipeline.run import run
 
+    pool = LocalPool("fillnodata", {}, "none")  # the patches go through the executor's upsample, in process
     light = ['channels_down=[8,16,32]', 'channels_up=[8,16,32]', 'channels_skip=[4,4,4]', 'head_channels=[8,8]',
              'head_skip=[8,8]']
     request = _request(catalog, catalog["root"] / "out", sr_method="mcpn-direct", steps=1, device="cpu", dip=light,
                        patch=128, overlap=32)
     assert request.config()["mode"] == {"mode": "sr", "guide_bands": []}
-    summary = run(request)
+    summary = run(request, pool=pool)
     (scene,) = summary.scenes
     assert scene.status == "done", scene.message
     assert scene.patches == 4 + 4  # 128² patches over 192², per LR grid
@@ -143,22 +154,34 @@ def test_run_mode_sr_takes_two_coarse_grids_onto_the_guide_grid(catalog: dict) -
         rel = np.sqrt(np.mean((down[1:-1, 1:-1] - low[1:-1, 1:-1]) ** 2)) / low.std()
         assert rel < LR_TOLERANCE, (key, rel)
     assert sr["lowres_rmse"][0] / catalog["lr"]["swir16"].std() < LR_TOLERANCE
-    (again,) = run(request).scenes
+    (again,) = run(request, pool=pool).scenes
     assert again.status == "current"
 
 
-def test_cli_run_mode_sr_with_bicubic_and_bad_flags(catalog: dict, capsys) -> None:
-    """The README's command form with the bicubic baseline and one guide band; a fill flag with
-    --mode sr is one line naming it, and so is --sr-method without --mode sr."""
+def test_cli_run_mode_sr_on_ray_actors_and_bad_flags(catalog: dict, capsys) -> None:
+    """The README's command form with the guided filter and one guide band: the patches are
+    computed on the engine actors of a local Ray (started on 127.0.0.1), and the COG is the
+    bytes of the same run with the patches computed in process. A fill flag with --mode sr is
+    one line naming it, and so is --sr-method without --mode sr."""
+    from dipfill.cli.run import build_request
+    from dipfill.pipeline.executor import LocalPool
+    from dipfill.pipeline.run import run
+
     out = catalog["root"] / "cli"
-    args = ["run", "--stac", catalog["stac"], "--collection", "sentinel-2-l2a", "--mode", "sr",
-            "--sr-method", "bicubic", "--bands", "swir16", "--sr-guide-bands", "nir", "--out", str(out)]
+    args = ["run", "--stac", catalog["stac"], "--collection", "sentinel-2-l2a", "--mode", "sr", "--patch", "64",
+            "--sr-method", "guided-filter", "--bands", "swir16", "--sr-guide-bands", "nir", "--out", str(out)]
     assert main(args) == 0
     assert "done" in capsys.readouterr().out
     (item_path,) = out.glob("sentinel-2-l2a/*/*-dipfill.json")
     item = json.loads(item_path.read_text())
-    assert item["properties"]["dipfill:sr"]["method"] == "bicubic"
+    assert item["properties"]["dipfill:sr"]["method"] == "guided-filter"
     assert item["properties"]["dipfill:sr"]["guide"] == ["B08.tif"] and set(item["assets"]) >= {"swir16", "qa"}
+    here = _request(catalog, catalog["root"] / "here", sr_method="guided-filter", bands="swir16",
+                    sr_guide_bands="nir", patch=64)
+    (scene,) = run(here, pool=LocalPool("fillnodata", {}, "none")).scenes
+    with rasterio.open(item_path.parent / item["assets"]["swir16"]["href"]) as a, \
+            rasterio.open(Path(scene.output).parent / item["assets"]["swir16"]["href"]) as b:
+        assert np.array_equal(a.read(), b.read())
     for bad, expected in ((["--engine", "dip"], "--mode sr does not take --engine"),
                           (["--mode", "fill"], "--sr-method is the method of --mode sr")):
         assert main([*args, "--out", str(catalog["root"] / "bad"), *bad]) == 1

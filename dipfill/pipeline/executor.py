@@ -30,6 +30,7 @@ from dipfill.pipeline.models import read_model
 from dipfill.pipeline.outputs import write_cog_task
 from dipfill.pipeline.patchstore import PatchStore
 from dipfill.pipeline.plan import batch_inputs, row_unions
+from dipfill.pipeline.sr_patch import SREngines, upsample_patch
 from dipfill.raster.guides import GuideSource, ItemGuide, guide_band_counts, read_guides
 from dipfill.storage import JsonFileCache, default_strategy_cache_path
 from dipfill.tiling import PatchWindow, crop
@@ -176,6 +177,7 @@ class EngineWorker:
                                   model_reader=read_model, **engine_options)
         self.fallback = make_engine(fallback) if fallback != "none" else None
         self._progress: BatchProgress | None = None
+        self._sr = SREngines()
 
     def fit(self, task: FitTask, on_steps: Callable[[BatchProgress], None] | None = None
             ) -> list[tuple[str, dict[str, Any]]]:
@@ -211,6 +213,13 @@ class EngineWorker:
         engine actors because they hold the cluster's CPU slots: tasks asking for more
         would wait for them forever; and a block is CPU work a GPU node has to spare."""
         return blend_block(task)
+
+    def upsample(self, task: Any) -> Any:
+        """One patch of guided super-resolution (``dipfill run --mode sr``): the task carries
+        its arrays and its method (:mod:`dipfill.pipeline.sr_patch`); the method's network is
+        built once per worker and kept, whatever engine the worker was made for."""
+        _maybe_fail()
+        return upsample_patch(task, self._sr.get(task.method, task.engine_options))
 
     def write_cog(self, task: Any) -> str:
         """Write one COG of a scene's product from its mosaic (:mod:`dipfill.pipeline.outputs`):

@@ -133,7 +133,7 @@ def run(
                         start = time.perf_counter()
                         status = None if request.force else current_status(record, out, chash, request)
                         if status is None:
-                            if pool is None and request.mode == "fill":  # the other modes run in the driver
+                            if pool is None and request.mode != "anonymise":  # anonymise runs in the driver
                                 pool = _engine_pool(request, ray_address, num_cpus)  # ClusterError: the run stops
                                 start = time.perf_counter()
                             status = process_scene(record, request, out, chash, pool, say, budget)
@@ -187,4 +187,6 @@ def _engine_pool(request: RunRequest, ray_address: str | None, num_cpus: int | N
 
     start_ray(ray_address, num_cpus=num_cpus)
     opts = request.options
+    if request.mode == "sr":  # SR tasks carry their method; the actors' own engine is the cheapest
+        return engine_pool("fillnodata", {}, "none")
     return engine_pool(opts.engine, dict(opts.engine_options), opts.fallback)

@@ -39,13 +39,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dipfill.engines.base import PatchDiagnostics
-from dipfill.engines.sr import bicubic, guided_filter_upsample, make_sr_engine
+from dipfill.engines.sr import make_sr_engine
 from dipfill.errors import InputError
 from dipfill.pipeline.compose import qa_counts
 from dipfill.pipeline.fill import _write_or_undo, check_datetime
 from dipfill.pipeline.outputs import SceneProduct
 from dipfill.pipeline.plan import patch_seed
 from dipfill.pipeline.sr_geometry import min_patch, sr_geometry
+from dipfill.pipeline.sr_patch import SREngines, SRPatch, upsample_patch
 from dipfill.raster.hrefs import redact_href
 from dipfill.raster.masks import QA_ENGINE, QA_OUTSIDE, QA_UNFILLED
 from dipfill.raster.read import Scene, acquisition_date, data_validity, read_scene
@@ -55,8 +56,7 @@ from dipfill.stac.item import ItemExtras
 from dipfill.storage import as_path, check_output_dir
 from dipfill.tiling.grid import PatchWindow, axis_starts
 from dipfill.tiling.merge import InMemoryMerger, cast_to_dtype
-from dipfill.tiling.resample import (KERNELS, BandedOperator, SRGeometry, apply_operator, lowres_window,
-                                     project_consistent)
+from dipfill.tiling.resample import KERNELS, BandedOperator, SRGeometry, apply_operator, lowres_window
 
 __all__ = ["METHODS", "SRProduct", "SRReport", "SRResult", "sr_geometry", "sr_arrays", "super_resolve", "sr_files"]
 
@@ -107,6 +107,7 @@ def sr_arrays(
     consistency: bool = True,
     progress: Callable[[int, int], None] | None = None,
     sink: Callable[[int, NDArray[np.float64]], None],
+    executor: Any = None,
 ) -> SRResult:
     """Super-resolve ``lowres [C, h, w]`` onto the grid of ``guides [G, H, W]`` (see the module
     doc), handing the merged HR rows to ``sink(first_row, values [C, rows, region width])``
@@ -121,7 +122,11 @@ def sr_arrays(
     ``consistency``: each patch's output is corrected by
     :func:`~dipfill.tiling.resample.project_consistent` so that its downsample equals the LR
     pixels it owns (the merge then feathers corrected patches); False writes the method's
-    output as it is (the paper's protocol, what scripts/bench_sr.py scores)."""
+    output as it is (the paper's protocol, what scripts/bench_sr.py scores).
+
+    ``executor``: an :class:`~dipfill.pipeline.executor.Executor` whose workers compute each
+    row's patches side by side (:class:`~dipfill.pipeline.sr_patch.SRPatch` tasks, ``upsample``);
+    None computes them here. Either way the same bytes."""
     if method not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if kernel not in KERNELS:
@@ -139,46 +144,45 @@ def sr_arrays(
     h, w = min(size, region.height), min(size, region.width)
     total = len(rows) * len(cols)
     low = np.asarray(lowres, dtype=np.float64)
-    engine = make_sr_engine(method.split("-", 1)[1], **(engine_options or {})) if method.startswith("mcpn") else None
+    networks = method.startswith("mcpn")
+    engine = SREngines().get(method, dict(engine_options or {})) if executor is None else None
     diagnostics: dict[str, PatchDiagnostics] = {}
-    def upsample(win: PatchWindow) -> tuple[NDArray[np.float64], PatchDiagnostics]:
-        """One HR patch by ``method`` (the network or a baseline), projected onto the LR pixels
-        it owns when ``consistency``."""
+
+    def patch_task(win: PatchWindow) -> SRPatch:
+        """The patch's inputs, cut out of the scene's arrays and operators."""
         ys, xs = win.slices
-        g, gv = guides[:, ys, xs], guide_valid[:, ys, xs]
         lwin, ay_w, ax_w = lowres_window(ay, ax, win, support)
-        if engine is not None:
-            if lwin.height == 0 or lwin.width == 0:
-                raise InputError(f"a {win.height}x{win.width} patch holds no whole low-resolution pixel at factor "
-                                 f"{max(geometry.scale):.3g}; give --patch of at least {min_patch(geometry)}")
-            ly, lx = lwin.slices
-            values, diag = engine.upsample(low[:, ly, lx], lowres_valid[:, ly, lx], ay_w, ax_w, g, gv,
-                                           seed=patch_seed(seed, win))
-        else:
+        if networks and (lwin.height == 0 or lwin.width == 0):
+            raise InputError(f"a {win.height}x{win.width} patch holds no whole low-resolution pixel at factor "
+                             f"{max(geometry.scale):.3g}; give --patch of at least {min_patch(geometry)}")
+        ly, lx = lwin.slices
+        base: dict[str, Any] = {}
+        if not networks:
             (r0, r1), (c0, c1) = _support(uy[ys]), _support(ux[xs])
-            args = (low[:, r0:r1, c0:c1], lowres_valid[:, r0:r1, c0:c1], uy[ys, r0:r1], ux[xs, c0:c1])
-            start = time.perf_counter()
-            if method == "bicubic":
-                values = bicubic(*args)
-            else:
-                values = guided_filter_upsample(*args, g, gv, scale=max(geometry.scale),
-                                                **{k: v for k, v in (engine_options or {}).items() if k == "eps"})
-            diag = PatchDiagnostics(engine=method, seconds=time.perf_counter() - start)
-        if consistency and lwin.height and lwin.width:
-            ly, lx = lwin.slices
-            values = project_consistent(values, low[:, ly, lx], lowres_valid[:, ly, lx], ay_w, ax_w)
-        return values, diag
+            base = {"low": low[:, r0:r1, c0:c1], "low_valid": lowres_valid[:, r0:r1, c0:c1],
+                    "uy": uy[ys, r0:r1], "ux": ux[xs, c0:c1]}
+        return SRPatch(win, method, guides[:, ys, xs], guide_valid[:, ys, xs], low[:, ly, lx],
+                       lowres_valid[:, ly, lx], ay_w, ax_w, patch_seed(seed, win), consistency,
+                       max(geometry.scale), dict(engine_options or {}), **base)
+
+    def upsample_row(windows: list[PatchWindow]) -> list[tuple[NDArray[np.float64], PatchDiagnostics]]:
+        """A row of patches, here or on the executor's workers (the same bytes)."""
+        if executor is None:
+            return [upsample_patch(patch_task(win), engine) for win in windows]
+        done: dict[str, tuple[NDArray[np.float64], PatchDiagnostics]] = {}
+        executor.run([patch_task(win) for win in windows],
+                     lambda task, result: done.__setitem__(task.window.id, result), "upsample")
+        return [done[win.id] for win in windows]
 
     pending: list[tuple[PatchWindow, NDArray[np.float64]]] = []  # fitted patches that reach rows not yet merged
     end = region.row_off + region.height
     for i, r in enumerate(rows):
-        for q in cols:
-            win = PatchWindow(r, q, h, w)
-            values, diag = upsample(win)
+        row = [PatchWindow(r, q, h, w) for q in cols]
+        for win, (values, diag) in zip(row, upsample_row(row)):
             pending.append((win, values))
             diagnostics[win.id] = diag
-            if progress:
-                progress(len(diagnostics), total)
+        if progress:
+            progress(len(diagnostics), total)
         top, bottom = r, rows[i + 1] if i + 1 < len(rows) else end
         merger = InMemoryMerger(c, PatchWindow(top, region.col_off, bottom - top, region.width), rows=rows, cols=cols)
         for win, values in pending:
@@ -271,6 +275,7 @@ def super_resolve(
     engine_options: dict[str, Any] | None = None,
     consistency: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    executor: Any = None,
 ) -> SRProduct:
     """Super-resolve every scene of ``lows`` onto ``high``'s grid (all of ``high``'s bands form
     one guide) as one product, bands in the order of ``lows``.
@@ -279,7 +284,7 @@ def super_resolve(
     one, its 60 m bands another (``dipfill run --mode sr``). Everything is checked before any
     engine work: each grid's place on the guide (:func:`sr_geometry`), one dtype and nodata
     for all (one product), the engine's options, a patch large enough to hold a whole LR
-    pixel, and observed pixels in every scene."""
+    pixel, and observed pixels in every scene. ``executor``: see :func:`sr_arrays`."""
     if method not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if kernel not in KERNELS:
@@ -335,7 +340,7 @@ def super_resolve(
 
         result = sr_arrays(low.data, valid, high.data, high_valid, geo, method=method, kernel=kernel, patch=patch,
                            overlap=overlap, seed=seed, engine_options=engine_options, consistency=consistency,
-                           progress=progress, sink=sink)
+                           progress=progress, sink=sink, executor=executor)
         ay, ax = geo.banded_operators(kernel)
         rmse += _lowres_rmse(data[b:b + c], made, np.asarray(low.data, dtype=np.float64), valid, ay, ax,
                              result.region)

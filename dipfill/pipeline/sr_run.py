@@ -16,11 +16,12 @@ see the same ground on the same date as its 20 m and 60 m bands. Per item:
   ``dipfill:mode = sr`` and ``dipfill:sr`` (method, factors per grid, guide, LR consistency);
   then the static catalog and ``--publish``.
 
-In the driver, not on the engine actors, as ``--mode anonymise``; the merge streams strips of
-rows into the output (:func:`~dipfill.pipeline.sr.sr_arrays`) and the operators come a block
-at a time, so the driver holds the output in its dtype, the guide and the masks
-(scripts/bench_sr_run.py; ~4 GB projected for a full 10980² Sentinel-2 tile's eight coarse
-bands).
+The patches are computed on the run's engine actors, a row at a time
+(:class:`~dipfill.pipeline.sr_patch.SRPatch` tasks); the driver reads the scene, streams
+merged strips of rows into the output (:func:`~dipfill.pipeline.sr.sr_arrays`) and computes
+the operators a block at a time, so it holds the output in its dtype, the guide and the
+masks (scripts/bench_sr_run.py; ~4 GB projected for a full 10980² Sentinel-2 tile's eight
+coarse bands).
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ class SceneSR:
     clock: StageClock
 
 
-def sr_item(item: Mapping[str, Any], request: RunRequest, say: Progress) -> SceneSR:
-    """Read the item's LR and guide bands on their own grids and super-resolve them (module doc)."""
+def sr_item(item: Mapping[str, Any], request: RunRequest, say: Progress, executor: Any = None) -> SceneSR:
+    """Read the item's LR and guide bands on their own grids and super-resolve them (module
+    doc); ``executor``: the run's engine actors, which compute each row's patches side by side."""
     clock = StageClock()
     opts = request.options
     if opts.engine not in METHODS:
@@ -162,7 +164,8 @@ def sr_item(item: Mapping[str, Any], request: RunRequest, say: Progress) -> Scen
     engine_options = dict(opts.engine_options)
     consistency = bool(engine_options.pop("consistency", True))
     made = super_resolve(lows, highs[0], method=opts.engine, patch=opts.patch, overlap=opts.overlap, seed=opts.seed,
-                         engine_options=engine_options, consistency=consistency, progress=progress)
+                         engine_options=engine_options, consistency=consistency, progress=progress,
+                         executor=executor)
     clock.lap("fit")
     assets = item.get("assets") or {}
     guide_gsd = next((assets[k].get("gsd") for k in guide_src.band_keys if assets.get(k, {}).get("gsd")), None)

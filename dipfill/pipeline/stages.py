@@ -148,7 +148,8 @@ def current_status(item: Mapping[str, Any], out: Path, chash: str, request: RunR
 def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str, executor: Executor | None,
                   say: Progress, budget: list[int | None]) -> SceneStatus:
     """Every stage of one scene, timed; returns its status (raises what a stage raises).
-    ``executor``: the engine actors of ``--mode fill``; the other modes run in the driver."""
+    ``executor``: the engine actors (``--mode fill``: every stage's tasks; ``--mode sr``: the
+    patches; ``--mode anonymise`` runs in the driver)."""
     if request.mode == "anonymise":  # the whole region at once, in the driver (pipeline.anonymise)
         from dipfill.pipeline.anonymise import anonymise_scene
 
@@ -157,7 +158,7 @@ def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash
     if request.mode == "sr":  # LR bands and their guide on their own grids, in the driver (pipeline.sr_run)
         from dipfill.pipeline.sr_run import sr_item, write_sr
 
-        done = sr_item(item, request, say)
+        done = sr_item(item, request, say, executor)
         job = SceneJob(item, request, chash, output_id(item), scene_dir(out, item), done.source,
                        one_nodata(done.source.nodata, str(item["id"])))
         job.scene_dir.mkdir(parents=True, exist_ok=True)
