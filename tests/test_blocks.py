@@ -58,6 +58,44 @@ def test_strip_mask_equals_whole_scene_state_footprint_from_qa(tmp_path: Path) -
     assert 0.03 < (mask.state == 2).mean() < 0.05 and (mask.state == 1).any()
 
 
+def test_the_mask_pass_copy_reads_as_the_source_and_is_dropped_without_room(tmp_path: Path, monkeypatch) -> None:
+    """The pixel copy a run's mask pass keeps (raster.pixel_cache): every window read from
+    it equals the source's (bands and per-band validity, QA-decoded for Sentinel-2's SCL);
+    a copy of another run (other token) is never read; and with too little free disk the
+    mask is made without a copy and nothing is left behind. Needs ../shared/data."""
+    import shutil
+    from collections import namedtuple
+
+    from dipfill.raster import pixel_cache
+    from dipfill.raster.pixel_cache import CachedScene, PixelCache
+
+    item = json.loads(s2_item_with_local_hrefs(tmp_path, relative=False).read_text())
+    source = open_scene(item, bands=["red", "nir", "swir16"], mask="clouds")
+    mask = scene_mask(source, rows=300, cache=tmp_path / "copy")
+    assert mask.pixels is not None and mask.pixels.usable()
+    np.testing.assert_array_equal(mask.state, scene_mask(source, rows=512).state)
+    cached = CachedScene(source, mask.pixels)
+    rng = np.random.default_rng(0)
+    height, width = source.shape
+    gaps = np.argwhere(mask.state == 2)
+    for y, x in gaps[rng.choice(len(gaps), 4, replace=False)]:  # windows around cloud pixels
+        r0, c0 = int(min(max(y - 100, 0), height - 200)), int(min(max(x - 75, 0), width - 150))
+        span = ((r0, r0 + 200), (c0, c0 + 150))
+        (d1, v1), (d2, v2) = cached.read_pixels(span), source.read_pixels(span)
+        assert d1.dtype == d2.dtype and np.array_equal(d1, d2) and np.array_equal(v1, v2)
+        assert 0 < v1.mean() < 1  # QA-masked pixels in the windows: not trivial
+    other = PixelCache(mask.pixels.path, "another run", mask.pixels.shape, mask.pixels.dtype)
+    assert not other.usable()
+    mask.pixels.remove()
+    assert not (tmp_path / "copy").exists() and not mask.pixels.usable()
+
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(pixel_cache.shutil, "disk_usage", lambda path: Usage(1, 1, 1024))
+    small = scene_mask(source, rows=300, cache=tmp_path / "copy")
+    assert small.pixels is None and not (tmp_path / "copy").exists()
+    np.testing.assert_array_equal(small.state, mask.state)
+
+
 def test_plan_from_mask_equals_plan_from_validity() -> None:
     scene = read_item(arg25_item("20100201"))
     opts = FillOptions(patch=128, overlap=16, min_observed_fraction=0.4, batch_size=3)

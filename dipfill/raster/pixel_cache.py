@@ -22,6 +22,7 @@ another run's cache is never read); the scene removes it when it ends, done or n
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -42,6 +43,10 @@ __all__ = ["CACHE_NAME", "PixelCache", "CacheWriter", "CachedScene"]
 CACHE_NAME = ".dipfill-pixels"
 
 _META = "meta.json"
+
+#: A copy is made only where the disk keeps this many times its size free: the scene's patch
+#: store and outputs are written beside it, and a run must not fail for a copy it can do without.
+FREE_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,9 @@ def _copy(path: Path, dtype: np.dtype, shape: tuple[int, int, int], rows: slice,
 class CacheWriter:
     """Writes a cache strip by strip (full-width rows, top to bottom, any strip height).
 
-    The files are made on the first strip (its dtype is the scene's); :meth:`commit` writes
-    the metadata with the token last and returns the :class:`PixelCache`."""
+    The files are made on the first strip (its dtype is the scene's), when the disk has
+    :data:`FREE_FACTOR` times their size free (else ``OSError``, as a full disk later);
+    :meth:`commit` writes the metadata with the token last and returns the :class:`PixelCache`."""
 
     def __init__(self, path: str | os.PathLike[str], shape: tuple[int, int, int]) -> None:
         self.path = Path(os.path.abspath(path))  # workers may run in another directory
@@ -100,6 +106,11 @@ class CacheWriter:
     def write(self, row0: int, data: NDArray, valid: NDArray[np.bool_]) -> None:
         count, height, width = self.shape
         if self.dtype is None:
+            need = count * height * width * (data.dtype.itemsize + 1)
+            free = shutil.disk_usage(self.path).free
+            if free < FREE_FACTOR * need:
+                raise OSError(errno.ENOSPC, f"{need / 2**30:.2f} GiB for the pixel copy, {free / 2**30:.2f} GiB "
+                              f"free in {self.path.parent}")
             self.dtype = data.dtype
             for name in ("data.raw", "valid.raw"):
                 f = open(self.path / name, "wb")

@@ -5,8 +5,10 @@ What planning a run needs of a scene, without ever holding its bands: see :func:
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +20,8 @@ from dipfill.raster.pixel_cache import CacheWriter, PixelCache
 from dipfill.raster.scene import SceneSource, read_pixels
 
 __all__ = ["SceneMask", "scene_mask"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,14 +60,19 @@ def scene_mask(source: SceneSource, *, rows: int = 512, closing: int = DEFAULT_C
     footprint: NDArray[np.bool_] | None = None
     any_valid: NDArray[np.bool_] | None = None
     dtype = None
-    writer = CacheWriter(cache, (count, height, width)) if cache is not None else None
+    writer: CacheWriter | None = None
+    if cache is not None:
+        try:
+            writer = CacheWriter(cache, (count, height, width))
+        except OSError as exc:
+            log.warning("no local pixel copy of the scene (%s): the workers read its files", exc)
     try:
         for y0 in range(0, height, rows):
             y1 = min(y0 + rows, height)
             data, valid, local, _ = read_pixels(source, Window(0, y0, width, y1 - y0))
             dtype = data.dtype
             if writer is not None:
-                writer.write(y0, data, valid)
+                writer = _keep(writer, lambda w: w.write(y0, data, valid))
             del data
             np.sum(valid, axis=0, dtype=np.uint8, out=nvalid[y0:y1])
             if local is not None:
@@ -74,7 +83,11 @@ def scene_mask(source: SceneSource, *, rows: int = 512, closing: int = DEFAULT_C
                 if any_valid is None:
                     any_valid = np.zeros((height, width), dtype=bool)
                 any_valid[y0:y1] = nvalid[y0:y1] > 0
-        pixels = writer.commit() if writer is not None else None
+        pixels = None
+        if writer is not None:
+            kept: list[PixelCache] = []
+            _keep(writer, lambda w: kept.append(w.commit()))
+            pixels = kept[0] if kept else None
         if footprint is None:
             assert any_valid is not None
             footprint = footprint_from_validity(any_valid, closing=closing)
@@ -85,3 +98,15 @@ def scene_mask(source: SceneSource, *, rows: int = 512, closing: int = DEFAULT_C
             writer.abort()  # made, or half made: nobody will read it
         raise
     return SceneMask(state=state, nvalid=nvalid, bands=count, dtype=np.dtype(dtype), pixels=pixels)
+
+
+def _keep(writer: CacheWriter, step: Callable[[CacheWriter], None]) -> CacheWriter | None:
+    """Run one step of the pixel copy; a copy that cannot be written (disk full, or too
+    little room for it) is dropped, not the mask: the workers then read the source."""
+    try:
+        step(writer)
+    except OSError as exc:
+        writer.abort()
+        log.warning("no local pixel copy of the scene (%s): the workers read its files", exc)
+        return None
+    return writer
