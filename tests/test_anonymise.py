@@ -289,7 +289,7 @@ def test_run_mode_anonymise_over_a_sentinel1_catalog(tmp_path):
                              "region": str(tmp_path / "site.geojson"), "engine": "fillnodata", "patch": 128,
                              "overlap": 16})
     assert request.mode == "anonymise" and request.config()["mode"]["units"] == "auto"
-    pool = LocalPool("fillnodata", {}, "fillnodata")  # never used: anonymise runs in the driver
+    pool = LocalPool("fillnodata", {}, "fillnodata")  # the run's engine workers: they fill the patches
     first = run(request, pool=pool)
     (scene,) = first.scenes
     assert scene.status == "done", scene.message
@@ -302,6 +302,12 @@ def test_run_mode_anonymise_over_a_sentinel1_catalog(tmp_path):
     hole = np.zeros(orig.shape[1:], dtype=bool)
     hole[28:92, 28:92] = True
     assert np.array_equal(vv_out[:, ~hole], orig[:, ~hole]) and not np.array_equal(vv_out[:, hole], orig[:, hole])
+    # the patches filled by the workers are the bytes of `dipfill anonymise`, which fills them in process
+    from dipfill.pipeline.anonymise import anonymise_files
+
+    here = anonymise_files([str(vv), str(vh)], str(tmp_path / "here"), region=str(tmp_path / "site.geojson"),
+                           options=request.options)
+    assert np.array_equal(vv_out, _read(here.outputs[next(k for k in here.outputs if k.endswith("_VV"))]))
     (again,) = run(request, pool=pool).scenes
     assert again.status == "current"
     dip = build_request({"stac": "x", "out": str(tmp_path / "o2"), "mode": "anonymise", "region": "site.geojson"})

@@ -133,9 +133,11 @@ class AnonymiseMode:
     def fill(self, data: NDArray, valid: NDArray[np.bool_], footprint: NDArray[np.bool_], *, engine: Engine,
              fallback: Engine | None, options: FillOptions, nodata: float | None,
              progress: Callable[[int, int], None] | None = None, guides: Sequence[Any] = (),
-             on_steps: Callable[..., None] | None = None) -> Any:
+             on_steps: Callable[..., None] | None = None, executor: Any = None) -> Any:
         """Fill the region in dB coarse-to-fine (module doc) and write it back in the input's
-        units; returns a :class:`~dipfill.pipeline.fill.FillResult`."""
+        units; returns a :class:`~dipfill.pipeline.fill.FillResult`. ``executor``: a run's
+        engine actors, which fill the patches of both stages (the region's statistics, the
+        speckle and the blend stay here: they need the whole region)."""
         from dipfill.pipeline.fill import FillResult, fill_arrays
 
         assert self._region is not None, "prepare() first"
@@ -149,7 +151,7 @@ class AnonymiseMode:
         weight = edge_weight(region, reach)
         # 1. full resolution: the engine where patches have context (the others: fallback / NaN)
         full = fill_arrays(db.astype(np.float32), usable, footprint, engine=engine, fallback=fallback,
-                           options=options, nodata=None, progress=progress, on_steps=on_steps)
+                           options=options, nodata=None, progress=progress, on_steps=on_steps, executor=executor)
         near = full.data.astype(np.float64)
         # 2. coarse-to-fine where the full-resolution fill does not reach
         f = coarse_factor(region, options.patch)
@@ -161,7 +163,7 @@ class AnonymiseMode:
             _, cfp = block_average(footprint[None].astype(np.float64), footprint[None], f, min_fraction=1e-9)
             coarse = fill_arrays(cdb.astype(np.float32), cok, cfp[0], engine=engine, fallback=fallback,
                                  options=replace(options, overlap=min(options.overlap, options.patch // 4)),
-                                 nodata=None)
+                                 nodata=None, executor=executor)
             mean = upsample(np.where(np.isfinite(coarse.data), coarse.data, np.nan).astype(np.float64), f,
                             region.shape)
         rng = np.random.default_rng([options.seed, 0xA11])
@@ -228,14 +230,16 @@ def anonymise_files(inputs: Sequence[str], out_dir: str, *, region: str | None =
     return fill_files(inputs, out_dir, options=opts, mode=mode, **kwargs)
 
 
-def anonymise_scene(job: Any, extras: ItemExtras, out: Any) -> Any:
+def anonymise_scene(job: Any, extras: ItemExtras, out: Any, executor: Any = None) -> Any:
     """One scene of ``dipfill run --mode anonymise`` (called by ``stages.process_scene`` with
     the scene opened and described as the run's other stages do): the item's bands
     anonymised in the driver by :func:`~dipfill.pipeline.fill.fill_files` with
     :class:`AnonymiseMode` into the scene's directory, with the item id, lineage, source
     version and config hash a run's item has (so a rerun finds it current), then added to
-    the static catalog. In the driver, not on the engine actors: the coarse stage and the
-    ring statistics need the whole region at once. Returns the scene's status."""
+    the static catalog. The scene is held and anonymised in the driver (the coarse stage and
+    the ring statistics need the whole region at once); its patches, at both resolutions,
+    are filled on the ``executor``'s engine actors when there is one. Returns the scene's
+    status."""
     from dipfill.pipeline.fill import fill_files
     from dipfill.pipeline.progress import SceneStatus
     from dipfill.stac.publish import add_to_static_catalog, publish_item
@@ -245,7 +249,7 @@ def anonymise_scene(job: Any, extras: ItemExtras, out: Any) -> Any:
     props = item.get("properties") or {}
     when = props.get("datetime") or props.get("start_datetime")
     report = fill_files(list(job.source.band_hrefs), job.scene_dir, options=request.options, mode=mode,
-                        item_id=str(item["id"]), datetime=when)
+                        item_id=str(item["id"]), datetime=when, executor=executor)
     add_to_static_catalog(out, job.scene_dir, job.scene_dir.parent.name)
     if request.publish:
         publish_item(request.publish, report.outputs["item"], f"{item.get('collection') or 'items'}-dipfill")

@@ -35,7 +35,7 @@ from dipfill.raster.guides import GuideSource, ItemGuide, guide_band_counts, rea
 from dipfill.storage import JsonFileCache, default_strategy_cache_path
 from dipfill.tiling import PatchWindow, crop
 
-__all__ = ["Executor", "FitTask", "BatchProgress", "StepCounter", "EngineWorker", "LocalPool", "FAULT_ENV",
+__all__ = ["Executor", "FitTask", "ArrayTask", "BatchProgress", "StepCounter", "EngineWorker", "LocalPool", "FAULT_ENV",
            "read_batch", "fill_batch", "reports_progress"]
 
 # Fault injection for tests of the restart and failure paths: "exit-once:<marker file>" makes
@@ -72,6 +72,25 @@ class FitTask:
     indices: tuple[int, ...]  # positions of the windows in the patch store
     seeds: tuple[int, ...]
     guides: tuple[GuideSource | ItemGuide, ...] = ()  # on the scene's grid; read with the target's windows
+
+
+@dataclass(frozen=True)
+class ArrayTask:
+    """A batch whose pixels travel with it: the rows and columns its windows span, cut out of
+    arrays the driver holds (``dipfill run --mode anonymise``: the scene in dB, in memory, no
+    patch store). The worker returns the engine's result instead of writing it."""
+
+    windows: tuple[PatchWindow, ...]
+    seeds: tuple[int, ...]
+    fallback: bool
+    origin: tuple[int, int]  # (row, col) of data[:, 0, 0]
+    data: NDArray
+    valid: NDArray[np.bool_]
+
+    def read_pixels(self, span: tuple[tuple[int, int], tuple[int, int]]) -> tuple[NDArray, NDArray[np.bool_]]:
+        (r0, r1), (c0, c1) = span
+        rows, cols = slice(r0 - self.origin[0], r1 - self.origin[0]), slice(c0 - self.origin[1], c1 - self.origin[1])
+        return self.data[:, rows, cols], self.valid[:, rows, cols]
 
 
 @dataclass(frozen=True)
@@ -213,6 +232,12 @@ class EngineWorker:
         engine actors because they hold the cluster's CPU slots: tasks asking for more
         would wait for them forever; and a block is CPU work a GPU node has to spare."""
         return blend_block(task)
+
+    def fill_arrays(self, task: ArrayTask) -> EngineResult:
+        """One batch of an :class:`ArrayTask`: filled and returned, not stored."""
+        _maybe_fail()
+        return fill_batch(self.fallback if task.fallback else self.engine,  # type: ignore[arg-type]
+                          task.read_pixels, task.windows, task.seeds)
 
     def upsample(self, task: Any) -> Any:
         """One patch of guided super-resolution (``dipfill run --mode sr``): the task carries

@@ -30,7 +30,7 @@ from dipfill.engines import make_engine
 from dipfill.engines.base import Engine, PatchDiagnostics, uses_guides
 from dipfill.errors import InputError
 from dipfill.pipeline.compose import assemble, qa_counts
-from dipfill.pipeline.executor import BatchProgress, fill_batch
+from dipfill.pipeline.executor import ArrayTask, BatchProgress, fill_batch
 from dipfill.pipeline.models import read_model
 from dipfill.pipeline.outputs import SceneProduct, output_names, write_outputs
 from dipfill.pipeline.plan import patch_seed, plan_fill
@@ -42,6 +42,7 @@ from dipfill.raster.write import Preview
 from dipfill.specs import FillOptions
 from dipfill.stac.item import ItemExtras
 from dipfill.storage import JsonFileCache, ObjectPath, as_path, check_output_dir, default_strategy_cache_path, remove
+from dipfill.tiling.grid import PatchWindow
 
 __all__ = ["FillResult", "FillReport", "fill_arrays", "fill_files", "check_datetime", "check_rgb"]
 
@@ -93,8 +94,13 @@ def fill_arrays(
     progress: Callable[[int, int], None] | None = None,
     guides: Sequence[GuideSource] = (),
     on_steps: Callable[[int, int, BatchProgress], None] | None = None,
+    executor: Any = None,
 ) -> FillResult:
-    """Fill ``data[bands, y, x]`` where ``valid`` is False inside ``footprint``, in process.
+    """Fill ``data[bands, y, x]`` where ``valid`` is False inside ``footprint``, in process or,
+    with an ``executor`` (the engine actors of a run), by its workers: each batch travels as
+    an :class:`~dipfill.pipeline.executor.ArrayTask` with its pixels (the workers' engines are
+    the run's; ``engine``/``fallback`` here are then not called). With guides the batches
+    are filled here (the guides' files may not be visible to the workers).
 
     Observed values are copied from ``data`` bit-exact; pixels outside the footprint get
     ``nodata`` (NaN for floats without nodata). Returns the filled bands and the QA layer.
@@ -119,6 +125,25 @@ def fill_arrays(
         rows, cols = slice(*span[0]), slice(*span[1])
         return data[:, rows, cols], valid[:, rows, cols]
 
+    if executor is not None and not guides:
+        tasks = []
+        for batch in plan.batches:
+            union = _bounding(batch.windows)
+            rows, cols = union.slices
+            tasks.append(ArrayTask(tuple(batch.windows), tuple(patch_seed(options.seed, w) for w in batch.windows),
+                                   batch.fallback, (union.row_off, union.col_off), data[:, rows, cols],
+                                   valid[:, rows, cols]))
+
+        def collect(task: ArrayTask, result: Any) -> None:
+            for w, values, diag in zip(task.windows, result.values, result.diagnostics):
+                results[w.id] = (values, task.fallback)
+                diagnostics[w.id] = diag
+            if progress:
+                progress(len(results), total)
+
+        executor.run(tasks, collect, "fill_arrays")
+        out, qa = assemble(data, valid, plan, results, nodata)
+        return FillResult(out, qa, diagnostics, plan.windows_total, total)
     for batch in plan.batches:
         eng = fallback if batch.fallback else engine
         seeds = [patch_seed(options.seed, w) for w in batch.windows]
@@ -132,6 +157,13 @@ def fill_arrays(
             progress(done, total)
     out, qa = assemble(data, valid, plan, results, nodata)
     return FillResult(out, qa, diagnostics, plan.windows_total, total)
+
+
+def _bounding(windows: Sequence[PatchWindow]) -> PatchWindow:
+    """The smallest window holding every one of ``windows``."""
+    top, left = min(w.row_off for w in windows), min(w.col_off for w in windows)
+    bottom, right = max(w.row_off + w.height for w in windows), max(w.col_off + w.width for w in windows)
+    return PatchWindow(top, left, bottom - top, right - left)
 
 
 def _footprint(scene: Scene, data_valid: NDArray[np.bool_], options: FillOptions) -> NDArray[np.bool_]:
@@ -194,6 +226,7 @@ def fill_files(
     progress: Callable[[int, int], None] | None = None,
     on_steps: Callable[[int, int, BatchProgress], None] | None = None,
     mode: Any = None,
+    executor: Any = None,
 ) -> FillReport:
     """Fill the raster(s) ``inputs`` and write all outputs into ``out_dir``.
 
@@ -202,7 +235,7 @@ def fill_files(
     footprint)`` decides the gaps and footprint (and may blank the scene's pixels), its
     ``fill`` replaces :func:`fill_arrays`, its ``extras()`` go into the item.
 
-    ``progress`` and ``on_steps``: as for :func:`fill_arrays`.
+    ``progress``, ``on_steps`` and ``executor``: as for :func:`fill_arrays`.
 
     ``rgb``: the quicklook's 0-based bands (default: the first three, or band 1 as grey).
     Inputs, options and ``out_dir`` are fully validated before any engine work or any
@@ -261,6 +294,7 @@ def fill_files(
         progress=progress,
         guides=guides,
         on_steps=on_steps,
+        executor=executor,
     )
     counts = qa_counts(result.qa)
     after_valid = data_validity(result.data, scene.nodata)

@@ -133,7 +133,7 @@ def run(
                         start = time.perf_counter()
                         status = None if request.force else current_status(record, out, chash, request)
                         if status is None:
-                            if pool is None and request.mode != "anonymise":  # anonymise runs in the driver
+                            if pool is None:
                                 pool = _engine_pool(request, ray_address, num_cpus)  # ClusterError: the run stops
                                 start = time.perf_counter()
                             status = process_scene(record, request, out, chash, pool, say, budget)

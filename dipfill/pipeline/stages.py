@@ -148,13 +148,13 @@ def current_status(item: Mapping[str, Any], out: Path, chash: str, request: RunR
 def process_scene(item: Mapping[str, Any], request: RunRequest, out: Path, chash: str, executor: Executor | None,
                   say: Progress, budget: list[int | None]) -> SceneStatus:
     """Every stage of one scene, timed; returns its status (raises what a stage raises).
-    ``executor``: the engine actors (``--mode fill``: every stage's tasks; ``--mode sr``: the
-    patches; ``--mode anonymise`` runs in the driver)."""
-    if request.mode == "anonymise":  # the whole region at once, in the driver (pipeline.anonymise)
+    ``executor``: the engine actors (``--mode fill``: every stage's tasks; ``--mode sr`` and
+    ``--mode anonymise``: the patches, the rest in the driver)."""
+    if request.mode == "anonymise":  # the whole region at once in the driver, patches on the actors
         from dipfill.pipeline.anonymise import anonymise_scene
 
         job = open_stage(item, request, out, chash)
-        return anonymise_scene(job, describe_stage(job), out)
+        return anonymise_scene(job, describe_stage(job), out, executor)
     if request.mode == "sr":  # LR bands and their guide on their own grids, in the driver (pipeline.sr_run)
         from dipfill.pipeline.sr_run import sr_item, write_sr
 
