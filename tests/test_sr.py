@@ -257,19 +257,23 @@ def test_banded_operators_give_the_dense_matrices_blocks_bit_for_bit() -> None:
 
 def test_patches_on_an_executor_are_the_bytes_of_patches_in_process(case: dict) -> None:
     """`dipfill run --mode sr` computes each row's patches on the engine workers
-    (SRPatch tasks, EngineWorker.upsample); paper 003's network, seeded per window, gives the
-    same merged bytes there as in process (LocalPool: the worker's code in this process)."""
+    (SRPatch tasks, EngineWorker.upsample), several rows at once when the pool has more
+    workers than a row has patches; paper 003's network, seeded per window, gives the same
+    merged bytes there as in process (LocalPool: the worker's code in this process)."""
     from dipfill.pipeline.executor import LocalPool
     from dipfill.pipeline.sr import sr_arrays
 
     guide = np.stack([rasterio.open(g).read(1) for g in case["guides"]])
     low = case["low"][None]
     geo = SRGeometry((FACTOR, FACTOR), (0.0, 0.0), (38, 38), (96, 96))
+    class Wide(LocalPool):  # a pool with more workers than a row has patches: rows go out together
+        actors = [None] * 5
+
     runs = []
-    for executor in (None, LocalPool("fillnodata", {}, "none")):
+    for executor in (None, LocalPool("fillnodata", {}, "none"), Wide("fillnodata", {}, "none")):
         strips: list = []
         sr_arrays(low, np.ones(low.shape, bool), guide, guide > 0, geo, method="mcpn-direct", patch=64, overlap=16,
                   engine_options={"steps": 1, **LIGHT}, sink=lambda top, v: strips.append(v), executor=executor)
         runs.append(np.concatenate(strips, axis=1))
     assert runs[0].shape == (1, 95, 95) and np.isfinite(runs[0]).all()
-    assert np.array_equal(runs[0], runs[1])
+    assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])

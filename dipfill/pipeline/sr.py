@@ -165,8 +165,8 @@ def sr_arrays(
                        lowres_valid[:, ly, lx], ay_w, ax_w, patch_seed(seed, win), consistency,
                        max(geometry.scale), dict(engine_options or {}), **base)
 
-    def upsample_row(windows: list[PatchWindow]) -> list[tuple[NDArray[np.float64], PatchDiagnostics]]:
-        """A row of patches, here or on the executor's workers (the same bytes)."""
+    def upsample_rows(windows: list[PatchWindow]) -> list[tuple[NDArray[np.float64], PatchDiagnostics]]:
+        """Rows of patches, here or on the executor's workers (the same bytes)."""
         if executor is None:
             return [upsample_patch(patch_task(win), engine) for win in windows]
         done: dict[str, tuple[NDArray[np.float64], PatchDiagnostics]] = {}
@@ -174,21 +174,29 @@ def sr_arrays(
                      lambda task, result: done.__setitem__(task.window.id, result), "upsample")
         return [done[win.id] for win in windows]
 
+    # rows sent to the executor at once: enough patches for every worker (a 10980² tile's row
+    # is ~43 patches; a cluster of 64 GPUs takes two rows), no more (memory: those rows)
+    per_call = max(1, -(-len(getattr(executor, "actors", ())) // len(cols)))
     pending: list[tuple[PatchWindow, NDArray[np.float64]]] = []  # fitted patches that reach rows not yet merged
     end = region.row_off + region.height
-    for i, r in enumerate(rows):
-        row = [PatchWindow(r, q, h, w) for q in cols]
-        for win, (values, diag) in zip(row, upsample_row(row)):
-            pending.append((win, values))
-            diagnostics[win.id] = diag
-        if progress:
-            progress(len(diagnostics), total)
-        top, bottom = r, rows[i + 1] if i + 1 < len(rows) else end
-        merger = InMemoryMerger(c, PatchWindow(top, region.col_off, bottom - top, region.width), rows=rows, cols=cols)
-        for win, values in pending:
-            merger.aggregate(values, win)
-        sink(top, merger.finalize().values)
-        pending = [(win, values) for win, values in pending if win.row_off + win.height > bottom]
+    for first in range(0, len(rows), per_call):
+        chunk = range(first, min(first + per_call, len(rows)))
+        windows = [PatchWindow(rows[i], q, h, w) for i in chunk for q in cols]
+        fitted = dict(zip((win.id for win in windows), upsample_rows(windows)))
+        for i in chunk:
+            for q in cols:
+                win = PatchWindow(rows[i], q, h, w)
+                values, diagnostics[win.id] = fitted.pop(win.id)
+                pending.append((win, values))
+            if progress:
+                progress(len(diagnostics), total)
+            top, bottom = rows[i], rows[i + 1] if i + 1 < len(rows) else end
+            merger = InMemoryMerger(c, PatchWindow(top, region.col_off, bottom - top, region.width), rows=rows,
+                                    cols=cols)
+            for win, values in pending:
+                merger.aggregate(values, win)
+            sink(top, merger.finalize().values)
+            pending = [(win, values) for win, values in pending if win.row_off + win.height > bottom]
     return SRResult(region, diagnostics, total)
 
 
