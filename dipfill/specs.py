@@ -155,6 +155,7 @@ class RunRequest:
     mode: str = "fill"
     region: str | None = None
     units: str = "auto"
+    region_sha256: str | None = None  # the region file's content: what the config hash holds
     sr_guide_bands: tuple[str, ...] | None = None  # default: the profile's finest bands the item has
     # The scene to fill: its "bands", or "ndvi" (paper 001; dipfill.pipeline.ndvi) computed from
     # the profile's red/NIR or read from its NDVI band; `accept`: the QA classes kept as observed
@@ -198,7 +199,8 @@ class RunRequest:
         if self.mode == "sr":
             cfg["mode"] = {"mode": "sr", "guide_bands": list(self.sr_guide_bands or [])}
         elif self.mode != "fill":  # a fill's hash stays what it was
-            cfg["mode"] = {"mode": self.mode, "region": self.region, "units": self.units}
+            # the region by content, not path: an edited file must redo the scenes, a moved one not
+            cfg["mode"] = {"mode": self.mode, "region_sha256": self.region_sha256, "units": self.units}
         if self.product != "bands" or self.accept is not None:  # so does a run of the bands
             cfg["product"] = {"product": self.product, "accept": list(self.accept) if self.accept else None}
         return cfg

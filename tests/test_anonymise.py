@@ -310,7 +310,20 @@ def test_run_mode_anonymise_over_a_sentinel1_catalog(tmp_path):
     assert np.array_equal(vv_out, _read(here.outputs[next(k for k in here.outputs if k.endswith("_VV"))]))
     (again,) = run(request, pool=pool).scenes
     assert again.status == "current"
-    dip = build_request({"stac": "x", "out": str(tmp_path / "o2"), "mode": "anonymise", "region": "site.geojson"})
+    # the region counts by content: the same file elsewhere changes nothing, an edited one redoes the scene
+    values = {"stac": str(tmp_path / "stac" / "catalog.json"), "out": str(tmp_path / "out"),
+              "collection": ["sentinel-1-rtc"], "mode": "anonymise", "engine": "fillnodata", "patch": 128,
+              "overlap": 16}
+    (tmp_path / "moved.geojson").write_text((tmp_path / "site.geojson").read_text())
+    (moved,) = run(build_request({**values, "region": str(tmp_path / "moved.geojson")}), pool=pool).scenes
+    assert moved.status == "current"
+    (x2, y2) = t @ (100, 100)
+    (tmp_path / "moved.geojson").write_text(json.dumps(transform_geom(crs, "EPSG:4326", {
+        "type": "Polygon", "coordinates": [[(x0, y0), (x2, y0), (x2, y2), (x0, y2), (x0, y0)]]})))
+    (edited,) = run(build_request({**values, "region": str(tmp_path / "moved.geojson")}), pool=pool).scenes
+    assert edited.status == "done" and edited.counts["filled"] == 72 * 72
+    dip = build_request({"stac": "x", "out": str(tmp_path / "o2"), "mode": "anonymise",
+                         "region": str(tmp_path / "site.geojson")})
     assert dip.options.engine_options["preset"] == "sar2023" and dip.options.engine_options["blend"] == "none"
 
 

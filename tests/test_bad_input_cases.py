@@ -102,6 +102,10 @@ def missing_guide(d: Path) -> list[str]:
     return ["fill", str(ARG25_JAN), "--engine", "guided", "--guide", str(d / "no-such-guide.tif")]
 
 
+def missing_region(d: Path) -> list[str]:
+    return ["run", "--stac", str(CATALOG), "--mode", "anonymise", "--region", str(d / "no-such-site.geojson")]
+
+
 CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     # name: (the case, what the one line must name)
     "truncated raster": (truncated, "cut.tif"),
@@ -116,6 +120,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "option choice": (bad_choice, "kriging"),
     "out is a file": (out_is_a_file, "out"),
     "missing guide": (missing_guide, "no-such-guide.tif"),
+    "missing region": (missing_region, "no-such-site.geojson"),
 }
 
 

@@ -180,12 +180,24 @@ def build_request(values: dict[str, Any]):
         sign=values.get("sign"),
         mode=mode,
         region=str(Path(values["region"]).resolve()) if values.get("region") else None,
+        region_sha256=_sha256(values["region"], "--region") if values.get("region") else None,
         units=values.get("units") or "auto",
         product=product,
         accept=accept,
         sr_guide_bands=_names(values.get("sr_guide_bands")) or None,
         **_guide_fields(values),
     )
+
+
+def _sha256(path: str, flag: str) -> str:
+    """The content hash of the file ``path`` given as ``flag``, or one line saying it cannot be read."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot read it ({exc.strerror or exc}); give an existing GeoJSON file") \
+            from None
 
 
 def _names(value: Any) -> tuple[str, ...]:
