@@ -20,8 +20,9 @@ region (OIA) for the original and the output, EPI (:func:`~dipfill.eval.metrics.
 amplitude) inside the region. Mean over patches and bands.
 
 Usage: ``nice -n 19 python scripts/bench_anonymise.py [--steps 100] [--grd-steps 25] [--skip-dip-grd]
-[--patches N] [--skip-grd] [--dip KEY=JSON ...]`` (``--dip target_range=[0.1,0.9]`` overrides the
-preset, to measure a change of it on the same cases).
+[--patches N] [--first K] [--skip-grd] [--skip-fillnodata] [--dip KEY=JSON ...]``
+(``--dip target_range=[0.1,0.9]`` overrides the preset, to measure a change of it on the
+same cases; ``--first``/``--patches`` pick BigEarthNet patches, for a short run).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="DIP Adam steps per patch (paper: 3000)")
     ap.add_argument("--grd-steps", type=int, default=25, help="DIP steps per patch on the GRD region (~20 fits)")
     ap.add_argument("--skip-dip-grd", action="store_true", help="no DIP on the GRD region (many patches)")
-    ap.add_argument("--patches", type=int, default=0, help="only the first N BigEarthNet patches (0: all 6)")
+    ap.add_argument("--patches", type=int, default=0, help="only N BigEarthNet patches (0: all 6)")
+    ap.add_argument("--first", type=int, default=0, help="start at this BigEarthNet patch (sorted by name, from 0)")
     ap.add_argument("--skip-grd", action="store_true", help="no GRD rows at all")
     ap.add_argument("--skip-fillnodata", action="store_true", help="DIP rows only")
     ap.add_argument("--dip", action="append", default=[], metavar="KEY=JSON",
@@ -96,12 +98,12 @@ def main() -> None:
         dip[key] = json.loads(value)
     rows = []
     tmp = tempfile.mkdtemp(prefix="bench_anonymise_")
-    patches = sorted(glob.glob(str(BEN / "*")))[: args.patches or None]
+    patches = sorted(glob.glob(str(BEN / "*")))[args.first:][: args.patches or None]
     for method, eng_opts in (("fillnodata", {}), ("dip", dip)):
         if method == "fillnodata" and args.skip_fillnodata:
             continue
         per = []
-        for i, d in enumerate(patches):
+        for i, d in enumerate(patches, start=args.first):
             files = [sorted(glob.glob(f"{d}/*_VV.tif"))[0], sorted(glob.glob(f"{d}/*_VH.tif"))[0]]
             with rasterio.open(files[0]) as ds:
                 h, w = ds.shape
