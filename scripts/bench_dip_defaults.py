@@ -19,7 +19,12 @@ same dilated by 3 px (``wide``), as scripts/bench_guided.py. Scores pooled over 
 hidden pixels; wall seconds per tile. CPU figures; the network is mcpn-core (paper 003's
 light core, ~0.1 s per step at 128² on 2 cores) because landsat2020's 128-channel net is
 ~10× slower; tiles are the centre 128² of bench_guided's 256² tiles by default (``--size``).
-Run: ``.venv/bin/python scripts/bench_dip_defaults.py [--tiles N] [--size PX] [--steps N] [--crops]``.
+Run: ``.venv/bin/python scripts/bench_dip_defaults.py [--tiles N] [--skip-tiles K] [--size PX] [--steps N]
+[--crops]``.
+
+``--grid`` (issue 11 item 5, normalisation headroom and input noise) measures instead the
+default fit (fixed steps, EMA, judged blend) under each ``target_range`` × ``reg_noise_std``
+of :data:`GRID`, the network alone and blended from one fit each, beside fillnodata.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ from bench_guided import BANDS, TILE, load, shifted, thin_stripes, tiles  # noqa
 
 from dipfill.engines import make_engine  # noqa: E402
 from dipfill.eval.cases import Transplant, pooled_scores, score_prediction  # noqa: E402
+
+
+#: --grid: (target_range, reg_noise_std) pairs; the first is the shipped default.
+GRID = [((0.1, 0.9), 0.1), ((0.1, 0.9), 0.03), ((0.1, 0.9), 0.0),
+        ((0.05, 0.95), 0.1), ((0.05, 0.95), 0.03), ((0.0, 1.0), 0.1), ((0.0, 1.0), 0.03)]
 
 
 def build(dates, count: int, size: int = TILE) -> dict[str, list[Transplant]]:
@@ -85,6 +95,11 @@ def main() -> None:
     parser.add_argument("--crops", action="store_true", help="use the committed crops even when ../shared is present")
     parser.add_argument("--gaps", choices=("thin", "wide", "both"), default="both",
                         help="which stripe widths to run (each is ~10 min per tile on 2 idle cores)")
+    parser.add_argument("--skip-tiles", type=int, default=0,
+                        help="leave out the first N of the --tiles tiles (to add a tile to an earlier run)")
+    parser.add_argument("--pick", default="", help="--grid: only these GRID entries (comma-separated indices)")
+    parser.add_argument("--grid", action="store_true",
+                        help="the default fit under each target_range x reg_noise_std of GRID instead")
     args = parser.parse_args()
     dates, source = load(args.crops)
     cases = build(dates, args.tiles, args.size)
@@ -99,10 +114,24 @@ def main() -> None:
             continue
         rows: dict[str, dict] = {}
         for i, case in enumerate(items):
+            if i < args.skip_tiles:
+                continue
             seed = 100 + i
             start = time.perf_counter()
             base = fill.fill(case.values[None], case.observed[None], seeds=[seed]).values[0]
             add(rows, "fillnodata", case, base, time.perf_counter() - start, None, 0)
+            if args.grid:
+                picked = [GRID[int(k)] for k in args.pick.split(",")] if args.pick else GRID
+                for target, noise in picked:
+                    name = f"range {target[0]:g}-{target[1]:g}, noise {noise:g}"
+                    blended, alone, sec, ex = fit(case, seed, steps=args.steps, check_every=args.steps,
+                                                  target_range=target, reg_noise_std=noise)
+                    add(rows, name + ": network alone (+ema)", case, alone, sec, None, ex["best_step"])
+                    add(rows, name + ": +blend", case, blended, sec, ex.get("blend_weight"), ex["best_step"])
+                    print(f"  {width} tile {i} {name}: {rows[name + ': +blend']['tiles'][-1]:.3f} blended, "
+                          f"{rows[name + ': network alone (+ema)']['tiles'][-1]:.3f} alone, {sec:.0f} s",
+                          file=sys.stderr, flush=True)
+                continue
             plain, _, sec, ex = fit(case, seed, steps=args.steps, exp_weight=0.0, blend="none",
                                     check_every=args.steps)
             add(rows, "paper (fixed, last output)", case, plain, sec, None, ex["best_step"])
@@ -113,6 +142,7 @@ def main() -> None:
             add(rows, "holdout +ema", case, alone, sec, None, ex["best_step"])
             add(rows, "holdout +ema +blend", case, blended, sec, ex.get("blend_weight"), ex["best_step"])
         base_tiles = np.array(rows["fillnodata"]["tiles"])
+        items = items[args.skip_tiles:]
         for name, r in rows.items():
             scores = pooled_scores(items, r["preds"], r["ssims"], data_range=10000.0)
             worst = float(np.min(np.array(r["tiles"]) - base_tiles))
