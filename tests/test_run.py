@@ -226,3 +226,22 @@ def test_sign_option_names_what_it_needs(tmp_path: Path) -> None:
         with pytest.raises(InputError, match="pip install planetary-computer"):
             run_mod.signer("planetary-computer")
     assert request(tmp_path, sign="planetary-computer").sign == "planetary-computer"
+
+
+def test_a_dip_run_hashes_its_presets_contents_not_its_name(monkeypatch) -> None:
+    """A preset whose contents change between versions (sar2023's normalisation did) must make
+    the next run redo its scenes: the hash holds the resolved DIP configuration; other engines
+    hash as before."""
+    from dipfill.cli.run import build_request
+    from dipfill.engines import config as dip_config
+    from dipfill.pipeline.stages import run_config
+    from dipfill.stac.item import config_hash
+
+    values = {"stac": "x", "out": "y", "engine": "dip", "preset": "sar2023"}
+    before = config_hash(run_config(build_request(values)))
+    assert before == config_hash(run_config(build_request(values)))
+    assert run_config(build_request(values))["dip_config"]["target_range"] == [-1.0, 1.0]
+    monkeypatch.setitem(dip_config.PRESETS, "sar2023", {**dip_config.PRESETS["sar2023"], "steps": 2999})
+    assert config_hash(run_config(build_request(values))) != before
+    plain = build_request({"stac": "x", "out": "y", "engine": "fillnodata"})
+    assert "dip_config" not in run_config(plain) and run_config(plain) == plain.config()

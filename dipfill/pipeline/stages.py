@@ -256,8 +256,17 @@ def wants_guides(request: RunRequest) -> bool:
 
 
 def run_config(request: RunRequest) -> dict[str, Any]:
-    """What decides a run's output bytes (hashed): the guide search only where it is used."""
-    return request.config(with_guides=wants_guides(request))
+    """What decides a run's output bytes (hashed): the guide search only where it is used,
+    and for the ``dip`` engine its whole configuration as resolved from the preset (the
+    options name a preset; a preset whose contents change between versions, as sar2023's
+    normalisation did, must make the next run redo its scenes, not find them current)."""
+    cfg = request.config(with_guides=wants_guides(request))
+    if request.options.engine == "dip":
+        from dipfill.engines.config import DEFAULT_PRESET, preset
+
+        given = dict(request.options.engine_options)
+        cfg["dip_config"] = preset(given.pop("preset", DEFAULT_PRESET), **given).to_dict()
+    return cfg
 
 
 def guide_stage(job: SceneJob, say: Progress) -> None:
