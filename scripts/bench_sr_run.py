@@ -100,14 +100,14 @@ def traced_peak() -> tuple[float, float]:
     import tracemalloc
 
     sys.path.insert(0, str(REPO))
-    from dipfill.pipeline.sr import super_resolve
+    from dipfill.pipeline.sr import SRSettings, super_resolve
     from dipfill.raster.read import read_scene
 
     low = read_scene([str(S2 / "B11.tif"), str(S2 / "B12.tif")])
     high = read_scene([str(S2 / f"{b}.tif") for b in ("B02", "B03", "B04", "B08")])
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    super_resolve([low], high, method="bicubic")
+    super_resolve([low], high, SRSettings(method="bicubic"))
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
     return peak / 2**20, peak / (high.data.shape[1] * high.data.shape[2] * low.data.shape[0])

@@ -42,3 +42,17 @@ def arg25_transplant(rows: slice = slice(128, 384), cols: slice = slice(128, 384
     if reverse:
         return transplant_gaps(jan, jan_valid, feb_valid)
     return transplant_gaps(feb, feb_valid, jan_valid)
+
+
+def static_catalog(root: Path, collection: str, items: list) -> Path:
+    """``items`` (pystac Items) as one collection of a self-contained static catalog written
+    under ``root``; returns its catalog.json (what ``dipfill run --stac`` takes)."""
+    import pystac
+
+    cat = pystac.Catalog("test", "test scenes as a static catalog")
+    coll = pystac.Collection(collection, collection, extent=pystac.Extent.from_items(items))
+    cat.add_child(coll)
+    coll.add_items(items)
+    cat.normalize_hrefs(str(root))
+    cat.save(pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"

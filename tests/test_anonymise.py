@@ -20,7 +20,7 @@ import rasterio
 
 from dipfill.engines.sar import correlated_speckle, detect_units, from_db, lag1_correlation, speckle_db, to_db
 from dipfill.eval.metrics import enl, epi, ms_ssim, ssim
-from tests._data import shared_file
+from tests._data import shared_file, static_catalog
 
 GRD = "sentinel1/riotilerpds_S1A_IW_GRDH_20180716/iw-vv.tiff"
 BEN = ("sentinel1/bigearthnet_example/BigEarthNet-S1-Example/S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48/"
@@ -277,12 +277,7 @@ def test_run_mode_anonymise_over_a_sentinel1_catalog(tmp_path):
                        [w, s, e, n], dt_parse("2017-06-13T16:50:43Z"), {})
     item.add_asset("vv", pystac.Asset(str(vv), media_type=pystac.MediaType.GEOTIFF, roles=["data"]))
     item.add_asset("vh", pystac.Asset(str(vh), media_type=pystac.MediaType.GEOTIFF, roles=["data"]))
-    root = pystac.Catalog("s1", "one Sentinel-1 scene")
-    coll = pystac.Collection("sentinel-1-rtc", "S1", extent=pystac.Extent.from_items([item]))
-    root.add_child(coll)
-    coll.add_items([item])
-    root.normalize_hrefs(str(tmp_path / "stac"))
-    root.save(pystac.CatalogType.SELF_CONTAINED)
+    static_catalog(tmp_path / "stac", "sentinel-1-rtc", [item])
 
     request = build_request({"stac": str(tmp_path / "stac" / "catalog.json"), "out": str(tmp_path / "out"),
                              "collection": ["sentinel-1-rtc"], "mode": "anonymise",

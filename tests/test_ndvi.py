@@ -21,7 +21,7 @@ import rasterio
 from dipfill.cli.main import main
 from dipfill.raster.masks import GAP, OBSERVED, OUTSIDE, QA_OBSERVED, QA_OUTSIDE, decode_qa
 from dipfill.raster.scene import open_scene
-from tests._data import REPO, shared_file
+from tests._data import REPO, shared_file, static_catalog
 from tests._schemas import validation_errors
 from tests.test_product_layout import L8_DIR, L8_PREFIX, landsat_catalog
 
@@ -296,8 +296,7 @@ def _sinop_catalog(root: Path, dates: list[str], target: str, hidden: np.ndarray
     from rasterio.warp import transform_bounds
 
     root.mkdir(parents=True)
-    coll = pystac.Collection("modis-13Q1-061", "MOD13Q1 Sinop", extent=pystac.Extent(
-        pystac.SpatialExtent([[-180, -90, 180, 90]]), pystac.TemporalExtent([[None, None]])))
+    items = []
     for date in dates:
         path = shared_file(SINOP.format(date=date))
         if date == target:
@@ -314,12 +313,8 @@ def _sinop_catalog(root: Path, dates: list[str], target: str, hidden: np.ndarray
              "datetime": f"{date}T00:00:00Z"})
         item.add_asset("250m_16_days_NDVI", pystac.Asset(str(path), media_type=pystac.MediaType.GEOTIFF,
                                                          roles=["data"]))
-        coll.add_item(item)
-    cat = pystac.Catalog("sinop", "MOD13Q1 NDVI, Sinop")
-    cat.add_child(coll)
-    cat.normalize_hrefs(str(root))
-    cat.save(pystac.CatalogType.SELF_CONTAINED)
-    return root / "catalog.json"
+        items.append(item)
+    return static_catalog(root, "modis-13Q1-061", items)
 
 
 def test_run_product_ndvi_takes_neighbouring_dates_found_through_stac_as_guides(tmp_path: Path, monkeypatch) -> None:

@@ -21,7 +21,7 @@ from affine import Affine
 from _data import shared_file
 from dipfill.cli.main import main
 from dipfill.engines.sr import guided_filter
-from dipfill.pipeline.sr import sr_files
+from dipfill.pipeline.sr import SRSettings, sr_files
 from dipfill.tiling.grid import PatchWindow
 from dipfill.tiling.resample import SRGeometry, apply_operator, downsample_operator, lowres_window, upsample_operator
 
@@ -223,8 +223,9 @@ def test_rows_merged_as_they_finish_equal_one_merge_of_the_whole_region() -> Non
     original = sr_mod.InMemoryMerger
     sr_mod.InMemoryMerger = Recording
     try:
-        result = sr_arrays(low, np.ones(low.shape, bool), guide, np.ones(guide.shape, bool), geo, method="bicubic",
-                           patch=48, overlap=40, sink=lambda top, values: strips.append((top, values)))
+        result = sr_arrays(low, np.ones(low.shape, bool), guide, np.ones(guide.shape, bool), geo,
+                           SRSettings("bicubic", patch=48, overlap=40),
+                           sink=lambda top, values: strips.append((top, values)))
     finally:
         sr_mod.InMemoryMerger = original
     tops = [top for top, _ in strips]
@@ -272,8 +273,9 @@ def test_patches_on_an_executor_are_the_bytes_of_patches_in_process(case: dict) 
     runs = []
     for executor in (None, LocalPool("fillnodata", {}, "none"), Wide("fillnodata", {}, "none")):
         strips: list = []
-        sr_arrays(low, np.ones(low.shape, bool), guide, guide > 0, geo, method="mcpn-direct", patch=64, overlap=16,
-                  engine_options={"steps": 1, **LIGHT}, sink=lambda top, v: strips.append(v), executor=executor)
+        sr_arrays(low, np.ones(low.shape, bool), guide, guide > 0, geo,
+                  SRSettings("mcpn-direct", patch=64, overlap=16, engine_options={"steps": 1, **LIGHT}),
+                  sink=lambda top, v: strips.append(v), executor=executor)
         runs.append(np.concatenate(strips, axis=1))
     assert runs[0].shape == (1, 95, 95) and np.isfinite(runs[0]).all()
     assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])

@@ -20,7 +20,7 @@ import rasterio
 from affine import Affine
 from rasterio.warp import transform_bounds
 
-from _data import REPO, shared_file
+from _data import REPO, shared_file, static_catalog
 from _schemas import validation_errors
 from dipfill.cli.main import main
 from dipfill.errors import InputError
@@ -80,13 +80,8 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for key, href in hrefs.items():
         asset = dict(doc["assets"][key])
         item.add_asset(key, pystac.Asset.from_dict({**asset, "href": href}))
-    cat = pystac.Catalog("s2", "one Sentinel-2 scene, cropped")
-    coll = pystac.Collection("sentinel-2-l2a", "S2 L2A", extent=pystac.Extent.from_items([item]))
-    cat.add_child(coll)
-    coll.add_items([item])
-    cat.normalize_hrefs(str(root / "stac"))
-    cat.save(pystac.CatalogType.SELF_CONTAINED)
-    return {"root": root, "stac": str(root / "stac" / "catalog.json"), "item": item.to_dict(), "lr": arrays,
+    stac = static_catalog(root / "stac", "sentinel-2-l2a", [item])
+    return {"root": root, "stac": str(stac), "item": item.to_dict(), "lr": arrays,
             "crs": crs, "transform": hr_transform}
 
 

@@ -119,11 +119,18 @@ def fill_arrays(
     plan = plan_fill(valid, footprint, options, with_fallback=fallback is not None)
     results: dict[str, tuple[NDArray, bool]] = {}
     diagnostics: dict[str, PatchDiagnostics] = {}
-    total, done = len(plan.windows), 0
+    total = len(plan.windows)
 
     def read_pixels(span: tuple[tuple[int, int], tuple[int, int]]) -> tuple[NDArray, NDArray[np.bool_]]:
         rows, cols = slice(*span[0]), slice(*span[1])
         return data[:, rows, cols], valid[:, rows, cols]
+
+    def collect(windows: Sequence[PatchWindow], fallback_used: bool, result: Any) -> None:
+        for w, values, diag in zip(windows, result.values, result.diagnostics):
+            results[w.id] = (values, fallback_used)
+            diagnostics[w.id] = diag
+        if progress:
+            progress(len(results), total)
 
     if executor is not None and not guides:
         tasks = []
@@ -133,28 +140,15 @@ def fill_arrays(
             tasks.append(ArrayTask(tuple(batch.windows), tuple(patch_seed(options.seed, w) for w in batch.windows),
                                    batch.fallback, (union.row_off, union.col_off), data[:, rows, cols],
                                    valid[:, rows, cols]))
-
-        def collect(task: ArrayTask, result: Any) -> None:
-            for w, values, diag in zip(task.windows, result.values, result.diagnostics):
-                results[w.id] = (values, task.fallback)
-                diagnostics[w.id] = diag
-            if progress:
-                progress(len(results), total)
-
-        executor.run(tasks, collect, "fill_arrays")
-        out, qa = assemble(data, valid, plan, results, nodata)
-        return FillResult(out, qa, diagnostics, plan.windows_total, total)
-    for batch in plan.batches:
-        eng = fallback if batch.fallback else engine
-        seeds = [patch_seed(options.seed, w) for w in batch.windows]
-        steps = None if on_steps is None else (lambda p, done=done: on_steps(done, total, p))
-        result = fill_batch(eng, read_pixels, batch.windows, seeds, guides, on_steps=steps)  # type: ignore[arg-type]
-        for w, values, diag in zip(batch.windows, result.values, result.diagnostics):
-            results[w.id] = (values, batch.fallback)
-            diagnostics[w.id] = diag
-        done += len(batch.windows)
-        if progress:
-            progress(done, total)
+        executor.run(tasks, lambda task, result: collect(task.windows, task.fallback, result), "fill_arrays")
+    else:
+        for batch in plan.batches:
+            eng = fallback if batch.fallback else engine
+            seeds = [patch_seed(options.seed, w) for w in batch.windows]
+            steps = None if on_steps is None else (lambda p, done=len(results): on_steps(done, total, p))
+            result = fill_batch(eng, read_pixels, batch.windows, seeds, guides,  # type: ignore[arg-type]
+                                on_steps=steps)
+            collect(batch.windows, batch.fallback, result)
     out, qa = assemble(data, valid, plan, results, nodata)
     return FillResult(out, qa, diagnostics, plan.windows_total, total)
 

@@ -58,12 +58,40 @@ from dipfill.tiling.grid import PatchWindow, axis_starts
 from dipfill.tiling.merge import InMemoryMerger, cast_to_dtype
 from dipfill.tiling.resample import KERNELS, BandedOperator, SRGeometry, apply_operator, lowres_window
 
-__all__ = ["METHODS", "SRProduct", "SRReport", "SRResult", "sr_geometry", "sr_arrays", "super_resolve", "sr_files"]
+__all__ = ["METHODS", "SRSettings", "SRProduct", "SRReport", "SRResult", "sr_geometry", "sr_arrays", "super_resolve",
+           "sr_files"]
 
 log = logging.getLogger(__name__)
 
 #: ``--method``: the two classical baselines and paper 003's two variants.
 METHODS = ("bicubic", "guided-filter", "mcpn-direct", "mcpn-stacked")
+
+
+@dataclass(frozen=True)
+class SRSettings:
+    """How to super-resolve, whatever the inputs: the method (``engine_options``: its network's
+    or the guided filter's options), the downsampling operator ``kernel``, the patches and
+    their seed, and whether each patch is projected onto the LR pixels it owns. Checked when
+    made: a wrong method or operator is one line before any read."""
+
+    method: str = "mcpn-direct"
+    kernel: str = "bilinear"
+    patch: int = 256
+    overlap: int = 32
+    seed: int = 0
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    consistency: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.kernel not in KERNELS:
+            raise InputError(f"--operator must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+
+    @property
+    def networks(self) -> bool:
+        """Whether the method fits paper 003's networks (``mcpn-*``)."""
+        return self.method.startswith("mcpn")
 
 
 @dataclass
@@ -74,6 +102,8 @@ class SRResult:
     region: PatchWindow
     diagnostics: dict[str, PatchDiagnostics]
     windows: int
+    operators: tuple[BandedOperator, BandedOperator]  # (Ay, Ax): the consistency check reuses them
+    support: tuple[Any, Any]  # their row support, computed once
 
 
 @dataclass
@@ -97,16 +127,10 @@ def sr_arrays(
     guides: NDArray,
     guide_valid: NDArray[np.bool_],
     geometry: SRGeometry,
+    settings: SRSettings,
     *,
-    method: str = "mcpn-direct",
-    kernel: str = "bilinear",
-    patch: int = 256,
-    overlap: int = 32,
-    seed: int = 0,
-    engine_options: dict[str, Any] | None = None,
-    consistency: bool = True,
-    progress: Callable[[int, int], None] | None = None,
     sink: Callable[[int, NDArray[np.float64]], None],
+    progress: Callable[[int, int], None] | None = None,
     executor: Any = None,
 ) -> SRResult:
     """Super-resolve ``lowres [C, h, w]`` onto the grid of ``guides [G, H, W]`` (see the module
@@ -127,12 +151,9 @@ def sr_arrays(
     ``executor``: an :class:`~dipfill.pipeline.executor.Executor` whose workers compute each
     row's patches side by side (:class:`~dipfill.pipeline.sr_patch.SRPatch` tasks, ``upsample``);
     None computes them here. Either way the same bytes."""
-    if method not in METHODS:
-        raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if kernel not in KERNELS:
-        raise InputError(f"--operator must be one of {', '.join(KERNELS)}, got {kernel!r}")
     c = lowres.shape[0]
-    ay, ax = geometry.banded_operators(kernel)  # blocks on demand: never the whole LR x HR matrices
+    method, patch, overlap, seed = settings.method, settings.patch, settings.overlap, settings.seed
+    ay, ax = geometry.banded_operators(settings.kernel)  # blocks on demand: never the whole LR x HR matrices
     support = (ay.support(), ax.support())  # once, not per patch
     uy, ux = geometry.banded_upsamplers()
     region = geometry.covered()
@@ -144,8 +165,8 @@ def sr_arrays(
     h, w = min(size, region.height), min(size, region.width)
     total = len(rows) * len(cols)
     low = np.asarray(lowres, dtype=np.float64)
-    networks = method.startswith("mcpn")
-    engine = SREngines().get(method, dict(engine_options or {})) if executor is None else None
+    networks = settings.networks
+    engine = SREngines().get(method, dict(settings.engine_options)) if executor is None else None
     diagnostics: dict[str, PatchDiagnostics] = {}
 
     def patch_task(win: PatchWindow) -> SRPatch:
@@ -162,8 +183,8 @@ def sr_arrays(
             base = {"low": low[:, r0:r1, c0:c1], "low_valid": lowres_valid[:, r0:r1, c0:c1],
                     "uy": uy[ys, r0:r1], "ux": ux[xs, c0:c1]}
         return SRPatch(win, method, guides[:, ys, xs], guide_valid[:, ys, xs], low[:, ly, lx],
-                       lowres_valid[:, ly, lx], ay_w, ax_w, patch_seed(seed, win), consistency,
-                       max(geometry.scale), dict(engine_options or {}), **base)
+                       lowres_valid[:, ly, lx], ay_w, ax_w, patch_seed(seed, win), settings.consistency,
+                       max(geometry.scale), dict(settings.engine_options), **base)
 
     def upsample_rows(windows: list[PatchWindow]) -> list[tuple[NDArray[np.float64], PatchDiagnostics]]:
         """Rows of patches, here or on the executor's workers (the same bytes)."""
@@ -197,7 +218,7 @@ def sr_arrays(
                 merger.aggregate(values, win)
             sink(top, merger.finalize().values)
             pending = [(win, values) for win, values in pending if win.row_off + win.height > bottom]
-    return SRResult(region, diagnostics, total)
+    return SRResult(region, diagnostics, total, (ay, ax), support)
 
 
 def _support(u: NDArray[np.float64]) -> tuple[int, int]:
@@ -207,14 +228,13 @@ def _support(u: NDArray[np.float64]) -> tuple[int, int]:
 
 
 def _lowres_rmse(data: NDArray, made: NDArray[np.bool_], low: NDArray[np.float64], valid: NDArray[np.bool_],
-                 ay: BandedOperator, ax: BandedOperator, region: PatchWindow, strip: int = 1024
-                 ) -> list[float]:
+                 ay: BandedOperator, ax: BandedOperator, support: tuple[Any, Any], region: PatchWindow,
+                 strip: int = 1024) -> list[float]:
     """Per band: RMSE between the written output's downsample (``data [C, H, W]`` where
     ``made``) and the LR input, over the LR pixels that are observed and whose whole kernel
     lies inside the made ``region``. By strips of HR rows (each strip reaching one kernel
     further, each LR row counted once): memory is a strip, not the scene."""
     c = low.shape[0]
-    support = (ay.support(), ax.support())
     first, last = support[0]
     reach = int((last - first + 1)[first <= last].max(initial=1))
     sse, count = np.zeros(c), np.zeros(c, dtype=np.int64)
@@ -273,15 +293,9 @@ def _name(href: str) -> str:
 def super_resolve(
     lows: Sequence[Scene],
     high: Scene,
+    settings: SRSettings,
     *,
-    method: str = "mcpn-direct",
     scale: str | float = "auto",
-    kernel: str = "bilinear",
-    patch: int = 256,
-    overlap: int = 32,
-    seed: int = 0,
-    engine_options: dict[str, Any] | None = None,
-    consistency: bool = True,
     progress: Callable[[int, int], None] | None = None,
     executor: Any = None,
 ) -> SRProduct:
@@ -293,10 +307,7 @@ def super_resolve(
     engine work: each grid's place on the guide (:func:`sr_geometry`), one dtype and nodata
     for all (one product), the engine's options, a patch large enough to hold a whole LR
     pixel, and observed pixels in every scene. ``executor``: see :func:`sr_arrays`."""
-    if method not in METHODS:
-        raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if kernel not in KERNELS:
-        raise InputError(f"--operator must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    method, patch, overlap = settings.method, settings.patch, settings.overlap
     guide_name = f"guide {_name(high.sources[0])}"
     geos = [sr_geometry(low.grid, high.grid, scale, low_name=_name(low.sources[0]), high_name=guide_name)
             for low in lows]
@@ -306,8 +317,8 @@ def super_resolve(
             raise InputError(f"{_name(low.sources[0])} is {low.dtype} with nodata {low.nodata} but "
                              f"{_name(first.sources[0])} is {first.dtype} with nodata {first.nodata}; one product "
                              "needs one dtype and nodata: super-resolve them separately")
-    if method.startswith("mcpn"):
-        make_sr_engine(method.split("-", 1)[1], **dict(engine_options or {}))  # options checked before any work
+    if settings.networks:
+        make_sr_engine(method.split("-", 1)[1], **dict(settings.engine_options))  # options checked before any work
         need = max(min_patch(g) for g in geos)
         if min(patch, max(geos[0].hr_shape)) < need and min(geos[0].hr_shape) >= need:
             raise InputError(f"--patch {patch} holds no whole low-resolution pixel at factor "
@@ -346,12 +357,10 @@ def super_resolve(
             data[b:b + c, rows, cols] = band
             made[rows, cols] = ok.all(axis=0)
 
-        result = sr_arrays(low.data, valid, high.data, high_valid, geo, method=method, kernel=kernel, patch=patch,
-                           overlap=overlap, seed=seed, engine_options=engine_options, consistency=consistency,
-                           progress=progress, sink=sink, executor=executor)
-        ay, ax = geo.banded_operators(kernel)
-        rmse += _lowres_rmse(data[b:b + c], made, np.asarray(low.data, dtype=np.float64), valid, ay, ax,
-                             result.region)
+        result = sr_arrays(low.data, valid, high.data, high_valid, geo, settings, sink=sink, progress=progress,
+                           executor=executor)
+        rmse += _lowres_rmse(data[b:b + c], made, np.asarray(low.data, dtype=np.float64), valid, *result.operators,
+                             result.support, result.region)
         b += c
         covered[result.region.slices] = True
         made_all &= made
@@ -380,8 +389,8 @@ def super_resolve(
         "variant": method.split("-", 1)[1] if method.startswith("mcpn") else None,
         "factor": [round(s, 6) for s in geos[0].scale],
         "offset": [round(o, 6) + 0.0 for o in geos[0].offset],
-        "operator": kernel,
-        "consistency": "projected" if consistency else "none",
+        "operator": settings.kernel,
+        "consistency": "projected" if settings.consistency else "none",
         "lowres": [_name(s) for low in lows for s in low.sources],
         "lowres_shape": list(geos[0].lr_shape),
         "lowres_transform": list(first.grid.transform)[:6],
@@ -429,10 +438,7 @@ def sr_files(
 
     t0 = time.perf_counter()
     check_output_dir(out_dir)
-    if method not in METHODS:
-        raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if kernel not in KERNELS:
-        raise InputError(f"--operator must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    settings = SRSettings(method, kernel, patch, overlap, seed, dict(engine_options or {}), consistency)
     if not guides:
         raise InputError("dipfill sr needs --guide HIGHRES: the finer raster whose grid the output takes")
     if datetime is not None:
@@ -445,8 +451,7 @@ def sr_files(
     if len(low.sources) == low.data.shape[0] and all(n == f"band{i + 1}" or not n
                                                      for i, n in enumerate(low.band_names)):
         low.band_names = [Path(s).stem for s in low.sources]  # B11.tif -> B11, not band1
-    made = super_resolve([low], high, method=method, scale=scale, kernel=kernel, patch=patch, overlap=overlap,
-                         seed=seed, engine_options=engine_options, consistency=consistency, progress=progress)
+    made = super_resolve([low], high, settings, scale=scale, progress=progress)
     extras = ItemExtras(properties={"dipfill:mode": "sr", "dipfill:sr": made.record,
                                     "processing:lineage": f"{made.lineage} (dipfill sr)"})
     rgb = (0, 1, 2) if low.data.shape[0] >= 3 else (0, 0, 0)

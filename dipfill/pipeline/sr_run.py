@@ -37,7 +37,7 @@ import numpy as np
 from dipfill.errors import InputError
 from dipfill.pipeline.fill import _write_or_undo
 from dipfill.pipeline.progress import Progress, SceneStatus, StageClock
-from dipfill.pipeline.sr import METHODS, SRProduct, super_resolve
+from dipfill.pipeline.sr import SRProduct, SRSettings, super_resolve
 from dipfill.raster.gdal import gdal_env
 from dipfill.raster.hrefs import redact_href, signer
 from dipfill.raster.read import Scene, read_scene
@@ -132,8 +132,9 @@ def sr_item(item: Mapping[str, Any], request: RunRequest, say: Progress, executo
     doc); ``executor``: the run's engine actors, which compute each row's patches side by side."""
     clock = StageClock()
     opts = request.options
-    if opts.engine not in METHODS:
-        raise InputError(f"--mode sr: --sr-method must be one of {', '.join(METHODS)}, got {opts.engine!r}")
+    engine_options = dict(opts.engine_options)
+    consistency = bool(engine_options.pop("consistency", True))
+    settings = SRSettings(opts.engine, "bilinear", opts.patch, opts.overlap, opts.seed, engine_options, consistency)
     item_id = str(item["id"])
     sign = signer(request.sign)
     guide_names, low_names = sr_band_names(item, request)
@@ -161,11 +162,7 @@ def sr_item(item: Mapping[str, Any], request: RunRequest, say: Progress, executo
                 patches_done=done, patches_total=windows, patches_per_s=round(rate, 3),
                 eta_s=round((windows - done) / max(rate, 1e-9), 1))
 
-    engine_options = dict(opts.engine_options)
-    consistency = bool(engine_options.pop("consistency", True))
-    made = super_resolve(lows, highs[0], method=opts.engine, patch=opts.patch, overlap=opts.overlap, seed=opts.seed,
-                         engine_options=engine_options, consistency=consistency, progress=progress,
-                         executor=executor)
+    made = super_resolve(lows, highs[0], settings, progress=progress, executor=executor)
     clock.lap("fit")
     assets = item.get("assets") or {}
     guide_gsd = next((assets[k].get("gsd") for k in guide_src.band_keys if assets.get(k, {}).get("gsd")), None)
